@@ -1,0 +1,1 @@
+"""The site: ClientApp, DP training and accounting. Never imports fedward.server."""

@@ -1,0 +1,166 @@
+"""Who this site is and what data it holds, resolved afresh for every message.
+
+Flower starts a fresh ClientApp per message (Deployment Engine), so nothing here is kept in memory
+between rounds; loading and splitting are deterministic from the recorded seed, so every message sees
+the same rows in the same splits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedward.common.config import PolicyConfig, RunConfig, SiteConfig, load_site_config
+from fedward.common.datasets.bundled import bundled_federation, bundled_schema
+from fedward.common.datasource import LoadedTable, load_table
+from fedward.common.errors import ConfigError, SiteDataError
+from fedward.common.schema import DataSchema
+from fedward.common.splits import SiteSplits, split_site
+
+SITE_CONFIG_KEY = "site-config"  # --node-config "site-config='/etc/fedward/site.toml'"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    source: str
+    schema: DataSchema
+    table: LoadedTable
+    policy: PolicyConfig
+    simulated: bool
+    config_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedSite:
+    site: Site
+    splits: SiteSplits
+
+    def rows(self, split: str) -> tuple[Any, np.ndarray]:
+        """The frame and labels of one split (train, tune, audit or test)."""
+        idx = getattr(self.splits, split)
+        return self.site.table.frame.iloc[idx], self.site.table.labels[idx]
+
+
+def _from_site_config(path: str) -> Site:
+    cfg: SiteConfig = load_site_config(path)
+    schema = cfg.load_schema()
+    table = load_table(cfg.data_path, schema, site=cfg.name, fmt=cfg.data.format)
+    return Site(
+        name=cfg.name,
+        source=str(cfg.data_path),
+        schema=schema,
+        table=table,
+        policy=cfg.policy,
+        simulated=False,
+        config_file=str(path),
+    )
+
+
+def _from_bundled(run: RunConfig, index: int, n_nodes: int) -> Site:
+    name = run.task.dataset
+    if name is None:
+        raise ConfigError(
+            None,
+            "task.dataset",
+            "no bundled dataset and no site config for this node: start the SuperNode with "
+            f"--node-config \"{SITE_CONFIG_KEY}='PATH/site.toml'\"",
+        )
+    fed = bundled_federation(
+        name,
+        n_sites=run.task.n_sites,
+        partition=run.task.partition,
+        alpha=run.task.dirichlet_alpha,
+        seed=run.seed,
+    )
+    names = list(fed.sites)
+    if n_nodes != len(names):
+        raise ConfigError(
+            None,
+            "task.n_sites",
+            f"the simulation has {n_nodes} nodes but dataset '{name}' is split into "
+            f"{len(names)} sites ({', '.join(names)})",
+        )
+    site_name = names[index]
+    table = _table_from_frame(fed.sites[site_name], fed.schema, site_name, name)
+    # Bundled data only exist for simulation, where non-DP comparison runs are allowed.
+    return Site(
+        name=site_name,
+        source=f"bundled:{name}/{site_name}",
+        schema=fed.schema,
+        table=table,
+        policy=PolicyConfig(allow_non_dp=True),
+        simulated=True,
+    )
+
+
+def _table_from_frame(frame: Any, schema: DataSchema, site: str, dataset: str) -> LoadedTable:
+    # The bundled tables go through the same validation as a site's own file.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{site}.csv"
+        frame.to_csv(path, index=False)
+        return load_table(path, schema, site=site, fmt="csv")
+
+
+def open_site(node_config: dict[str, Any], run: RunConfig, sim_site_configs: list[str]) -> Site:
+    """Resolve this node's site: a site config (deployment or simulation) or a bundled dataset."""
+    path = node_config.get(SITE_CONFIG_KEY)
+    if path:
+        return _from_site_config(str(path))
+    if "partition-id" not in node_config:
+        raise ConfigError(
+            None,
+            "node-config",
+            f"this SuperNode has no '{SITE_CONFIG_KEY}': start it with "
+            f"--node-config \"{SITE_CONFIG_KEY}='PATH/site.toml'\"",
+        )
+    index = int(node_config["partition-id"])
+    n_nodes = int(node_config.get("num-partitions", 1))
+    if sim_site_configs:
+        if n_nodes != len(sim_site_configs):
+            raise ConfigError(
+                None,
+                "sites",
+                f"{len(sim_site_configs)} site configs for {n_nodes} simulated nodes",
+            )
+        return _from_site_config(sim_site_configs[index])
+    return _from_bundled(run, index, n_nodes)
+
+
+def prepare(site: Site, run: RunConfig, run_schema: DataSchema) -> PreparedSite:
+    """Check the site's schema against the run's, then split with the run's recorded seed."""
+    diffs = site.schema.differences(run_schema)
+    if diffs:
+        first = diffs[0]
+        column = first.split("'")[1] if first.count("'") >= 2 else None
+        raise SiteDataError(
+            site.name,
+            "schema differs from the run's schema: " + "; ".join(diffs),
+            file=site.config_file or site.source,
+            column=column,
+        )
+    s = run.splits
+    splits = split_site(
+        site.table.labels,
+        groups=site.table.groups,
+        tune=s.tune,
+        test=s.test,
+        audit=s.audit,
+        seed=run.seed,
+        min_per_class=s.min_per_class,
+        min_rows=s.min_rows,
+        site=site.name,
+        file=site.source,
+    )
+    return PreparedSite(site=site, splits=splits)
+
+
+def schema_from_json(text: str) -> DataSchema:
+    return DataSchema.model_validate(json.loads(text))
+

@@ -1,0 +1,308 @@
+"""Local training at a site: DP-SGD with Poisson sampling and per-sample clipping, or plain SGD.
+
+Implements DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy"): each step samples
+every row independently with probability q (Poisson sampling, the subsampling the RDP analysis of
+Mironov 2017 / Mironov, Talwar, Zhang 2019 assumes), clips each row's gradient to L2 norm C, sums,
+adds N(0, σ²C²) noise and divides by the expected batch size qn. The clipping and noise are Opacus's
+own (Yousefpour et al. 2021): ``GradSampleModule`` computes per-sample gradients and
+``DPOptimizer`` clips, noises and scales them. Only batch sampling is done here, directly on
+tensors: a DataLoader's per-sample collation costs more than the whole step for these tiny models.
+
+Training does not account: the caller records ``(noise_multiplier, sample_rate, steps)`` from the
+returned ``TrainResult`` in the site's ledger (see ``fedward.client.accounting``).
+
+Randomness. Under DP the Poisson sampling and the noise must be secret to the adversary; the
+coordinator knows the run ``seed``, so they are NOT drawn from it. They come from
+``DPSettings.noise_seed`` when one is given (simulation and tests, for reproducible runs) and from
+the operating system's entropy otherwise (deployment). ``seed`` fixes only the non-DP shuffling.
+
+Threads. For models this small, torch's intra-op thread pool costs more than it saves (and several
+sites share the cores in a simulation), so training runs with one intra-op thread on CPU when the
+model has at most ``SMALL_MODEL_PARAMS`` parameters, restoring the caller's setting afterwards.
+Pass ``num_threads`` to override.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from fedward.common.config import TrainingConfig
+from fedward.common.errors import FedwardError
+
+SMALL_MODEL_PARAMS = 200_000
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """One round's DP-SGD parameters, as the site's privacy plan fixed them."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    noise_seed: int | None = None
+    """Seeds the Poisson sampling and the noise. None (deployment): fresh OS entropy. Never pass
+    a value the coordinator knows in deployment: whoever knows it can subtract the noise."""
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier >= 0:
+            raise FedwardError(f"DP noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if not self.max_grad_norm > 0:
+            raise FedwardError(f"DP max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if not 0 < self.sample_rate <= 1:
+            raise FedwardError(f"DP sample_rate must be in (0, 1], got {self.sample_rate}")
+
+    @staticmethod
+    def for_batch_size(
+        batch_size: int,
+        n_train: int,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        noise_seed: int | None = None,
+    ) -> DPSettings:
+        """Settings whose expected Poisson batch is ``batch_size`` rows (q = min(1, b / n))."""
+        if n_train < 1:
+            raise FedwardError("DP training needs at least one training row")
+        return DPSettings(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            sample_rate=min(1.0, batch_size / n_train),
+            noise_seed=noise_seed,
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the caller needs to account for the round (DP) and to report it."""
+
+    steps: int
+    sample_rate: float
+    noise_multiplier: float | None
+    train_loss: float
+    """Mean training loss over the round's batches. NOT covered by DP: keep it at the site or
+    list it as a non-DP output."""
+    n_train: int
+
+
+def dp_steps(sample_rate: float, local_epochs: int) -> int:
+    """Steps of one DP round: ``round(1 / q)`` Poisson batches per epoch, at least one."""
+    return local_epochs * max(1, round(1.0 / sample_rate))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (None: unchanged), then restore the setting."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _base_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] == 0:
+        raise FedwardError("local training needs at least one training row, got none")
+    if y.shape[0] != x.shape[0]:
+        raise FedwardError(f"features have {x.shape[0]} rows but labels have {y.shape[0]}")
+
+
+def _proximal_term(
+    model: nn.Module, anchor: list[torch.Tensor] | None, mu: float
+) -> torch.Tensor | None:
+    """FedProx (Li et al. 2020) term mu/2 ||w - w_global||², for the non-DP path."""
+    if anchor is None or mu == 0:
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = torch.zeros((), device=params[0].device)
+    for p, a in zip(params, anchor, strict=True):
+        total = total + ((p - a) ** 2).sum()
+    return 0.5 * mu * total
+
+
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    cfg: TrainingConfig,
+    dp: DPSettings | None,
+    seed: int,
+    device: torch.device | str = "cpu",
+    proximal_mu: float = 0.0,
+    num_threads: int | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``cfg.local_epochs`` epochs; DP-SGD when ``dp`` is given.
+
+    ``model`` stays the plain module (its ``state_dict`` has no ``_module.`` prefix). ``y`` holds
+    0/1 labels. ``proximal_mu`` > 0 adds FedProx's proximal term towards the starting weights.
+    """
+    _check_data(x, y)
+    dev = torch.device(device)
+    model.to(dev)
+    xd = x.to(dev, dtype=torch.float32)
+    yd = y.to(dev, dtype=torch.float32).reshape(-1)
+    if num_threads is None and dev.type == "cpu" and count_parameters(model) <= SMALL_MODEL_PARAMS:
+        num_threads = 1
+    anchor = (
+        [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        if proximal_mu > 0
+        else None
+    )
+    model.train()
+    with _intra_op_threads(num_threads):
+        if dp is None:
+            return _train_plain(model, xd, yd, cfg=cfg, seed=seed, anchor=anchor, mu=proximal_mu)
+        return _train_dp(model, xd, yd, cfg=cfg, dp=dp, anchor=anchor, mu=proximal_mu)
+
+
+def _train_plain(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    cfg: TrainingConfig,
+    seed: int,
+    anchor: list[torch.Tensor] | None,
+    mu: float,
+) -> TrainResult:
+    n = x.shape[0]
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    optimizer = _base_optimizer(model, cfg)
+    loss_fn = nn.BCEWithLogitsLoss()
+    steps, loss_sum = 0, 0.0
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]).reshape(-1), y[idx])
+            prox = _proximal_term(model, anchor, mu)
+            (loss if prox is None else loss + prox).backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            steps += 1
+    return TrainResult(
+        steps=steps,
+        sample_rate=min(1.0, cfg.batch_size / n),
+        noise_multiplier=None,
+        train_loss=loss_sum / max(steps, 1),
+        n_train=n,
+    )
+
+
+def _train_dp(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    cfg: TrainingConfig,
+    dp: DPSettings,
+    anchor: list[torch.Tensor] | None,
+    mu: float,
+) -> TrainResult:
+    n = x.shape[0]
+    q = dp.sample_rate
+    steps = dp_steps(q, cfg.local_epochs)
+    base_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(62)
+    sampler = torch.Generator(device="cpu")
+    sampler.manual_seed(int(base_seed))
+    noise_gen = torch.Generator(device=x.device)
+    noise_gen.manual_seed(int(base_seed) ^ 0x5DEECE66D)
+
+    # Loss is summed over the batch: the per-sample gradients are then the rows' own, and an
+    # empty Poisson batch (possible, and it must still be a noisy step) gives a zero sum, not NaN.
+    gsm = GradSampleModule(model, loss_reduction="sum", strict=True)
+    optimizer = DPOptimizer(
+        _base_optimizer(model, cfg),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=q * n,  # the average divides by q·n, not by the drawn batch size
+        loss_reduction="mean",
+        generator=noise_gen,
+    )
+    if anchor is not None and mu > 0:
+        # The proximal term depends on weights only, not on data: add its gradient after the
+        # noise (post-processing), never through the per-sample clipping.
+        params = optimizer.params
+
+        def _prox(opt: DPOptimizer) -> None:
+            for p, a in zip(params, anchor, strict=True):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - a, alpha=mu)
+
+        optimizer.attach_step_hook(_prox)
+
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    loss_sum, rows_seen = 0.0, 0
+    try:
+        with warnings.catch_warnings():
+            # Opacus's hooks fire on module outputs when the input needs no grad: expected here.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(steps):
+                mask = torch.rand(n, generator=sampler) < q
+                idx = mask.nonzero().reshape(-1).to(x.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(gsm(x[idx]).reshape(-1), y[idx])
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach())
+                rows_seen += int(idx.numel())
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            if hasattr(p, "summed_grad"):
+                del p.summed_grad
+        gsm.to_standard_module()  # removes hooks and every grad_sample attribute
+    return TrainResult(
+        steps=steps,
+        sample_rate=q,
+        noise_multiplier=dp.noise_multiplier,
+        train_loss=loss_sum / max(rows_seen, 1),
+        n_train=n,
+    )
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
+    """Sigmoid probabilities of the positive class, one float64 per row."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        out = [
+            torch.sigmoid(model(x[s : s + batch_size].to(device, torch.float32)).reshape(-1))
+            for s in range(0, x.shape[0], batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros(0, dtype=np.float64)
+    return torch.cat(out).cpu().numpy().astype(np.float64)

@@ -1,0 +1,1 @@
+"""Bundled, offline datasets with their provenance and license."""

@@ -1,0 +1,393 @@
+"""Reading a site's table and checking it against the declared schema.
+
+A site's data is read once, at the site, and every problem is reported in words a hospital IT team
+can act on: the site, the file, the column, an example value and its row. Nothing here is derived
+across sites; row-count and class minimums are checked when the table is split
+(:mod:`fedward.common.splits`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from fedward.common.errors import SiteDataError
+from fedward.common.schema import DataSchema, FeatureSpec, LabelSpec, Scalar
+
+Format = Literal["auto", "csv", "parquet"]
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+@dataclass(frozen=True)
+class LoadedTable:
+    """A validated table: the used feature columns, 0/1 labels, optional patient groups."""
+
+    frame: pd.DataFrame
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.labels)
+
+
+def load_table(
+    path: Path | str, schema: DataSchema, *, site: str, fmt: Format = "auto"
+) -> LoadedTable:
+    """Read a CSV or Parquet file and validate it; every failure is a SiteDataError."""
+    p = Path(path)
+    raw = read_raw(p, site=site, fmt=fmt)
+    return table_from_frame(raw, schema, site=site, file=str(p), row_offset=_row_offset(p, fmt))
+
+
+def read_raw(path: Path, *, site: str, fmt: Format = "auto") -> pd.DataFrame:
+    """Read the file with every column as text (CSV) or as stored (Parquet)."""
+    if not path.exists():
+        raise SiteDataError(
+            site, "data file not found; check data.path in the site config", file=path
+        )
+    if not path.is_file():
+        raise SiteDataError(site, "data path is not a file", file=path)
+    kind = _format_of(path, fmt)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            frame = pq.read_table(path).to_pandas()
+        else:
+            frame = pd.read_csv(
+                path, dtype=str, encoding="utf-8", skipinitialspace=True, keep_default_na=True
+            )
+    except UnicodeDecodeError as exc:
+        raise SiteDataError(
+            site, f"file is not UTF-8 text ({exc.reason}); re-save it as UTF-8 CSV", file=path
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SiteDataError(site, "file is empty (no header, no rows)", file=path) from exc
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        raise SiteDataError(site, f"cannot read the file as {kind}: {exc}", file=path) from exc
+    except Exception as exc:  # pyarrow raises its own error classes for corrupt files
+        raise SiteDataError(site, f"cannot read the file as {kind}: {exc}", file=path) from exc
+    if len(frame) == 0:
+        raise SiteDataError(site, "file has a header but no data rows", file=path)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def table_from_frame(
+    raw: pd.DataFrame,
+    schema: DataSchema,
+    *,
+    site: str,
+    file: str | None = None,
+    row_offset: int = 1,
+) -> LoadedTable:
+    """Validate an already-read table (any dtypes); ``row_offset`` maps positions to file rows."""
+    if len(raw) == 0:
+        raise SiteDataError(site, "table has no rows", file=file)
+    raw = raw.reset_index(drop=True)
+    columns = list(raw.columns)
+    _require_column(schema.label.column, columns, site=site, file=file, what="label column")
+    labels = _labels(raw[schema.label.column], schema.label, site=site, file=file, off=row_offset)
+
+    warnings: list[str] = []
+    out: dict[str, pd.Series] = {}
+    for spec in schema.used_features:
+        _require_column(spec.name, columns, site=site, file=file, what="feature column")
+        col = raw[spec.name]
+        if spec.kind == "numeric":
+            values = _numeric(col, spec, site=site, file=file, off=row_offset)
+        else:
+            values = _categorical(col, spec, site=site, file=file, off=row_offset)
+        _check_missing(values, spec, site=site, file=file, off=row_offset, warnings=warnings)
+        if spec.kind == "numeric":
+            _range_warning(values, spec, site=site, file=file, warnings=warnings)
+        out[spec.name] = values
+
+    groups = None
+    if schema.patient_id is not None:
+        _require_column(schema.patient_id, columns, site=site, file=file, what="patient id column")
+        ids = raw[schema.patient_id]
+        missing = ids.isna().to_numpy()
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0]) + row_offset
+            raise SiteDataError(
+                site,
+                f"{int(missing.sum())} rows have no patient id; "
+                "every row needs one so a patient's rows stay in one split",
+                file=file,
+                column=schema.patient_id,
+                detail=f"first at row {row}",
+            )
+        groups = ids.astype(str).str.strip().to_numpy()
+
+    frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
+    return LoadedTable(frame=frame, labels=labels, groups=groups, warnings=warnings)
+
+
+# ---- helpers of one concept: turning raw cells into checked values ----
+
+
+def _format_of(path: Path, fmt: Format) -> Literal["csv", "parquet"]:
+    if fmt != "auto":
+        return fmt
+    return "parquet" if path.suffix.lower() in _PARQUET_SUFFIXES else "csv"
+
+
+def _row_offset(path: Path, fmt: Format) -> int:
+    # CSV: line 1 is the header, so data row i (0-based) is on line i + 2.
+    return 1 if _format_of(path, fmt) == "parquet" else 2
+
+
+def _row_word(off: int) -> str:
+    return "line" if off == 2 else "row"
+
+
+def _require_column(
+    name: str, columns: list[str], *, site: str, file: str | None, what: str
+) -> None:
+    if name in columns:
+        return
+    hint = ""
+    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+    if not close:
+        folded = {c.casefold(): c for c in columns}
+        if name.casefold() in folded:
+            close = [folded[name.casefold()]]
+    if close:
+        hint = f"; did you mean '{close[0]}'?"
+    raise SiteDataError(
+        site,
+        f"{what} '{name}' is missing from the file{hint} (columns: {', '.join(columns[:20])})",
+        file=file,
+        column=name,
+    )
+
+
+def _as_text(value: Any) -> str:
+    """A cell as case-folded, stripped text; numbers without a spurious '.0'."""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if (
+        isinstance(value, float | np.floating)
+        and math.isfinite(value)
+        and float(value).is_integer()
+    ):
+        return str(int(value))
+    return str(value).strip().casefold()
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, float | np.floating) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _text_column(col: pd.Series) -> pd.Series:
+    """Case-folded text with NaN for missing cells."""
+    return pd.Series(
+        [np.nan if _is_missing(v) else _as_text(v) for v in col.tolist()],
+        index=col.index,
+        dtype=object,
+    )
+
+
+def _folded(values: Iterable[Scalar]) -> set[str]:
+    return {_as_text(v) for v in values}
+
+
+def _labels(
+    col: pd.Series, spec: LabelSpec, *, site: str, file: str | None, off: int
+) -> np.ndarray:
+    text = _text_column(col)
+    missing = text.isna().to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0]) + off
+        raise SiteDataError(
+            site,
+            f"{int(missing.sum())} rows have no label; remove them or fill them in",
+            file=file,
+            column=spec.column,
+            detail=f"first at {_row_word(off)} {row}",
+        )
+    values = text.to_numpy(dtype=object)
+    if spec.positive_values is not None:
+        positive = _folded(spec.positive_values)
+        labels = np.fromiter((v in positive for v in values), dtype=np.int64, count=len(values))
+    elif spec.positive_above is not None:
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        _refuse_non_numeric(numbers, values, site=site, file=file, column=spec.column, off=off)
+        labels = (numbers > spec.positive_above).astype(np.int64)
+    else:
+        mapping = {"0": 0, "1": 1, "false": 0, "true": 1, "0.0": 0, "1.0": 1}
+        bad = [i for i, v in enumerate(values) if v not in mapping]
+        if bad:
+            i = bad[0]
+            raise SiteDataError(
+                site,
+                f"{len(bad)} label values are not 0/1 or true/false; "
+                "declare label.positive_values or label.positive_above in the schema",
+                file=file,
+                column=spec.column,
+                detail=f"e.g. '{values[i]}' at {_row_word(off)} {i + off}",
+            )
+        labels = np.array([mapping[v] for v in values], dtype=np.int64)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        name = "positive" if classes[0] == 1 else "negative"
+        raise SiteDataError(
+            site,
+            f"every one of the {len(labels)} rows is {name}; training needs both classes",
+            file=file,
+            column=spec.column,
+        )
+    return labels
+
+
+def _refuse_non_numeric(
+    numbers: np.ndarray,
+    texts: np.ndarray,
+    *,
+    site: str,
+    file: str | None,
+    column: str,
+    off: int,
+) -> None:
+    bad = np.flatnonzero(np.isnan(numbers) & pd.notna(texts))
+    if len(bad):
+        i = int(bad[0])
+        raise SiteDataError(
+            site,
+            f"{len(bad)} non-numeric values in a numeric column; "
+            "declare it categorical or fix the values",
+            file=file,
+            column=column,
+            detail=f"e.g. '{texts[i]}' at {_row_word(off)} {i + off}",
+        )
+
+
+def _numeric(
+    col: pd.Series, spec: FeatureSpec, *, site: str, file: str | None, off: int
+) -> pd.Series:
+    if pd.api.types.is_bool_dtype(col.dtype):
+        numbers = col.astype(np.float64).to_numpy()
+    elif pd.api.types.is_numeric_dtype(col.dtype):
+        numbers = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = col.astype(object).map(lambda v: np.nan if _is_missing(v) else str(v).strip())
+        text_missing = {
+            str(v).strip().casefold() for v in spec.missing_values if isinstance(v, str)
+        }
+        if text_missing:
+            text = text.map(
+                lambda v: np.nan if isinstance(v, str) and v.casefold() in text_missing else v
+            )
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        _refuse_non_numeric(
+            numbers, text.to_numpy(dtype=object), site=site, file=file, column=spec.name, off=off
+        )
+    inf = np.flatnonzero(np.isinf(numbers))
+    if len(inf):
+        i = int(inf[0])
+        raise SiteDataError(
+            site,
+            f"{len(inf)} infinite values; "
+            "replace them with real measurements or leave the cells empty",
+            file=file,
+            column=spec.name,
+            detail=f"first at {_row_word(off)} {i + off}",
+        )
+    numeric_missing = [
+        float(v)
+        for v in spec.missing_values
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    for mv in numeric_missing:
+        numbers[numbers == mv] = np.nan
+    return pd.Series(numbers, index=col.index, dtype=np.float64)
+
+
+def _categorical(
+    col: pd.Series, spec: FeatureSpec, *, site: str, file: str | None, off: int
+) -> pd.Series:
+    text = _text_column(col)
+    missing = _folded(spec.missing_values)
+    if missing:
+        text = text.map(lambda v: np.nan if isinstance(v, str) and v in missing else v)
+    declared = [c.strip().casefold() for c in spec.categories or []]
+    present = text.notna().to_numpy()
+    unknown = np.flatnonzero(present & ~text.isin(declared).to_numpy())
+    if len(unknown):
+        i = int(unknown[0])
+        raise SiteDataError(
+            site,
+            f"{len(unknown)} values are not declared categories ({', '.join(declared)}); "
+            "fix the values or declare them",
+            file=file,
+            column=spec.name,
+            detail=f"e.g. '{text.iloc[i]}' at {_row_word(off)} {i + off}",
+        )
+    return text
+
+
+def _check_missing(
+    values: pd.Series,
+    spec: FeatureSpec,
+    *,
+    site: str,
+    file: str | None,
+    off: int,
+    warnings: list[str],
+) -> None:
+    missing = values.isna().to_numpy()
+    n_missing = int(missing.sum())
+    if n_missing == 0:
+        return
+    where = f"site '{site}', file '{file}', column '{spec.name}'"
+    if n_missing == len(values):
+        if not spec.imputable:
+            raise SiteDataError(
+                site,
+                "every value is missing and the schema declares no impute value; "
+                "provide the column or declare an impute value",
+                file=file,
+                column=spec.name,
+            )
+        warnings.append(
+            f"{where}: every value is missing; the declared value {spec.impute!r} is used for all "
+            "rows, so this input carries no information at this site"
+        )
+        return
+    if not spec.imputable:
+        row = int(np.flatnonzero(missing)[0]) + off
+        raise SiteDataError(
+            site,
+            f"{n_missing} missing values and the schema declares "
+            "no impute value; fill them in or declare one",
+            file=file,
+            column=spec.name,
+            detail=f"first at {_row_word(off)} {row}",
+        )
+
+
+def _range_warning(
+    values: pd.Series, spec: FeatureSpec, *, site: str, file: str | None, warnings: list[str]
+) -> None:
+    assert spec.min is not None and spec.max is not None
+    arr = values.to_numpy()
+    outside = int(np.sum((arr < spec.min) | (arr > spec.max)))
+    if outside:
+        warnings.append(
+            f"site '{site}', file '{file}', column '{spec.name}': {outside} values lie outside the "
+            f"declared range [{spec.min:g}, {spec.max:g}] and are clipped to it"
+        )

@@ -1,0 +1,53 @@
+"""Errors a person reads: each names the file, field, site or column at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FedwardError(Exception):
+    """Base class for every error fedward raises on purpose."""
+
+
+class ConfigError(FedwardError):
+    """A configuration file (run or site) is missing, unreadable or invalid."""
+
+    def __init__(self, path: str | Path | None, field: str | None, reason: str) -> None:
+        self.path = str(path) if path is not None else None
+        self.field = field
+        self.reason = reason
+        where = self.path or "<config>"
+        if field:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {reason}")
+
+
+class SiteDataError(FedwardError):
+    """A site's data does not satisfy the declared schema; names site, file and column."""
+
+    def __init__(
+        self,
+        site: str,
+        reason: str,
+        *,
+        file: str | Path | None = None,
+        column: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.site = site
+        self.file = str(file) if file is not None else None
+        self.column = column
+        self.reason = reason
+        # Example cell values and row numbers: shown to the site's operator, never sent away.
+        self.detail = detail
+        parts = [f"site '{site}'"]
+        if self.file:
+            parts.append(f"file '{self.file}'")
+        if column:
+            parts.append(f"column '{column}'")
+        self._public = ", ".join(parts) + f": {reason}"
+        super().__init__(self._public + (f" ({detail})" if detail else ""))
+
+    def public(self) -> str:
+        """The message without per-row details: what may leave the site."""
+        return self._public

@@ -1,0 +1,246 @@
+"""The coordinator's ServerApp: one shared frozen transform, Flower's strategy wrapped for robustness,
+per-round checkpoints and tune metrics, and one final read of every site's sealed test split.
+
+The same code runs in Flower's simulation engine (``fedward simulate``) and in the Deployment Engine
+(``flwr run`` against a SuperLink).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedward.common.config import RunConfig, load_run_config, run_schema
+from fedward.common.errors import FedwardError
+from fedward.common.models import build_model, set_deterministic
+from fedward.common.preprocessing import SharedTransform, transform_from_aggregates
+from fedward.common.protocol import (
+    CONFIG,
+    KEY_RUN,
+    KEY_SCHEMA,
+    KEY_SIM_SITES,
+    KEY_SPLIT,
+    KEY_TRANSFORM,
+)
+from fedward.common.schema import DataSchema
+from fedward.server.run_folder import RunFolder
+from fedward.server.site_tracking import SiteTracking, _reply_info
+from fedward.server.strategies import build_strategy
+
+NODE_WAIT_S = 120.0
+ROUND_TIMEOUT_S = 600.0
+
+
+@dataclass
+class CoordinatorSettings:
+    """What the coordinator needs beyond the run config: where to write, how it was started."""
+
+    run: RunConfig
+    output_dir: str = "runs"
+    run_dir: str | None = None
+    engine: str = "deployment"
+    sim_site_configs: list[str] = field(default_factory=list)
+
+
+def settings_from_context(context: Context) -> CoordinatorSettings:
+    """Read `[tool.flwr.app.config]` (and `flwr run --run-config` overrides)."""
+    rc = dict(context.run_config)
+    path = str(rc.get("run-config", "") or "") or None
+    run = load_run_config(path)
+    updates: dict[str, Any] = {}
+    if int(rc.get("rounds", -1)) > 0:  # type: ignore[arg-type]
+        updates["rounds"] = int(rc["rounds"])  # type: ignore[arg-type]
+    if int(rc.get("seed", -1)) >= 0:  # type: ignore[arg-type]
+        updates["seed"] = int(rc["seed"])  # type: ignore[arg-type]
+    if str(rc.get("run-name", "")):
+        updates["name"] = str(rc["run-name"])
+    privacy: dict[str, Any] = {}
+    if str(rc.get("dp", "")) in ("true", "false"):
+        privacy["dp"] = str(rc["dp"]) == "true"
+    if float(rc.get("target-epsilon", -1.0)) > 0:  # type: ignore[arg-type]
+        privacy["target_epsilon"] = float(rc["target-epsilon"])  # type: ignore[arg-type]
+    data = run.model_dump(mode="json")
+    data.update(updates)
+    data["privacy"].update(privacy)
+    run = RunConfig.model_validate(data)
+    sites = str(rc.get("sites", "") or "")
+    return CoordinatorSettings(
+        run=run,
+        output_dir=str(rc.get("output-dir", "runs") or "runs"),
+        run_dir=str(rc.get("run-dir", "") or "") or None,
+        engine=str(rc.get("engine", "deployment") or "deployment"),
+        sim_site_configs=[s for s in sites.split(",") if s],
+    )
+
+
+def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.5)
+
+
+def _dp_fitted_transform(
+    grid: Grid, tracker: SiteTracking, base: dict[str, Any], schema: DataSchema, min_sites: int
+) -> SharedTransform:
+    """Ask every site for DP-noised training-split aggregates and freeze the transform from their sum."""
+    nodes = _wait_for_nodes(grid, min_sites, NODE_WAIT_S)
+    msgs = [
+        Message(RecordDict({CONFIG: ConfigRecord(dict(base))}), dst_node_id=n, message_type="query")
+        for n in nodes
+    ]
+    replies = tracker._classify(0, grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S), "preprocessing")
+    aggregates = []
+    for msg in replies:
+        info = _reply_info(msg)
+        rec = tracker._site(msg.metadata.src_node_id)
+        rec.epsilon = float(info.get("epsilon", 0.0))
+        rec.delta = float(info.get("delta", 0.0))
+        aggregates.append(json.loads(str(info["preprocessing_aggregates"])))
+    if len(aggregates) < min_sites:
+        raise FedwardError(
+            f"only {len(aggregates)} site(s) released preprocessing aggregates; "
+            f"the run needs at least {min_sites}"
+        )
+    return transform_from_aggregates(schema, aggregates)
+
+
+def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> RunFolder:
+    """Run one federation end to end and leave a complete run folder."""
+    run = settings.run
+    set_deterministic(run.seed)
+    if settings.run_dir:
+        folder = RunFolder.at(settings.run_dir, run, run_id=context.run_id, engine=settings.engine)
+    else:
+        folder = RunFolder.create(settings.output_dir, run, run_id=context.run_id, engine=settings.engine)
+    schema = run_schema(run)
+    base: dict[str, Any] = {
+        KEY_RUN: run.to_json(),
+        KEY_SCHEMA: schema.model_dump_json(),
+        KEY_SIM_SITES: json.dumps(settings.sim_site_configs),
+    }
+    tracker = SiteTracking(
+        build_strategy(run.strategy),
+        folder=folder,
+        histogram_bins=run.evaluation.histogram_bins,
+        min_sites=run.strategy.min_sites,
+    )
+    folder.event(
+        "run-started", run_id=str(context.run_id), name=run.name, rounds=run.rounds,
+        dp=run.privacy.dp, target_epsilon=run.privacy.target_epsilon, folder=str(folder.path),
+    )
+    started = time.time()
+    if run.preprocessing.source == "dp-aggregates":
+        transform = _dp_fitted_transform(grid, tracker, base, schema, run.strategy.min_sites)
+    else:
+        transform = SharedTransform.from_schema(schema)
+    folder.write_json("transform.json", transform.to_dict())
+    base[KEY_TRANSFORM] = json.dumps(transform.to_dict())
+
+    model = build_model(run.model, transform.n_outputs, schema.image_shape, seed=run.seed)
+    _wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
+    result = tracker.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=run.rounds,
+        timeout=ROUND_TIMEOUT_S,
+        train_config=ConfigRecord(dict(base)),
+        evaluate_config=ConfigRecord({**base, KEY_SPLIT: "tune"}),
+    )
+    final_arrays = result.arrays if result.arrays is not None else ArrayRecord(model.state_dict())
+    test = tracker.final_test(grid, final_arrays, ConfigRecord(dict(base)), run.rounds)
+    elapsed = time.time() - started
+
+    folder.save_model(
+        final_arrays,
+        {
+            "kind": run.model.kind,
+            "hidden": run.model.hidden,
+            "activation": run.model.activation,
+            "n_inputs": transform.n_outputs,
+            "feature_names": transform.feature_names,
+            "image_shape": schema.image_shape,
+            "output": "one logit per row; sigmoid gives P(positive)",
+            "transform_fingerprint": transform.fingerprint(),
+        },
+    )
+    sites = tracker.site_summary()
+    folder.write_json(
+        "metrics.json",
+        {
+            "train": tracker.history["train"],
+            "tune": tracker.history["tune"],
+            "test": test,
+            "elapsed_s": round(elapsed, 3),
+        },
+    )
+    folder.write_json("run_record.json", run_record(run, schema, transform, sites))
+    folder.event("run-finished", elapsed_s=round(elapsed, 3), test=test)
+    return folder
+
+
+def run_record(
+    run: RunConfig, schema: DataSchema, transform: SharedTransform, sites: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The privacy statement of the run: what was DP, what was not, who took part and who did not."""
+    dp_covered = ["model updates (DP-SGD)"] if run.privacy.dp else []
+    if run.preprocessing.source == "dp-aggregates":
+        dp_covered.append("preprocessing aggregates (Gaussian mechanism)")
+    non_dp = sorted({o for s in sites for o in s["non_dp_outputs"]})
+    return {
+        "config_hash": run.config_hash(),
+        "schema_fingerprint": schema.fingerprint(),
+        "transform_source": run.preprocessing.source,
+        "transform_fingerprint": transform.fingerprint(),
+        "privacy": {
+            "dp": run.privacy.dp,
+            "privacy_unit": "one patient row at one site (sample-level DP)",
+            "target_epsilon": run.privacy.target_epsilon if run.privacy.dp else None,
+            "accountant": run.privacy.accountant,
+            "max_grad_norm": run.privacy.max_grad_norm,
+            "epsilon_covers": dp_covered,
+            "non_dp_outputs": non_dp,
+            "non_dp_note": "These aggregates are protected only by the sites' minimum cell sizes; "
+            "small-cell suppression is not differential privacy.",
+        },
+        "sites": sites,
+        "participating": [s["site"] for s in sites if s["status"] == "ok"],
+        "left_out": [
+            {"site": s["site"], "status": s["status"], "reason": s["reason"], "details": s["details"]}
+            for s in sites
+            if s["status"] != "ok"
+        ],
+        "warnings": sorted({f"{s['site']}: {w}" for s in sites for w in s["warnings"]}),
+    }
+
+
+def make_server_app(settings: CoordinatorSettings) -> ServerApp:
+    """A ServerApp bound to settings given in-process (used by `fedward simulate`)."""
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        folder = coordinate(grid, context, settings)
+        settings.run_dir = str(folder.path)
+
+    return server
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    coordinate(grid, context, settings_from_context(context))
+
+
+def default_output_dir() -> Path:
+    return Path.cwd() / "runs"

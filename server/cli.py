@@ -1,0 +1,141 @@
+"""Coordinator and developer commands: `fedward simulate`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from fedward.common.config import RunConfig, load_run_config
+from fedward.server.app import CoordinatorSettings
+from fedward.server.simulate import ProgressState, run_simulation
+
+console = Console()
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "∞" if v == float("inf") else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _progress_view(state: ProgressState, title: str) -> Group:
+    head = Text(f"{title}  round {state.current_round}/{state.rounds}", style="bold")
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("site", "status", "ε so far", "train loss", "tune AUROC", "tune acc"):
+        table.add_column(col)
+    for name, s in sorted((state.sites or {}).items()):
+        table.add_row(
+            name,
+            str(s.get("status", "…")),
+            _fmt(s.get("epsilon"), 2),
+            _fmt(s.get("loss")),
+            _fmt(s.get("auroc")),
+            _fmt(s.get("accuracy")),
+        )
+    parts: list[Any] = [head, table]
+    if state.pooled:
+        parts.append(Text(f"pooled tune AUROC {_fmt(state.pooled.get('auroc'))}"))
+    return Group(*parts)
+
+
+def _final_table(run_dir: Path) -> Table:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = json.loads((run_dir / "run_record.json").read_text())
+    test = metrics["test"]
+    eps = {s["site"]: s for s in record["sites"]}
+    table = Table(title="Sealed test split, final model", header_style="bold")
+    for col in ("site", "n", "accuracy", "AUROC (95% CI)", "AUPRC", "bal. acc", "Brier", "ε", "status"):
+        table.add_column(col)
+    for name, panel in sorted(test["sites"].items()):
+        ci = f"{_fmt(panel.get('auroc'))} ({_fmt(panel.get('auroc_lo'), 2)}–{_fmt(panel.get('auroc_hi'), 2)})"
+        table.add_row(
+            name, _fmt(panel.get("n")), _fmt(panel.get("accuracy")), ci, _fmt(panel.get("auprc")),
+            _fmt(panel.get("balanced_accuracy")), _fmt(panel.get("brier")),
+            _fmt(eps.get(name, {}).get("epsilon"), 2), eps.get(name, {}).get("status", "?"),
+        )
+    for left in record["left_out"]:
+        table.add_row(left["site"], "", "", "", "", "", "", "", f"{left['status']}: {left['reason']}")
+    pooled = test.get("pooled") or {}
+    table.add_row(
+        "pooled (histograms)", _fmt(pooled.get("n")), _fmt(pooled.get("accuracy")),
+        _fmt(pooled.get("auroc")), _fmt(pooled.get("auprc")), _fmt(pooled.get("balanced_accuracy")),
+        _fmt(pooled.get("brier")), "", "", style="bold",
+    )
+    return table
+
+
+def simulate(
+    dataset: Annotated[str | None, typer.Option(help="Bundled dataset: heart-disease, breast-cancer, digits.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config TOML.")] = None,
+    sites: Annotated[int | None, typer.Option(help="Number of sites for datasets split artificially.")] = None,
+    site_config: Annotated[
+        list[Path] | None, typer.Option("--site-config", help="A site config TOML; repeat once per site.")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="natural, iid or dirichlet.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Target ε for the whole run, per site.")] = None,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP (simulation and comparison only).")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, initialisation and sampling.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder that receives the run folder.")] = Path("runs"),
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1)."""
+    run = load_run_config(config)
+    data: dict[str, Any] = run.model_dump(mode="json")
+    if dataset is not None:
+        data["task"]["dataset"] = dataset
+        if config is None and dataset != "heart-disease":
+            data["task"]["partition"] = "iid"
+            data["task"]["n_sites"] = 4
+    if sites is not None:
+        data["task"]["n_sites"] = sites
+        if data["task"]["partition"] == "natural" and data["task"]["dataset"] != "heart-disease":
+            data["task"]["partition"] = "iid"
+    if partition is not None:
+        data["task"]["partition"] = partition
+    if rounds is not None:
+        data["rounds"] = rounds
+    if epsilon is not None:
+        data["privacy"]["target_epsilon"] = epsilon
+    if no_dp:
+        data["privacy"]["dp"] = False
+    if seed is not None:
+        data["seed"] = seed
+    if dataset == "digits" and config is None:
+        data["model"]["kind"] = "cnn"
+    run = RunConfig.model_validate(data)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = out / f"{stamp}-{run.name}"
+    settings = CoordinatorSettings(
+        run=run,
+        output_dir=str(out),
+        run_dir=str(run_dir),
+        engine="simulation",
+        sim_site_configs=[str(p.resolve()) for p in site_config or []],
+    )
+    title = (
+        f"fedward simulate · {run.task.dataset or 'site configs'} · "
+        f"{'DP ε=' + str(run.privacy.target_epsilon) if run.privacy.dp else 'no DP'}"
+    )
+    if verbose:
+        run_simulation(settings, verbose=True)
+    else:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            run_simulation(settings, on_update=lambda s: live.update(_progress_view(s, title)))
+    console.print(_final_table(run_dir))
+    console.print(f"run folder: [bold]{run_dir}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)

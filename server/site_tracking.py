@@ -1,0 +1,274 @@
+"""A strategy wrapper that keeps a federation going when sites refuse or fail, and records everything.
+
+Shaped like Flower's DP wrappers (``flwr.serverapp.strategy.dp_fixed_clipping``): it holds the inner
+strategy and delegates aggregation to it, only deciding *which* replies reach it. It also checkpoints
+the global model every round and turns each site's metric panel and coarsened score histogram into
+per-site and pooled metrics (pooled from histograms, never from raw scores).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedward.common.metrics import CoarseHistogram, pooled_panel
+from fedward.common.protocol import (
+    ARRAYS,
+    CONFIG,
+    KEY_SPLIT,
+    METRICS,
+    REPLY,
+    STATUS_OK,
+    STATUS_REFUSED,
+)
+from fedward.server.run_folder import RunFolder
+
+_AGGREGATED_TRAIN_KEYS = ("num-examples", "train_loss")
+
+
+@dataclass
+class SiteRecord:
+    """What the coordinator knows about one site: never its data, only what it chose to send."""
+
+    node_id: int
+    name: str | None = None
+    status: str = "pending"
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    rounds_ok: int = 0
+    epsilon: float | None = None
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    non_dp_outputs: set[str] = field(default_factory=set)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"node {self.node_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "site": self.label,
+            "status": self.status,
+            "reason": self.reason,
+            "details": self.details,
+            "rounds_ok": self.rounds_ok,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "warnings": self.warnings,
+            "non_dp_outputs": sorted(self.non_dp_outputs),
+        }
+
+
+def _reply_info(msg: Message) -> dict[str, Any]:
+    if not msg.has_content() or REPLY not in msg.content.config_records:
+        return {}
+    return dict(msg.content.config_records[REPLY])
+
+
+class SiteTracking(Strategy):
+    """Filter refusals and failures, record per-site status and privacy spend, checkpoint each round."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        folder: RunFolder,
+        histogram_bins: int,
+        min_sites: int,
+    ) -> None:
+        if histogram_bins < 2:
+            raise ValueError("histogram_bins must be at least 2")
+        if min_sites < 1:
+            raise ValueError("min_sites must be at least 1")
+        self.strategy = strategy
+        self.folder = folder
+        self.bins = histogram_bins
+        self.min_sites = min_sites
+        self.sites: dict[int, SiteRecord] = {}
+        self.excluded: set[int] = set()
+        self.history: dict[str, list[dict[str, Any]]] = {"train": [], "tune": [], "test": []}
+
+    # ---- delegation -------------------------------------------------------------------------------
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def _site(self, node_id: int) -> SiteRecord:
+        if node_id not in self.sites:
+            self.sites[node_id] = SiteRecord(node_id=node_id)
+        return self.sites[node_id]
+
+    def _keep(self, messages: Iterable[Message]) -> list[Message]:
+        kept = []
+        for m in messages:
+            if m.metadata.dst_node_id in self.excluded:
+                continue
+            self._site(m.metadata.dst_node_id)
+            kept.append(m)
+        return kept
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.folder.event("round-started", round=server_round)
+        return self._keep(self.strategy.configure_train(server_round, arrays, config, grid))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._keep(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+
+    # ---- classification of replies ------------------------------------------------------------
+
+    def _classify(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
+        """Record every reply; return those that may be aggregated."""
+        ok: list[Message] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            rec = self._site(node)
+            if msg.has_error():
+                rec.status = "failed"
+                rec.reason = f"{phase}, round {server_round}: {msg.error.reason}"
+                self.folder.event("site-failed", round=server_round, site=rec.label, reason=rec.reason)
+                log(WARNING, "site %s failed in %s: %s", rec.label, phase, msg.error.reason)
+                continue
+            info = _reply_info(msg)
+            rec.name = str(info.get("site", rec.name or f"node {node}"))
+            status = str(info.get("status", "error"))
+            if status != STATUS_OK:
+                rec.status = status
+                rec.reason = str(info.get("reason", "no reason given"))
+                rec.details = {k: v for k, v in info.items() if k not in ("site", "status", "reason")}
+                if status == STATUS_REFUSED:
+                    # A refusal is the site's decision (bad data, policy): stop asking it this run.
+                    self.excluded.add(node)
+                self.folder.event(
+                    f"site-{status}", round=server_round, site=rec.label, reason=rec.reason, phase=phase
+                )
+                log(WARNING, "site %s %s in %s: %s", rec.label, status, phase, rec.reason)
+                continue
+            rec.non_dp_outputs.update(str(x) for x in info.get("non_dp_outputs", []))
+            for w in info.get("warnings", []):
+                if w not in rec.warnings:
+                    rec.warnings.append(str(w))
+            ok.append(msg)
+        return ok
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ok = self._classify(server_round, replies, "train")
+        per_site: dict[str, dict[str, Any]] = {}
+        for msg in ok:
+            info = _reply_info(msg)
+            rec = self._site(msg.metadata.src_node_id)
+            rec.status = "ok"
+            rec.reason = None
+            rec.rounds_ok += 1
+            for key in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
+                if key in info:
+                    setattr(rec, key, float(info[key]))
+            metrics = dict(msg.content.metric_records[METRICS])
+            per_site[rec.label] = {
+                "train_loss": metrics.get("train_loss"),
+                "epsilon": rec.epsilon,
+                "num_examples": metrics.get("num-examples"),
+            }
+            self.folder.event(
+                "site-trained", round=server_round, site=rec.label, epsilon=rec.epsilon,
+                train_loss=metrics.get("train_loss"),
+            )
+        if len(ok) < self.min_sites:
+            self.folder.event(
+                "round-skipped",
+                round=server_round,
+                reason=f"{len(ok)} site(s) answered, fewer than the minimum of {self.min_sites}",
+            )
+            self.history["train"].append({"round": server_round, "sites": per_site, "aggregated": False})
+            return None, None
+        # The inner strategy sees exactly what it expects: one ArrayRecord, one consistent MetricRecord.
+        for msg in ok:
+            metrics = msg.content.metric_records[METRICS]
+            msg.content = RecordDict(
+                {
+                    ARRAYS: msg.content.array_records[ARRAYS],
+                    METRICS: MetricRecord({k: metrics[k] for k in _AGGREGATED_TRAIN_KEYS}),
+                }
+            )
+        arrays, agg = self.strategy.aggregate_train(server_round, ok)
+        if arrays is not None:
+            self.folder.save_checkpoint(server_round, arrays)
+        self.history["train"].append(
+            {"round": server_round, "sites": per_site, "aggregated": arrays is not None,
+             "pooled": dict(agg) if agg is not None else None}
+        )
+        return arrays, agg
+
+    # ---- evaluation -------------------------------------------------------------------------------
+
+    def _evaluation(self, server_round: int, replies: Iterable[Message], split: str) -> dict[str, Any]:
+        ok = self._classify(server_round, replies, f"evaluate ({split})")
+        per_site: dict[str, Any] = {}
+        hists: list[CoarseHistogram] = []
+        for msg in ok:
+            info = _reply_info(msg)
+            rec = self._site(msg.metadata.src_node_id)
+            panel: dict[str, Any] = dict(msg.content.metric_records[METRICS])
+            n = panel.pop("num-examples", None)
+            panel["n"] = int(n) if n is not None else None
+            for name in info.get("undefined_metrics", []):
+                panel.setdefault(str(name), None)
+            per_site[rec.label] = panel
+            rec.metrics[f"{split}:{server_round}"] = panel
+            hist_rec = {k[len("hist_"):]: v for k, v in info.items() if k.startswith("hist_")}
+            if hist_rec:
+                hists.append(CoarseHistogram.from_record(hist_rec))
+        pooled = pooled_panel(hists, self.bins) if hists else None
+        entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
+        self.history[split].append(entry)
+        self.folder.event("evaluated", round=server_round, split=split, sites=per_site, pooled=pooled)
+        return entry
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        entry = self._evaluation(server_round, replies, "tune")
+        self.folder.event("round-finished", round=server_round)
+        pooled = entry["pooled"] or {}
+        numbers = {k: float(v) for k, v in pooled.items() if isinstance(v, int | float) and v is not None}
+        return MetricRecord(numbers) if numbers else None  # type: ignore[arg-type]
+
+    def final_test(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> dict[str, Any]:
+        """Read each site's sealed test split exactly once, with the final model."""
+        cfg = ConfigRecord(dict(config))
+        cfg[KEY_SPLIT] = "test"
+        cfg["server-round"] = server_round
+        nodes = [n for n in grid.get_node_ids() if n not in self.excluded]
+        messages = [
+            Message(RecordDict({ARRAYS: arrays, CONFIG: cfg}), dst_node_id=n, message_type="evaluate")
+            for n in nodes
+        ]
+        replies = grid.send_and_receive(messages)
+        return self._evaluation(server_round, replies, "test")
+
+    def site_summary(self) -> list[dict[str, Any]]:
+        return [rec.to_dict() for rec in sorted(self.sites.values(), key=lambda r: r.label)]
+
+    def to_json(self) -> str:
+        return json.dumps({"sites": self.site_summary(), "history": self.history}, default=str)
