@@ -12,25 +12,31 @@ import json
 import traceback
 from collections.abc import Callable
 from logging import WARNING
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
+from opacus.validators import ModuleValidator
 
-from fedward.client.accounting import default_delta, epsilon_of, plan_noise_multiplier
-from fedward.client.accounting import gaussian_release_sigma
+from fedward.client.accounting import (
+    default_delta,
+    epsilon_of,
+    gaussian_release_sigma,
+    plan_noise_multiplier,
+)
 from fedward.client.site import PreparedSite, open_site, prepare
 from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.common.config import RunConfig
 from fedward.common.egress import egress_mod
-from fedward.common.errors import FedwardError, SiteDataError
+from fedward.common.errors import FedwardError, PolicyError, SiteDataError
 from fedward.common.metrics import metric_panel, score_histogram
 from fedward.common.models import build_model, select_device
 from fedward.common.preprocessing import SharedTransform, site_aggregates
 from fedward.common.protocol import (
+    ARRAYS,
     CONFIG,
     DP_STATE,
     KEY_RUN,
@@ -115,7 +121,7 @@ def _guarded(
     def wrapped(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a structured reply
+        except Exception as exc:
             return _failure(msg, context, exc)
 
     wrapped.__name__ = handler.__name__
@@ -129,14 +135,16 @@ def _guarded(
 def _dp_history(context: Context) -> list[tuple[float, float, int]]:
     if DP_STATE not in context.state:
         return []
-    rec = context.state[DP_STATE]
-    return [
-        (float(s), float(q), int(t))
-        for s, q, t in zip(rec["hist_sigma"], rec["hist_q"], rec["hist_steps"], strict=True)  # type: ignore[arg-type]
-    ]
+    rec = context.state.config_records[DP_STATE]
+    sigmas = cast(list[float], rec["hist_sigma"])
+    rates = cast(list[float], rec["hist_q"])
+    steps = cast(list[int], rec["hist_steps"])
+    return [(float(s), float(q), int(t)) for s, q, t in zip(sigmas, rates, steps, strict=True)]
 
 
-def _save_dp_state(context: Context, plan: dict[str, Any], history: list[tuple[float, float, int]]) -> None:
+def _save_dp_state(
+    context: Context, plan: dict[str, Any], history: list[tuple[float, float, int]]
+) -> None:
     rec = dict(plan)
     rec["hist_sigma"] = [float(h[0]) for h in history]
     rec["hist_q"] = [float(h[1]) for h in history]
@@ -153,7 +161,9 @@ def _dp_plan(context: Context) -> dict[str, Any] | None:
     return {k: rec[k] for k in ("noise_multiplier", "sample_rate", "steps_per_round", "delta")}
 
 
-def _plan_run(run: RunConfig, n_train: int, prior: list[tuple[float, float, int]]) -> dict[str, Any]:
+def _plan_run(
+    run: RunConfig, n_train: int, prior: list[tuple[float, float, int]]
+) -> dict[str, Any]:
     """Size the noise once for the whole run, so that all rounds together meet the target epsilon."""
     q = min(1.0, run.training.batch_size / n_train)
     steps_per_round = run.training.local_epochs * max(1, round(1.0 / q))
@@ -177,9 +187,24 @@ def _plan_run(run: RunConfig, n_train: int, prior: list[tuple[float, float, int]
 # ---- handlers ------------------------------------------------------------------------------------
 
 
-def _features(prepared: PreparedSite, transform: SharedTransform, split: str) -> tuple[torch.Tensor, np.ndarray]:
+def _min_cell(site_policy_min: int, context: Context) -> int:
+    """The stricter of the site config's and the SuperNode operator's minimum cell size."""
+    node_min = int(context.node_config.get("min-cell-size", 0))
+    return max(site_policy_min, node_min)
+
+
+def _features(
+    prepared: PreparedSite, transform: SharedTransform, split: str
+) -> tuple[torch.Tensor, np.ndarray]:
     frame, labels = prepared.rows(split)
     return torch.from_numpy(transform.transform(frame)), labels
+
+
+def _require_dp_compatible(model: torch.nn.Module, site: str) -> None:
+    """Opacus's validator: per-sample gradients need layers like GroupNorm, never BatchNorm."""
+    problems = ModuleValidator.validate(model, strict=False)
+    if problems:
+        raise PolicyError(site, "model is not DP-SGD compatible: " + "; ".join(map(str, problems)))
 
 
 @app.train()
@@ -191,10 +216,10 @@ def train(msg: Message, context: Context) -> Message:
     cfg = msg.content[CONFIG]
     transform = SharedTransform.from_dict(json.loads(str(cfg[KEY_TRANSFORM])))
     server_round = int(cfg.get("server-round", 0))  # type: ignore[arg-type]
-    min_cell = site.policy.min_cell_size
+    min_cell = _min_cell(site.policy.min_cell_size, context)
 
     if not run.privacy.dp and not site.policy.allow_non_dp:
-        raise SiteDataError(
+        raise PolicyError(
             site.name,
             "the run asks for training without DP, which this site's policy never allows "
             "(policy.allow_non_dp = false)",
@@ -204,8 +229,12 @@ def train(msg: Message, context: Context) -> Message:
     x, y = _features(prepared, transform, "train")
     n_train = len(y)
     device = select_device()
-    model = build_model(run.model, transform.n_outputs, prepared.site.schema.image_shape, seed=run.seed)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model = build_model(
+        run.model, transform.n_outputs, prepared.site.schema.image_shape, seed=run.seed
+    )
+    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    if run.privacy.dp:
+        _require_dp_compatible(model, site.name)
 
     history = _dp_history(context)
     info: dict[str, Any] = {}
@@ -219,7 +248,9 @@ def train(msg: Message, context: Context) -> Message:
             sample_rate=float(plan["sample_rate"]),
             # Whoever knows the noise seed can subtract the noise: seeded only in simulation, for
             # repeatable experiments; a real site draws fresh randomness from the OS.
-            noise_seed=_seed_for(run.seed, site.name, server_round, "noise") if site.simulated else None,
+            noise_seed=_seed_for(run.seed, site.name, server_round, "noise")
+            if site.simulated
+            else None,
         )
     else:
         plan, dp = None, None
@@ -235,8 +266,13 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
     )
 
-    metrics: dict[str, float] = {"num-examples": float(n_train), "train_loss": float(result.train_loss)}
-    non_dp = ["train_loss"]
+    metrics: dict[str, float] = {
+        "num-examples": float(n_train),
+        "train_loss": float(result.train_loss),
+    }
+    non_dp = ["train_loss", "num-examples (training rows)", "warnings and refusal reasons"]
+    if run.privacy.delta is None:
+        non_dp.append("delta (the default is derived from the training row count)")
     if plan is not None and dp is not None:
         # Recorded before the update leaves the site; the whole history composes into epsilon.
         history = [*history, (dp.noise_multiplier, dp.sample_rate, int(result.steps))]
@@ -292,10 +328,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     transform = SharedTransform.from_dict(json.loads(str(cfg[KEY_TRANSFORM])))
     model = build_model(run.model, transform.n_outputs, site.schema.image_shape, seed=run.seed)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
     x, y = _features(prepared, transform, split)
     scores = predict_scores(model, x)
-    min_cell = site.policy.min_cell_size
+    min_cell = _min_cell(site.policy.min_cell_size, context)
     ev = run.evaluation
     panel = metric_panel(
         y,
@@ -316,7 +352,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     info: dict[str, Any] = {
         "split": split,
         "undefined_metrics": undefined,
-        "non_dp_outputs": [f"metric panel ({split})", f"score histogram ({split})"],
+        "non_dp_outputs": [
+            f"metric panel ({split})",
+            f"score histogram ({split})",
+            f"num-examples ({split} rows)",
+        ],
     }
     info.update({f"hist_{k}": v for k, v in hist.items()})
     return _reply(msg, site.name, STATUS_OK, metrics=metrics, info=info, min_cell_size=min_cell)
@@ -338,7 +378,10 @@ def query(msg: Message, context: Context) -> Message:
     delta = run.privacy.delta if run.privacy.delta is not None else default_delta(n_train)
     eps_pre = run.privacy.target_epsilon * run.preprocessing.epsilon_share
     sigma = gaussian_release_sigma(eps_pre, delta, run.privacy.accountant)
-    rng = np.random.default_rng(_seed_for(run.seed, site.name, "preprocessing", context.run_id))
+    # As for DP-SGD's noise: seeded only in simulation; a real site draws from the OS.
+    rng = np.random.default_rng(
+        _seed_for(run.seed, site.name, "preprocessing") if site.simulated else None
+    )
     aggregates = site_aggregates(frame, site.schema, noise_multiplier=sigma, rng=rng)
     history = [*_dp_history(context), (float(sigma), 1.0, 1)]
     _save_dp_state(context, {}, history)
@@ -349,6 +392,14 @@ def query(msg: Message, context: Context) -> Message:
         "delta": float(delta),
         "noise_multiplier": float(sigma),
         "dp": True,
-        "non_dp_outputs": [],
+        "non_dp_outputs": []
+        if run.privacy.delta is not None
+        else ["delta (the default is derived from the training row count)"],
     }
-    return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=site.policy.min_cell_size)
+    return _reply(
+        msg,
+        site.name,
+        STATUS_OK,
+        info=info,
+        min_cell_size=_min_cell(site.policy.min_cell_size, context),
+    )

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedward.common.config import PolicyConfig, RunConfig, SiteConfig, load_site_config
-from fedward.common.datasets.bundled import bundled_federation, bundled_schema
-from fedward.common.datasource import LoadedTable, load_table
+from fedward.common.datasets.bundled import bundled_federation
+from fedward.common.datasource import LoadedTable, load_table, table_from_frame
 from fedward.common.errors import ConfigError, SiteDataError
 from fedward.common.schema import DataSchema
 from fedward.common.splits import SiteSplits, split_site
@@ -86,7 +85,10 @@ def _from_bundled(run: RunConfig, index: int, n_nodes: int) -> Site:
             f"{len(names)} sites ({', '.join(names)})",
         )
     site_name = names[index]
-    table = _table_from_frame(fed.sites[site_name], fed.schema, site_name, name)
+    # The bundled tables go through the same validation as a site's own file.
+    table = table_from_frame(
+        fed.sites[site_name], fed.schema, site=site_name, file=f"bundled:{name}/{site_name}"
+    )
     # Bundled data only exist for simulation, where non-DP comparison runs are allowed.
     return Site(
         name=site_name,
@@ -96,16 +98,6 @@ def _from_bundled(run: RunConfig, index: int, n_nodes: int) -> Site:
         policy=PolicyConfig(allow_non_dp=True),
         simulated=True,
     )
-
-
-def _table_from_frame(frame: Any, schema: DataSchema, site: str, dataset: str) -> LoadedTable:
-    # The bundled tables go through the same validation as a site's own file.
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{site}.csv"
-        frame.to_csv(path, index=False)
-        return load_table(path, schema, site=site, fmt="csv")
 
 
 def open_site(node_config: dict[str, Any], run: RunConfig, sim_site_configs: list[str]) -> Site:
@@ -163,4 +155,3 @@ def prepare(site: Site, run: RunConfig, run_schema: DataSchema) -> PreparedSite:
 
 def schema_from_json(text: str) -> DataSchema:
     return DataSchema.model_validate(json.loads(text))
-

@@ -28,9 +28,7 @@ err_console = Console(stderr=True)
 
 @config_app.command("schema")
 def config_schema(
-    which: Annotated[
-        str, typer.Argument(help="run, site, data_schema, or all")
-    ] = "all",
+    which: Annotated[str, typer.Argument(help="run, site, data_schema, or all")] = "all",
 ) -> None:
     """Print the JSON schema of the run config, the site config or the data schema."""
     schemas = json_schemas()
@@ -38,7 +36,9 @@ def config_schema(
         typer.echo(json.dumps(schemas, indent=2))
         return
     if which not in schemas:
-        raise typer.BadParameter(f"unknown config '{which}'; choose from {', '.join(schemas)} or all")
+        raise typer.BadParameter(
+            f"unknown config '{which}'; choose from {', '.join(schemas)} or all"
+        )
     typer.echo(json.dumps(schemas[which], indent=2))
 
 

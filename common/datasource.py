@@ -388,6 +388,6 @@ def _range_warning(
     outside = int(np.sum((arr < spec.min) | (arr > spec.max)))
     if outside:
         warnings.append(
-            f"site '{site}', file '{file}', column '{spec.name}': {outside} values lie outside the "
+            f"site '{site}', file '{file}', column '{spec.name}': some values lie outside the "
             f"declared range [{spec.min:g}, {spec.max:g}] and are clipped to it"
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Literal
@@ -212,6 +212,10 @@ class EgressPolicy:
     min_cell_size: int = 10
     max_list_len: int = 4096
     max_str_len: int = 4000
+    # DP-released payloads may be longer than free text (one entry per feature of a wide schema).
+    long_text_keys: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({"preprocessing_aggregates": 1_000_000})
+    )
     allow_list: AllowList = DEFAULT_ALLOW_LIST
     count_patterns: tuple[str, ...] = COUNT_PATTERNS
 
@@ -318,9 +322,10 @@ class EgressGuard:
             for v in values:
                 if isinstance(v, bytes):
                     raise EgressViolation(site, name, key, "bytes values may not leave a site")
-                if isinstance(v, str) and len(v) > policy.max_str_len:
+                limit = policy.long_text_keys.get(key, policy.max_str_len)
+                if isinstance(v, str) and len(v) > limit:
                     raise EgressViolation(
-                        site, name, key, f"text longer than the allowed {policy.max_str_len} chars"
+                        site, name, key, f"text longer than the allowed {limit} chars"
                     )
             if policy.is_count(key):
                 for v in values:

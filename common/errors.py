@@ -22,6 +22,17 @@ class ConfigError(FedwardError):
         super().__init__(f"{where}: {reason}")
 
 
+class PolicyError(FedwardError):
+    """A site's own policy refuses what the coordinator asked for."""
+
+    def __init__(self, site: str, reason: str, *, file: str | Path | None = None) -> None:
+        self.site = site
+        self.file = str(file) if file is not None else None
+        self.reason = reason
+        where = f"site '{site}'" + (f", policy in '{self.file}'" if self.file else "")
+        super().__init__(f"{where}: {reason}")
+
+
 class SiteDataError(FedwardError):
     """A site's data does not satisfy the declared schema; names site, file and column."""
 

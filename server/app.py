@@ -54,17 +54,17 @@ def settings_from_context(context: Context) -> CoordinatorSettings:
     path = str(rc.get("run-config", "") or "") or None
     run = load_run_config(path)
     updates: dict[str, Any] = {}
-    if int(rc.get("rounds", -1)) > 0:  # type: ignore[arg-type]
-        updates["rounds"] = int(rc["rounds"])  # type: ignore[arg-type]
-    if int(rc.get("seed", -1)) >= 0:  # type: ignore[arg-type]
-        updates["seed"] = int(rc["seed"])  # type: ignore[arg-type]
+    if int(rc.get("rounds", -1)) > 0:
+        updates["rounds"] = int(rc["rounds"])
+    if int(rc.get("seed", -1)) >= 0:
+        updates["seed"] = int(rc["seed"])
     if str(rc.get("run-name", "")):
         updates["name"] = str(rc["run-name"])
     privacy: dict[str, Any] = {}
     if str(rc.get("dp", "")) in ("true", "false"):
         privacy["dp"] = str(rc["dp"]) == "true"
-    if float(rc.get("target-epsilon", -1.0)) > 0:  # type: ignore[arg-type]
-        privacy["target_epsilon"] = float(rc["target-epsilon"])  # type: ignore[arg-type]
+    if float(rc.get("target-epsilon", -1.0)) > 0:
+        privacy["target_epsilon"] = float(rc["target-epsilon"])
     data = run.model_dump(mode="json")
     data.update(updates)
     data["privacy"].update(privacy)
@@ -97,7 +97,9 @@ def _dp_fitted_transform(
         Message(RecordDict({CONFIG: ConfigRecord(dict(base))}), dst_node_id=n, message_type="query")
         for n in nodes
     ]
-    replies = tracker._classify(0, grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S), "preprocessing")
+    replies = tracker._classify(
+        0, grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S), "preprocessing"
+    )
     aggregates = []
     for msg in replies:
         info = _reply_info(msg)
@@ -120,7 +122,9 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
     if settings.run_dir:
         folder = RunFolder.at(settings.run_dir, run, run_id=context.run_id, engine=settings.engine)
     else:
-        folder = RunFolder.create(settings.output_dir, run, run_id=context.run_id, engine=settings.engine)
+        folder = RunFolder.create(
+            settings.output_dir, run, run_id=context.run_id, engine=settings.engine
+        )
     schema = run_schema(run)
     base: dict[str, Any] = {
         KEY_RUN: run.to_json(),
@@ -134,8 +138,13 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         min_sites=run.strategy.min_sites,
     )
     folder.event(
-        "run-started", run_id=str(context.run_id), name=run.name, rounds=run.rounds,
-        dp=run.privacy.dp, target_epsilon=run.privacy.target_epsilon, folder=str(folder.path),
+        "run-started",
+        run_id=str(context.run_id),
+        name=run.name,
+        rounds=run.rounds,
+        dp=run.privacy.dp,
+        target_epsilon=run.privacy.target_epsilon,
+        folder=str(folder.path),
     )
     started = time.time()
     if run.preprocessing.source == "dp-aggregates":
@@ -156,7 +165,9 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         evaluate_config=ConfigRecord({**base, KEY_SPLIT: "tune"}),
     )
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(model.state_dict())
-    test = tracker.final_test(grid, final_arrays, ConfigRecord(dict(base)), run.rounds)
+    test = tracker.final_test(
+        grid, final_arrays, ConfigRecord(dict(base)), run.rounds, timeout=ROUND_TIMEOUT_S
+    )
     elapsed = time.time() - started
 
     folder.save_model(
@@ -214,7 +225,12 @@ def run_record(
         "sites": sites,
         "participating": [s["site"] for s in sites if s["status"] == "ok"],
         "left_out": [
-            {"site": s["site"], "status": s["status"], "reason": s["reason"], "details": s["details"]}
+            {
+                "site": s["site"],
+                "status": s["status"],
+                "reason": s["reason"],
+                "details": s["details"],
+            }
             for s in sites
             if s["status"] != "ok"
         ],

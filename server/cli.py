@@ -23,6 +23,8 @@ console = Console()
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
+    if isinstance(v, float) and v.is_integer() and digits == 0:
+        return str(int(v))
     if isinstance(v, float):
         return "∞" if v == float("inf") else f"{v:.{digits}f}"
     return str(v)
@@ -53,39 +55,65 @@ def _final_table(run_dir: Path) -> Table:
     record = json.loads((run_dir / "run_record.json").read_text())
     test = metrics["test"]
     eps = {s["site"]: s for s in record["sites"]}
-    table = Table(title="Sealed test split, final model", header_style="bold")
-    for col in ("site", "n", "accuracy", "AUROC (95% CI)", "AUPRC", "bal. acc", "Brier", "ε", "status"):
-        table.add_column(col)
+    table = Table(title="Sealed test split, final model", header_style="bold", pad_edge=False)
+    for col in ("site", "n", "acc", "AUROC [95% CI]", "AUPRC", "bal.acc", "Brier", "ε"):
+        table.add_column(col, no_wrap=True)
     for name, panel in sorted(test["sites"].items()):
-        ci = f"{_fmt(panel.get('auroc'))} ({_fmt(panel.get('auroc_lo'), 2)}–{_fmt(panel.get('auroc_hi'), 2)})"
+        ci = f"{_fmt(panel.get('auroc'), 2)} [{_fmt(panel.get('auroc_lo'), 2)}–{_fmt(panel.get('auroc_hi'), 2)}]"
         table.add_row(
-            name, _fmt(panel.get("n")), _fmt(panel.get("accuracy")), ci, _fmt(panel.get("auprc")),
-            _fmt(panel.get("balanced_accuracy")), _fmt(panel.get("brier")),
-            _fmt(eps.get(name, {}).get("epsilon"), 2), eps.get(name, {}).get("status", "?"),
+            name,
+            _fmt(panel.get("n"), 0),
+            _fmt(panel.get("accuracy"), 2),
+            ci,
+            _fmt(panel.get("auprc"), 2),
+            _fmt(panel.get("balanced_accuracy"), 2),
+            _fmt(panel.get("brier"), 2),
+            _fmt(eps.get(name, {}).get("epsilon"), 2),
         )
-    for left in record["left_out"]:
-        table.add_row(left["site"], "", "", "", "", "", "", "", f"{left['status']}: {left['reason']}")
     pooled = test.get("pooled") or {}
     table.add_row(
-        "pooled (histograms)", _fmt(pooled.get("n")), _fmt(pooled.get("accuracy")),
-        _fmt(pooled.get("auroc")), _fmt(pooled.get("auprc")), _fmt(pooled.get("balanced_accuracy")),
-        _fmt(pooled.get("brier")), "", "", style="bold",
+        "pooled*",
+        _fmt(pooled.get("n"), 0),
+        _fmt(pooled.get("accuracy"), 2),
+        _fmt(pooled.get("auroc"), 2),
+        _fmt(pooled.get("auprc"), 2),
+        _fmt(pooled.get("balanced_accuracy"), 2),
+        _fmt(pooled.get("brier"), 2),
+        "",
+        style="bold",
     )
+    table.caption = "* pooled from the sites' score histograms, never from raw scores"
     return table
 
 
+def _left_out(run_dir: Path) -> list[str]:
+    record = json.loads((run_dir / "run_record.json").read_text())
+    return [f"{x['site']} left out ({x['status']}): {x['reason']}" for x in record["left_out"]]
+
+
 def simulate(
-    dataset: Annotated[str | None, typer.Option(help="Bundled dataset: heart-disease, breast-cancer, digits.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Bundled dataset: heart-disease, breast-cancer, digits.")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config TOML.")] = None,
-    sites: Annotated[int | None, typer.Option(help="Number of sites for datasets split artificially.")] = None,
+    sites: Annotated[
+        int | None, typer.Option(help="Number of sites for datasets split artificially.")
+    ] = None,
     site_config: Annotated[
-        list[Path] | None, typer.Option("--site-config", help="A site config TOML; repeat once per site.")
+        list[Path] | None,
+        typer.Option("--site-config", help="A site config TOML; repeat once per site."),
     ] = None,
     partition: Annotated[str | None, typer.Option(help="natural, iid or dirichlet.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Target ε for the whole run, per site.")] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without DP (simulation and comparison only).")] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed for splits, initialisation and sampling.")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Target ε for the whole run, per site.")
+    ] = None,
+    no_dp: Annotated[
+        bool, typer.Option("--no-dp", help="Train without DP (simulation and comparison only).")
+    ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for splits, initialisation and sampling.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the run folder.")] = Path("runs"),
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -134,6 +162,8 @@ def simulate(
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             run_simulation(settings, on_update=lambda s: live.update(_progress_view(s, title)))
     console.print(_final_table(run_dir))
+    for line in _left_out(run_dir):
+        console.print(f"[yellow]{line}[/]")
     console.print(f"run folder: [bold]{run_dir}[/]")
 
 

@@ -25,7 +25,17 @@ from flwr.app import ArrayRecord
 from fedward.common.config import RunConfig
 
 PROGRESS_FILE = "progress.jsonl"
-_PACKAGES = ("fedward", "flwr", "torch", "opacus", "numpy", "scikit-learn", "pandas", "pydantic", "ray")
+_PACKAGES = (
+    "fedward",
+    "flwr",
+    "torch",
+    "opacus",
+    "numpy",
+    "scikit-learn",
+    "pandas",
+    "pydantic",
+    "ray",
+)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,7 +53,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
+    )
 
 
 def package_versions() -> dict[str, str]:
@@ -81,7 +93,9 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, root: str | Path, run: RunConfig, *, run_id: int | str, engine: str) -> RunFolder:
+    def create(
+        cls, root: str | Path, run: RunConfig, *, run_id: int | str, engine: str
+    ) -> RunFolder:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in run.name)[:40]
         path = Path(root) / f"{stamp}-{safe}-{run_id}"
@@ -109,7 +123,9 @@ class RunFolder:
     def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> Path:
         path = self.path / "checkpoints" / f"round-{server_round:04d}.pt"
         _save_state_dict(path, arrays)
-        atomic_write_json(self.path / "checkpoints" / "latest.json", {"round": server_round, "file": path.name})
+        atomic_write_json(
+            self.path / "checkpoints" / "latest.json", {"round": server_round, "file": path.name}
+        )
         return path
 
     def save_model(self, arrays: ArrayRecord, description: dict[str, Any]) -> Path:
@@ -141,7 +157,11 @@ def build_manifest(run: RunConfig, run_id: int | str, engine: str) -> dict[str, 
         "seed": run.seed,
         "packages": package_versions(),
         "git_commit": git_commit(),
-        "platform": {"system": platform.system(), "machine": platform.machine(), "argv0": Path(sys.argv[0]).name},
+        "platform": {
+            "system": platform.system(),
+            "machine": platform.machine(),
+            "argv0": Path(sys.argv[0]).name,
+        },
         "torch": {
             "deterministic_algorithms": True,
             "cudnn_benchmark": False,

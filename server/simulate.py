@@ -71,7 +71,7 @@ class ProgressState:
             s = self.sites.setdefault(ev["site"], {})
             s.update(status=kind.removeprefix("site-"), reason=ev.get("reason"))
             self.messages.append(f"{ev['site']}: {ev.get('reason')}")
-        elif kind == "evaluated":
+        elif kind == "evaluated" and ev.get("split") == "tune":
             for name, panel in (ev.get("sites") or {}).items():
                 self.sites.setdefault(name, {})["auroc"] = panel.get("auroc")
                 self.sites[name]["accuracy"] = panel.get("accuracy")
@@ -116,6 +116,7 @@ def run_simulation(
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_DEDUP_LOGS": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }.items():
         os.environ.setdefault(key, value)
     n_sites = count_sites(settings)
@@ -124,12 +125,16 @@ def run_simulation(
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        # Flower's per-round INFO lines and its deprecation notice for the Python simulation API
+        # would drown the live display; site failures are shown there instead.
+        logging.getLogger("flwr").setLevel(logging.ERROR)
 
     stop = threading.Event()
     watcher = None
     if on_update is not None:
-        watcher = threading.Thread(target=follow_progress, args=(run_dir, on_update, stop), daemon=True)
+        watcher = threading.Thread(
+            target=follow_progress, args=(run_dir, on_update, stop), daemon=True
+        )
         watcher.start()
     cpus = max(1, os.cpu_count() or 1)
     try:
@@ -139,7 +144,11 @@ def run_simulation(
             num_supernodes=n_sites,
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error"},
+                "init_args": {
+                    "num_cpus": cpus,
+                    "include_dashboard": False,
+                    "logging_level": "error",
+                },
             },
             verbose_logging=verbose,
         )

@@ -143,7 +143,9 @@ class SiteTracking(Strategy):
             if msg.has_error():
                 rec.status = "failed"
                 rec.reason = f"{phase}, round {server_round}: {msg.error.reason}"
-                self.folder.event("site-failed", round=server_round, site=rec.label, reason=rec.reason)
+                self.folder.event(
+                    "site-failed", round=server_round, site=rec.label, reason=rec.reason
+                )
                 log(WARNING, "site %s failed in %s: %s", rec.label, phase, msg.error.reason)
                 continue
             info = _reply_info(msg)
@@ -152,12 +154,18 @@ class SiteTracking(Strategy):
             if status != STATUS_OK:
                 rec.status = status
                 rec.reason = str(info.get("reason", "no reason given"))
-                rec.details = {k: v for k, v in info.items() if k not in ("site", "status", "reason")}
+                rec.details = {
+                    k: v for k, v in info.items() if k not in ("site", "status", "reason")
+                }
                 if status == STATUS_REFUSED:
                     # A refusal is the site's decision (bad data, policy): stop asking it this run.
                     self.excluded.add(node)
                 self.folder.event(
-                    f"site-{status}", round=server_round, site=rec.label, reason=rec.reason, phase=phase
+                    f"site-{status}",
+                    round=server_round,
+                    site=rec.label,
+                    reason=rec.reason,
+                    phase=phase,
                 )
                 log(WARNING, "site %s %s in %s: %s", rec.label, status, phase, rec.reason)
                 continue
@@ -191,7 +199,10 @@ class SiteTracking(Strategy):
                 "num_examples": metrics.get("num-examples"),
             }
             self.folder.event(
-                "site-trained", round=server_round, site=rec.label, epsilon=rec.epsilon,
+                "site-trained",
+                round=server_round,
+                site=rec.label,
+                epsilon=rec.epsilon,
                 train_loss=metrics.get("train_loss"),
             )
         if len(ok) < self.min_sites:
@@ -200,29 +211,37 @@ class SiteTracking(Strategy):
                 round=server_round,
                 reason=f"{len(ok)} site(s) answered, fewer than the minimum of {self.min_sites}",
             )
-            self.history["train"].append({"round": server_round, "sites": per_site, "aggregated": False})
+            self.history["train"].append(
+                {"round": server_round, "sites": per_site, "aggregated": False}
+            )
             return None, None
         # The inner strategy sees exactly what it expects: one ArrayRecord, one consistent MetricRecord.
         for msg in ok:
-            metrics = msg.content.metric_records[METRICS]
+            site_metrics = msg.content.metric_records[METRICS]
             msg.content = RecordDict(
                 {
                     ARRAYS: msg.content.array_records[ARRAYS],
-                    METRICS: MetricRecord({k: metrics[k] for k in _AGGREGATED_TRAIN_KEYS}),
+                    METRICS: MetricRecord({k: site_metrics[k] for k in _AGGREGATED_TRAIN_KEYS}),
                 }
             )
         arrays, agg = self.strategy.aggregate_train(server_round, ok)
         if arrays is not None:
             self.folder.save_checkpoint(server_round, arrays)
         self.history["train"].append(
-            {"round": server_round, "sites": per_site, "aggregated": arrays is not None,
-             "pooled": dict(agg) if agg is not None else None}
+            {
+                "round": server_round,
+                "sites": per_site,
+                "aggregated": arrays is not None,
+                "pooled": dict(agg) if agg is not None else None,
+            }
         )
         return arrays, agg
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    def _evaluation(self, server_round: int, replies: Iterable[Message], split: str) -> dict[str, Any]:
+    def _evaluation(
+        self, server_round: int, replies: Iterable[Message], split: str
+    ) -> dict[str, Any]:
         ok = self._classify(server_round, replies, f"evaluate ({split})")
         per_site: dict[str, Any] = {}
         hists: list[CoarseHistogram] = []
@@ -236,13 +255,15 @@ class SiteTracking(Strategy):
                 panel.setdefault(str(name), None)
             per_site[rec.label] = panel
             rec.metrics[f"{split}:{server_round}"] = panel
-            hist_rec = {k[len("hist_"):]: v for k, v in info.items() if k.startswith("hist_")}
+            hist_rec = {k[len("hist_") :]: v for k, v in info.items() if k.startswith("hist_")}
             if hist_rec:
                 hists.append(CoarseHistogram.from_record(hist_rec))
         pooled = pooled_panel(hists, self.bins) if hists else None
         entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
         self.history[split].append(entry)
-        self.folder.event("evaluated", round=server_round, split=split, sites=per_site, pooled=pooled)
+        self.folder.event(
+            "evaluated", round=server_round, split=split, sites=per_site, pooled=pooled
+        )
         return entry
 
     def aggregate_evaluate(
@@ -251,20 +272,31 @@ class SiteTracking(Strategy):
         entry = self._evaluation(server_round, replies, "tune")
         self.folder.event("round-finished", round=server_round)
         pooled = entry["pooled"] or {}
-        numbers = {k: float(v) for k, v in pooled.items() if isinstance(v, int | float) and v is not None}
+        numbers = {
+            k: float(v) for k, v in pooled.items() if isinstance(v, int | float) and v is not None
+        }
         return MetricRecord(numbers) if numbers else None  # type: ignore[arg-type]
 
-    def final_test(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> dict[str, Any]:
+    def final_test(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        server_round: int,
+        timeout: float,
+    ) -> dict[str, Any]:
         """Read each site's sealed test split exactly once, with the final model."""
         cfg = ConfigRecord(dict(config))
         cfg[KEY_SPLIT] = "test"
         cfg["server-round"] = server_round
         nodes = [n for n in grid.get_node_ids() if n not in self.excluded]
         messages = [
-            Message(RecordDict({ARRAYS: arrays, CONFIG: cfg}), dst_node_id=n, message_type="evaluate")
+            Message(
+                RecordDict({ARRAYS: arrays, CONFIG: cfg}), dst_node_id=n, message_type="evaluate"
+            )
             for n in nodes
         ]
-        replies = grid.send_and_receive(messages)
+        replies = grid.send_and_receive(messages, timeout=timeout)
         return self._evaluation(server_round, replies, "test")
 
     def site_summary(self) -> list[dict[str, Any]]:

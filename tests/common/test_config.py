@@ -32,7 +32,7 @@ def test_defaults_are_safe_dp_on_epsilon_one() -> None:
 
 
 def test_run_config_reads_toml_and_overrides(tmp_path: Path) -> None:
-    p = write(tmp_path, "run.toml", 'rounds = 3\nseed = 7\n[privacy]\ntarget_epsilon = 2.5\n')
+    p = write(tmp_path, "run.toml", "rounds = 3\nseed = 7\n[privacy]\ntarget_epsilon = 2.5\n")
     cfg = load_run_config(p)
     assert (cfg.rounds, cfg.seed, cfg.privacy.target_epsilon) == (3, 7, 2.5)
 

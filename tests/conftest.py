@@ -1,0 +1,76 @@
+"""Shared test helpers: real Flower messages and contexts, and the run's wire config."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+from fedward.common.config import RunConfig, run_schema
+from fedward.common.models import build_model
+from fedward.common.preprocessing import SharedTransform
+from fedward.common.protocol import KEY_RUN, KEY_SCHEMA, KEY_SIM_SITES, KEY_TRANSFORM
+
+for _key, _value in {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def make_message(content: RecordDict, message_type: str, dst_node_id: int = 1) -> Message:
+    """An instruction message as the SuperLink would deliver it to a node."""
+    meta = Metadata(
+        run_id=1,
+        message_id=uuid.uuid4().hex,
+        src_node_id=0,
+        dst_node_id=dst_node_id,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    return Message(content=content, metadata=meta)
+
+
+def make_context(node_config: dict[str, Any], node_id: int = 1) -> Context:
+    return Context(
+        run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(), run_config={}
+    )
+
+
+def wire_config(
+    run: RunConfig, *, server_round: int = 1, sim_sites: list[str] | None = None, **extra: Any
+) -> ConfigRecord:
+    schema = run_schema(run)
+    transform = SharedTransform.from_schema(schema)
+    return ConfigRecord(
+        {
+            KEY_RUN: run.to_json(),
+            KEY_SCHEMA: schema.model_dump_json(),
+            KEY_SIM_SITES: json.dumps(sim_sites or []),
+            KEY_TRANSFORM: json.dumps(transform.to_dict()),
+            "server-round": server_round,
+            **extra,
+        }
+    )
+
+
+def initial_arrays(run: RunConfig) -> ArrayRecord:
+    schema = run_schema(run)
+    transform = SharedTransform.from_schema(schema)
+    model = build_model(run.model, transform.n_outputs, schema.image_shape, seed=run.seed)
+    return ArrayRecord(model.state_dict())
+
+
+@pytest.fixture
+def heart_run() -> RunConfig:
+    return RunConfig(rounds=3, evaluation={"bootstrap": 50})  # type: ignore[arg-type]

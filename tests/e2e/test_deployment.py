@@ -1,0 +1,124 @@
+"""Deployment proof: a real flower-superlink and four flower-supernode processes on loopback, each site
+with its own site config and data file, the app launched with `flwr run`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedward.common.datasets.bundled import write_site_files
+from tests.e2e.processes import BIN, ProcessGroup, flower_env, free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("deploy")
+    home = tmp / "flwr_home"
+    home.mkdir()
+    env = flower_env(home)
+    link_port = free_port()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "fedward-test"\n\n[superlink.fedward-test]\n'
+        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    )
+    site_configs = write_site_files("heart-disease", tmp / "sites", seed=3)
+    group = ProcessGroup()
+    try:
+        group.start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link_port),
+                "--database",
+                str(tmp / "superlink.db"),
+            ],
+            env=env,
+            log=tmp / "superlink.log",
+        )
+        wait_for_port(link_port)
+        for i, cfg in enumerate(site_configs):
+            group.start(
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f"site-config='{cfg}'",
+                ],
+                env=env,
+                log=tmp / f"supernode-{i}.log",
+            )
+        out = tmp / "runs"
+        done = subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(REPO),
+                "fedward-test",
+                "--stream",
+                "--run-config",
+                f"output-dir='{out}' rounds=2 run-name='deployment-proof'",
+            ],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs = sorted(out.glob("*-deployment-proof-*"))
+        assert len(runs) == 1, f"no run folder under {out}: {done.stdout[-2000:]}"
+        yield runs[0]
+    finally:
+        group.stop()
+        for proc in group.procs:
+            assert proc.poll() is not None, f"process {proc.pid} still running"
+
+
+def test_deployment_run_folder_is_complete(deployed_run: Path) -> None:
+    for name in (
+        "manifest.json",
+        "run_config.json",
+        "transform.json",
+        "metrics.json",
+        "run_record.json",
+        "model.pt",
+        "model.json",
+        "progress.jsonl",
+    ):
+        assert (deployed_run / name).is_file(), name
+    assert (deployed_run / "checkpoints" / "round-0002.pt").is_file()
+    manifest = json.loads((deployed_run / "manifest.json").read_text())
+    assert manifest["engine"] == "deployment" and manifest["packages"]["flwr"].startswith("1.4")
+
+
+def test_every_site_trained_under_dp_and_was_tested_once(deployed_run: Path) -> None:
+    record = json.loads((deployed_run / "run_record.json").read_text())
+    assert sorted(record["participating"]) == [
+        "cleveland",
+        "hungary",
+        "switzerland",
+        "va-long-beach",
+    ]
+    for site in record["sites"]:
+        assert 0.9 <= site["epsilon"] <= 1.0  # the whole run's spend, not one round's
+    test = json.loads((deployed_run / "metrics.json").read_text())["test"]
+    assert set(test["sites"]) == set(record["participating"])
+    assert test["pooled"]["auroc"] is not None

@@ -1,0 +1,100 @@
+"""`fedward simulate` on Flower's simulation engine: sites with their own files, two of them faulty.
+
+One federation is started for the whole module; each test reads a different part of its run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from typing import Any
+
+import pytest
+
+from fedward.common.datasets.bundled import write_site_files
+from tests.e2e.processes import BIN
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("sim")
+    configs = write_site_files("heart-disease", tmp / "sites", seed=5)
+    by_name = {p.parent.name: p for p in configs}
+    # switzerland declares a schema that differs from the run's: one category more for 'cp'
+    swiss = by_name["switzerland"]
+    schema_text = (tmp / "sites" / "schema.toml").read_text()
+    schema = tomllib.loads(schema_text)
+    for feat in schema["features"]:
+        if feat["name"] == "cp":
+            feat["categories"].append("atypical chest pain")
+    import tomli_w
+
+    (swiss.parent / "schema.toml").write_bytes(tomli_w.dumps(schema).encode())
+    swiss.write_text(
+        swiss.read_text().replace('schema_file = "../schema.toml"', 'schema_file = "schema.toml"')
+    )
+    # va-long-beach misspells the label column
+    va_data = by_name["va-long-beach"].parent / "data.csv"
+    lines = va_data.read_text().splitlines()
+    lines[0] = lines[0].replace(",num", ",nmu")
+    va_data.write_text("\n".join(lines) + "\n")
+
+    out = tmp / "runs"
+    args = [str(BIN / "fedward"), "simulate", "--rounds", "2", "--out", str(out), "--seed", "5"]
+    for p in configs:
+        args += ["--site-config", str(p)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = list(out.iterdir())
+    return {"dir": run_dir, "stdout": done.stdout, "configs": by_name}
+
+
+def _json(run: dict[str, Any], name: str) -> Any:
+    return json.loads((run["dir"] / name).read_text())
+
+
+def test_faulty_sites_are_reported_and_left_out(federation: dict[str, Any]) -> None:
+    left = {x["site"]: x for x in _json(federation, "run_record.json")["left_out"]}
+    assert set(left) == {"switzerland", "va-long-beach"}
+    swiss = left["switzerland"]
+    assert swiss["status"] == "refused" and swiss["details"]["column"] == "cp"
+    assert "schema differs" in swiss["reason"]
+    va = left["va-long-beach"]
+    assert va["details"]["column"] == "num" and va["details"]["file"].endswith("data.csv")
+    assert "nmu" in va["reason"]  # the closest column name is suggested
+
+
+def test_the_other_sites_finish_the_run(federation: dict[str, Any]) -> None:
+    metrics = _json(federation, "metrics.json")
+    assert set(metrics["test"]["sites"]) == {"cleveland", "hungary"}
+    assert [r["round"] for r in metrics["tune"]] == [1, 2]
+    assert all(r["aggregated"] for r in metrics["train"])
+    assert (federation["dir"] / "checkpoints" / "round-0002.pt").is_file()
+
+
+def test_run_record_lists_every_non_dp_output(federation: dict[str, Any]) -> None:
+    privacy = _json(federation, "run_record.json")["privacy"]
+    assert privacy["epsilon_covers"] == ["model updates (DP-SGD)"]
+    assert {
+        "train_loss",
+        "metric panel (tune)",
+        "score histogram (tune)",
+        "metric panel (test)",
+    } <= set(privacy["non_dp_outputs"])
+
+
+def test_manifest_records_what_reproduces_the_run(federation: dict[str, Any]) -> None:
+    manifest = _json(federation, "manifest.json")
+    assert manifest["engine"] == "simulation" and manifest["seed"] == 5
+    assert len(manifest["config_hash"]) == 64
+    assert {"flwr", "torch", "opacus", "fedward"} <= set(manifest["packages"])
+
+
+def test_simulate_ends_with_a_table_and_the_run_folder(federation: dict[str, Any]) -> None:
+    out = federation["stdout"]
+    assert "Sealed test split" in out and "cleveland" in out
+    assert str(federation["dir"]) in out.replace("\n", "")
+    assert "switzerland left out" in out

@@ -1,0 +1,127 @@
+"""The coordinator's strategy wrapper: refusals and failures are recorded and left out, never fatal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fedward.client.app import app
+from fedward.common.config import RunConfig
+from fedward.common.protocol import KEY_SPLIT
+from fedward.server.run_folder import PROGRESS_FILE, RunFolder
+from fedward.server.site_tracking import SiteTracking
+from tests.conftest import initial_arrays, make_context, make_message, wire_config
+
+
+class LoopbackGrid:
+    """Just enough of a Grid for configure_*: the connected node ids."""
+
+    def __init__(self, nodes: Iterable[int]) -> None:
+        self.nodes = list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def _site_reply(
+    run: RunConfig, partition: int, node_id: int, message_type: str = "train", **cfg
+) -> Message:  # type: ignore[no-untyped-def]
+    content = RecordDict({"arrays": initial_arrays(run), "config": wire_config(run, **cfg)})
+    ctx = make_context({"partition-id": partition, "num-partitions": 4}, node_id=node_id)
+    return app(make_message(content, message_type, dst_node_id=node_id), ctx)
+
+
+def _refusal(node_id: int) -> Message:
+    msg = make_message(RecordDict(), "train", dst_node_id=node_id)
+    return Message(
+        RecordDict(
+            {"fedward": ConfigRecord({"site": "st-elsewhere", "status": "refused", "reason": "no"})}
+        ),
+        reply_to=msg,
+    )
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> SiteTracking:
+    run = RunConfig(rounds=2)
+    folder = RunFolder.at(tmp_path / "run", run, run_id=1, engine="test")
+    return SiteTracking(
+        FedAvg(min_available_nodes=1), folder=folder, histogram_bins=20, min_sites=2
+    )
+
+
+def test_refusals_and_failures_are_left_out_and_the_rest_aggregated(tracker: SiteTracking) -> None:
+    run = RunConfig(rounds=2)
+    ok = [_site_reply(run, 0, 11), _site_reply(run, 1, 12)]
+    failed = Message(
+        Error(code=1, reason="ClientApp crashed"), reply_to=make_message(RecordDict(), "train", 14)
+    )
+    arrays, metrics = tracker.aggregate_train(1, [*ok, _refusal(13), failed])
+    assert arrays is not None and metrics is not None
+    sites = {s["site"]: s for s in tracker.site_summary()}
+    assert sites["cleveland"]["status"] == "ok" and sites["hungary"]["status"] == "ok"
+    assert sites["st-elsewhere"]["status"] == "refused"
+    assert sites["node 14"]["status"] == "failed" and "crashed" in sites["node 14"]["reason"]
+    assert 13 in tracker.excluded  # a refusing site is not asked again this run
+    assert (tracker.folder.path / "checkpoints" / "round-0001.pt").exists()
+
+
+def test_aggregate_is_the_weighted_mean_of_the_valid_updates_only(tracker: SiteTracking) -> None:
+    run = RunConfig(rounds=2)
+    ok = [_site_reply(run, 0, 11), _site_reply(run, 1, 12)]
+    n = [float(m.content["metrics"]["num-examples"]) for m in ok]
+    w = [m.content["arrays"].to_torch_state_dict()["0.weight"] for m in ok]
+    expected = (w[0] * n[0] + w[1] * n[1]) / sum(n)
+    arrays, _ = tracker.aggregate_train(1, [*ok, _refusal(13)])
+    assert arrays is not None
+    torch.testing.assert_close(arrays.to_torch_state_dict()["0.weight"], expected)
+
+
+def test_round_is_skipped_below_the_minimum_number_of_sites(tracker: SiteTracking) -> None:
+    run = RunConfig(rounds=2)
+    arrays, _ = tracker.aggregate_train(1, [_site_reply(run, 0, 11), _refusal(13)])
+    assert arrays is None
+    events = [json.loads(x) for x in (tracker.folder.path / PROGRESS_FILE).read_text().splitlines()]
+    assert any(e["event"] == "round-skipped" for e in events)
+
+
+def test_excluded_sites_get_no_more_messages(tracker: SiteTracking) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = 1  # set by the ServerApp runtime before any strategy runs
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    tracker.aggregate_train(1, [_refusal(13)])
+    msgs = list(
+        tracker.configure_train(
+            2, initial_arrays(RunConfig()), ConfigRecord(), LoopbackGrid([11, 12, 13])
+        )
+    )  # type: ignore[arg-type]
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12]
+
+
+def test_pooled_tune_metrics_come_from_histograms(tracker: SiteTracking) -> None:
+    run = RunConfig(rounds=2)
+    replies = [_site_reply(run, p, 20 + p, "evaluate", **{KEY_SPLIT: "tune"}) for p in range(4)]
+    pooled = tracker.aggregate_evaluate(1, replies)
+    assert pooled is not None and 0.0 <= pooled["auroc"] <= 1.0
+    entry = tracker.history["tune"][-1]
+    assert set(entry["sites"]) == {"cleveland", "hungary", "switzerland", "va-long-beach"}
+    released = sum(
+        sum(r.content["fedward"]["hist_pos_counts"]) + sum(r.content["fedward"]["hist_neg_counts"])
+        for r in replies
+    )
+    # Switzerland's few negatives are suppressed at the site, so pooled n counts only released cells.
+    assert entry["pooled"]["n"] == released < sum(s["n"] for s in entry["sites"].values())
+
+
+def test_wrapper_rejects_bad_arguments(tmp_path: Path) -> None:
+    folder = RunFolder.at(tmp_path / "r", RunConfig(), run_id=1, engine="test")
+    with pytest.raises(ValueError, match="histogram_bins"):
+        SiteTracking(FedAvg(), folder=folder, histogram_bins=1, min_sites=1)
