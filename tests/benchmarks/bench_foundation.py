@@ -724,11 +724,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 )
             )
     results["benchmark_s"] = round(time.perf_counter() - started, 1)
+    # Other people may edit the working tree while this runs: say so if the measured code moved.
+    results["source_at_end"] = source_state()
+    results["source_changed_during_run"] = results["source_at_end"] != results["source"]
     results["summary"] = {key: summarise(runs[key]) for key, _ in ROWS}
     results["speed"] = speed(results)
     results["targets"] = targets(results)
 
-    out_console = Console()
+    # A pipe or a log file gets a fixed width wide enough for the tables (rich defaults to 80).
+    out_console = Console(width=None if sys.stdout.isatty() else 150)
     out_console.print(results_table(results))
     out_console.print(targets_table(results))
     sp = results["speed"]
@@ -744,6 +748,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     if contended:
         out_console.print(f"[yellow]runs slowed by other processes (seeds): {contended}[/]")
+    if results["source_changed_during_run"]:
+        out_console.print("[yellow]the working tree changed during the run (see source*)[/]")
     m = results["machine"]
     out_console.print(
         f"machine: {m['nproc']} cores {m['machine']} ({m['cpu_model']}), {m['ram_gib']} GiB RAM; "
