@@ -1,8 +1,10 @@
 """The site's ClientApp: DP-SGD training, tune/test evaluation and DP preprocessing aggregates.
 
-Every reply leaves through the egress guard (``fedward.common.egress``). A site that cannot take part
-(bad data, a refused privacy request) answers with a structured refusal instead of crashing, so the
-coordinator can report it and go on with the other sites.
+The site decides. Before anything leaves, it checks that the run config and its own code are
+approved, that its privacy ledger is intact and has not been rolled back, and that the release fits
+its budget; the release is then committed to the ledger *before* the reply is built. Every reply
+passes the egress guard (``fedward.common.egress``). A site that cannot take part answers with a
+structured refusal instead of crashing, so the coordinator can report it and go on.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import hashlib
 import json
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from logging import WARNING
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +25,11 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from opacus.validators import ModuleValidator
 
-from fedward.client.accounting import (
-    default_delta,
-    epsilon_of,
-    gaussian_release_sigma,
-    plan_noise_multiplier,
-)
-from fedward.client.site import PreparedSite, open_site, prepare
+from fedward.client.budget import BudgetRefusal, SiteBudget
+from fedward.client.ledger import Ledger, LedgerError
+from fedward.client.site import PreparedSite, Site, open_site, prepare
 from fedward.client.training import DPSettings, predict_scores, train_local
+from fedward.common.code_identity import code_hash
 from fedward.common.config import RunConfig
 from fedward.common.egress import egress_mod
 from fedward.common.errors import FedwardError, PolicyError, SiteDataError
@@ -38,10 +39,13 @@ from fedward.common.preprocessing import SharedTransform, site_aggregates
 from fedward.common.protocol import (
     ARRAYS,
     CONFIG,
-    DP_STATE,
+    KEY_ATTEMPT,
+    KEY_LEDGER_HEADS,
     KEY_RUN,
+    KEY_RUN_ID,
     KEY_SCHEMA,
     KEY_SIM_SITES,
+    KEY_SIM_STATE,
     KEY_SPLIT,
     KEY_TRANSFORM,
     REPLY,
@@ -54,24 +58,141 @@ from fedward.common.schema import DataSchema
 
 app = ClientApp(mods=[egress_mod])
 
+PRIVACY_UNIT = "record"  # sample-level DP-SGD: one row of one site's table
+
 
 def _seed_for(seed: int, *parts: object) -> int:
     text = ":".join(str(p) for p in (seed, *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def _run_from(msg: Message) -> tuple[RunConfig, DataSchema, list[str]]:
-    cfg = msg.content[CONFIG]
+# ---- one request: the run as asked, the site as it is, its ledger and budget --------------------
+
+
+@dataclass
+class Request:
+    msg: Message
+    context: Context
+    run: RunConfig
+    prepared: PreparedSite
+    run_id: str
+    ledger: Ledger
+
+    @property
+    def site(self) -> Site:
+        return self.prepared.site
+
+    @property
+    def cfg(self) -> ConfigRecord:
+        return self.msg.content.config_records[CONFIG]
+
+    @property
+    def server_round(self) -> int:
+        return int(self.cfg.get("server-round", 0))  # type: ignore[arg-type]
+
+    @property
+    def dataset(self) -> str:
+        return self.site.dataset_id
+
+    @property
+    def min_cell(self) -> int:
+        """The stricter of the site config's and the SuperNode operator's minimum cell size."""
+        node_min = int(self.context.node_config.get("min-cell-size", 0))
+        return max(self.site.policy.min_cell_size, node_min)
+
+    def budget(self) -> SiteBudget:
+        return SiteBudget(
+            self.ledger,
+            self.site.policy,
+            site=self.site.name,
+            dataset=self.dataset,
+            n_rows=self.site.table.n_rows,
+            accountant=self.run.privacy.accountant,
+        )
+
+    def transform(self) -> SharedTransform:
+        return SharedTransform.from_dict(json.loads(str(self.cfg[KEY_TRANSFORM])))
+
+    def features(self, transform: SharedTransform, split: str) -> tuple[torch.Tensor, np.ndarray]:
+        frame, labels = self.prepared.rows(split)
+        return torch.from_numpy(transform.transform(frame)), labels
+
+    def model(self, transform: SharedTransform) -> torch.nn.Module:
+        model = build_model(
+            self.run.model, transform.n_outputs, self.site.schema.image_shape, seed=self.run.seed
+        )
+        model.load_state_dict(self.msg.content.array_records[ARRAYS].to_torch_state_dict())
+        return model
+
+
+def _state_dir(site: Site, cfg: ConfigRecord) -> Path:
+    """A real site's ledger lives where its own config says; only simulated nodes take the run's.
+
+    A SuperNode started with a site config never lets the coordinator move its ledger.
+    """
+    sim_root = str(cfg.get(KEY_SIM_STATE, "") or "")
+    if site.simulated_node and sim_root:
+        return Path(sim_root) / site.name
+    if site.state_dir is None:
+        raise PolicyError(site.name, "this site has no state folder for its privacy ledger")
+    return Path(site.state_dir)
+
+
+def _check_ledger_head(req: Request) -> None:
+    """Refuse when the ledger does not extend the head the coordinator saw last (a rollback)."""
+    heads = json.loads(str(req.cfg.get(KEY_LEDGER_HEADS, "{}") or "{}"))
+    seen = heads.get(req.site.name)
+    if not seen:
+        return
+    seq, head = int(seen[0]), str(seen[1])
+    if req.ledger.hash_at(seq) != head:
+        raise LedgerError(
+            req.ledger.path,
+            f"the ledger does not extend the head the coordinator last saw (entry {seq}): it was "
+            "rolled back, replaced or deleted; a budget is never reset that way",
+        )
+
+
+def _check_approval(req: Request) -> None:
+    """Only run configs and code the site's operator approved, unless the policy auto-approves."""
+    if req.site.policy.auto_approve:
+        return
+    run_hash = req.run.config_hash()
+    where = req.site.config_file or "the site config"
+    if not req.ledger.is_approved("run-config", run_hash):
+        raise PolicyError(
+            req.site.name,
+            f"run config {run_hash[:12]}… is not approved; the operator approves it with "
+            f"`fedward site approve RUN.toml --site-config {where}`",
+            file=req.site.config_file,
+        )
+    code = code_hash()
+    if not req.ledger.is_approved("code", code):
+        raise PolicyError(
+            req.site.name,
+            f"the fedward code this site runs ({code[:12]}…) is not approved; "
+            "`fedward site approve` records it together with the run config",
+            file=req.site.config_file,
+        )
+
+
+def _request(msg: Message, context: Context) -> Request:
+    cfg = msg.content.config_records[CONFIG]
     run = RunConfig.from_json(str(cfg[KEY_RUN]))
     schema = DataSchema.model_validate(json.loads(str(cfg[KEY_SCHEMA])))
-    sim_sites = json.loads(str(cfg.get(KEY_SIM_SITES, "[]")) or "[]")
-    return run, schema, list(sim_sites)
-
-
-def _site_for(msg: Message, context: Context) -> tuple[RunConfig, PreparedSite]:
-    run, schema, sim_sites = _run_from(msg)
+    sim_sites = list(json.loads(str(cfg.get(KEY_SIM_SITES, "[]")) or "[]"))
     site = open_site(dict(context.node_config), run, sim_sites)
-    return run, prepare(site, run, schema)
+    prepared = prepare(site, run, schema)
+    run_id = str(cfg.get(KEY_RUN_ID, "") or f"flwr-{context.run_id}")
+    ledger = Ledger(_state_dir(site, cfg))
+    req = Request(msg, context, run, prepared, run_id, ledger)
+    ledger.require_valid()
+    _check_ledger_head(req)
+    _check_approval(req)
+    return req
+
+
+# ---- replies ------------------------------------------------------------------------------------
 
 
 def _reply(
@@ -86,7 +207,7 @@ def _reply(
 ) -> Message:
     content = RecordDict()
     if arrays is not None:
-        content["arrays"] = arrays
+        content[ARRAYS] = arrays
     if metrics is not None:
         content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]
     record: dict[str, Any] = {"site": site, "status": status, "min_cell_size": min_cell_size}
@@ -112,6 +233,9 @@ def _failure(msg: Message, context: Context, exc: Exception) -> Message:
         value = getattr(exc, key, None)
         if value:
             info[key] = str(value)
+    remaining = getattr(exc, "remaining_epsilon", None)
+    if remaining is not None:
+        info["epsilon_remaining"] = float(remaining)
     return _reply(msg, str(site), status, info=info)
 
 
@@ -129,75 +253,42 @@ def _guarded(
     return wrapped
 
 
-# ---- privacy state for this run (Flower keeps context.state per node and run) -------------------
-
-
-def _dp_history(context: Context) -> list[tuple[float, float, int]]:
-    if DP_STATE not in context.state:
-        return []
-    rec = context.state.config_records[DP_STATE]
-    sigmas = cast(list[float], rec["hist_sigma"])
-    rates = cast(list[float], rec["hist_q"])
-    steps = cast(list[int], rec["hist_steps"])
-    return [(float(s), float(q), int(t)) for s, q, t in zip(sigmas, rates, steps, strict=True)]
-
-
-def _save_dp_state(
-    context: Context, plan: dict[str, Any], history: list[tuple[float, float, int]]
-) -> None:
-    rec = dict(plan)
-    rec["hist_sigma"] = [float(h[0]) for h in history]
-    rec["hist_q"] = [float(h[1]) for h in history]
-    rec["hist_steps"] = [int(h[2]) for h in history]
-    context.state[DP_STATE] = ConfigRecord(rec)
-
-
-def _dp_plan(context: Context) -> dict[str, Any] | None:
-    if DP_STATE not in context.state:
-        return None
-    rec = context.state[DP_STATE]
-    if "noise_multiplier" not in rec:
-        return None
-    return {k: rec[k] for k in ("noise_multiplier", "sample_rate", "steps_per_round", "delta")}
-
-
-def _plan_run(
-    run: RunConfig, n_train: int, prior: list[tuple[float, float, int]]
-) -> dict[str, Any]:
-    """Size the noise once for the whole run, so that all rounds together meet the target epsilon."""
-    q = min(1.0, run.training.batch_size / n_train)
-    steps_per_round = run.training.local_epochs * max(1, round(1.0 / q))
-    delta = run.privacy.delta if run.privacy.delta is not None else default_delta(n_train)
-    sigma = plan_noise_multiplier(
-        run.privacy.target_epsilon,
-        delta,
-        q,
-        steps_per_round * run.rounds,
-        prior=prior,
-        accountant=run.privacy.accountant,
-    )
+def _privacy_info(req: Request, budget: SiteBudget, run_delta: float) -> dict[str, Any]:
+    status = budget.status(req.run_id, run_delta)
+    seq, head = req.ledger.head()
     return {
-        "noise_multiplier": float(sigma),
-        "sample_rate": float(q),
-        "steps_per_round": int(steps_per_round),
-        "delta": float(delta),
+        "epsilon": status.run_epsilon,
+        "delta": status.run_delta,
+        "epsilon_lifetime": status.lifetime_epsilon,
+        "delta_lifetime": status.lifetime_delta,
+        "epsilon_budget": status.total_epsilon,
+        "epsilon_remaining": status.remaining_epsilon,
+        "ledger_seq": seq,
+        "ledger_head": head,
+        "dataset": req.dataset,
+        "privacy_unit": PRIVACY_UNIT,
+        "multi_row_patients": req.site.multi_row_patients,
+        "accountant": req.run.privacy.accountant,
+        "dp": True,
     }
 
 
-# ---- handlers ------------------------------------------------------------------------------------
-
-
-def _min_cell(site_policy_min: int, context: Context) -> int:
-    """The stricter of the site config's and the SuperNode operator's minimum cell size."""
-    node_min = int(context.node_config.get("min-cell-size", 0))
-    return max(site_policy_min, node_min)
-
-
-def _features(
-    prepared: PreparedSite, transform: SharedTransform, split: str
-) -> tuple[torch.Tensor, np.ndarray]:
-    frame, labels = prepared.rows(split)
-    return torch.from_numpy(transform.transform(frame)), labels
+def _check_replay(req: Request, attempt: str) -> None:
+    """A coordinator may retry a round (new attempt), never replay an attempt or an older round."""
+    for e in req.ledger.entries(req.dataset):
+        if e.run_id != req.run_id or e.kind != "dp-sgd":
+            continue
+        if e.attempt == attempt:
+            raise BudgetRefusal(
+                req.site.name,
+                f"attempt {attempt} of round {e.round} was already trained: replay refused",
+            )
+        if e.round > req.server_round:
+            raise BudgetRefusal(
+                req.site.name,
+                f"round {req.server_round} is older than round {e.round} already trained in run "
+                f"{req.run_id}: replay refused",
+            )
 
 
 def _require_dp_compatible(model: torch.nn.Module, site: str) -> None:
@@ -207,17 +298,15 @@ def _require_dp_compatible(model: torch.nn.Module, site: str) -> None:
         raise PolicyError(site, "model is not DP-SGD compatible: " + "; ".join(map(str, problems)))
 
 
+# ---- handlers -----------------------------------------------------------------------------------
+
+
 @app.train()
 @_guarded
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; DP-SGD unless the run and the site's policy both allow not."""
-    run, prepared = _site_for(msg, context)
-    site = prepared.site
-    cfg = msg.content[CONFIG]
-    transform = SharedTransform.from_dict(json.loads(str(cfg[KEY_TRANSFORM])))
-    server_round = int(cfg.get("server-round", 0))  # type: ignore[arg-type]
-    min_cell = _min_cell(site.policy.min_cell_size, context)
-
+    req = _request(msg, context)
+    site, run = req.site, req.run
     if not run.privacy.dp and not site.policy.allow_non_dp:
         raise PolicyError(
             site.name,
@@ -225,75 +314,80 @@ def train(msg: Message, context: Context) -> Message:
             "(policy.allow_non_dp = false)",
             file=site.config_file,
         )
-
-    x, y = _features(prepared, transform, "train")
+    transform = req.transform()
+    x, y = req.features(transform, "train")
     n_train = len(y)
-    device = select_device()
-    model = build_model(
-        run.model, transform.n_outputs, prepared.site.schema.image_shape, seed=run.seed
-    )
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    model = req.model(transform)
+    info: dict[str, Any] = {}
+    dp: DPSettings | None = None
     if run.privacy.dp:
         _require_dp_compatible(model, site.name)
-
-    history = _dp_history(context)
-    info: dict[str, Any] = {}
-    if run.privacy.dp:
-        plan = _dp_plan(context)
-        if plan is None:
-            plan = _plan_run(run, n_train, prior=history)
-        dp = DPSettings(
-            noise_multiplier=float(plan["noise_multiplier"]),
+        budget = req.budget()
+        attempt = str(req.cfg.get(KEY_ATTEMPT, "") or f"{req.run_id}:{req.server_round}")
+        _check_replay(req, attempt)
+        plan = budget.plan_run(
+            run, run_id=req.run_id, n_train=n_train, config_hash=run.config_hash()
+        )
+        spend = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+        budget.check_spend(req.run_id, plan.run_delta, plan.run_epsilon_cap, spend)
+        # Committed before training: if the process dies after this, the spend still counts.
+        req.ledger.append(
+            dataset=req.dataset,
+            run_id=req.run_id,
+            round=req.server_round,
+            attempt=attempt,
+            kind="dp-sgd",
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps_per_round,
+            delta=plan.run_delta,
             max_grad_norm=run.privacy.max_grad_norm,
-            sample_rate=float(plan["sample_rate"]),
+            config_hash=run.config_hash(),
+        )
+        dp = DPSettings(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=run.privacy.max_grad_norm,
+            sample_rate=plan.sample_rate,
             # Whoever knows the noise seed can subtract the noise: seeded only in simulation, for
             # repeatable experiments; a real site draws fresh randomness from the OS.
-            noise_seed=_seed_for(run.seed, site.name, server_round, "noise")
-            if site.simulated
+            noise_seed=_seed_for(run.seed, site.name, req.server_round, "noise")
+            if site.simulated_node
             else None,
         )
-    else:
-        plan, dp = None, None
-
+        info.update(_privacy_info(req, budget, plan.run_delta))
+        info.update(
+            {
+                "noise_multiplier": plan.noise_multiplier,
+                "sample_rate": plan.sample_rate,
+                "steps": plan.steps_per_round,
+                "max_grad_norm": run.privacy.max_grad_norm,
+                "attempt": attempt,
+            }
+        )
     result = train_local(
         model,
         x,
         torch.from_numpy(y.astype(np.float32)),
         cfg=run.training,
         dp=dp,
-        seed=_seed_for(run.seed, site.name, server_round, "train"),
-        device=device,
-        proximal_mu=float(cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+        seed=_seed_for(run.seed, site.name, req.server_round, "train"),
+        device=select_device(),
+        proximal_mu=float(req.cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
     )
-
+    if dp is not None and result.steps != info["steps"]:
+        raise PolicyError(
+            site.name, f"training took {result.steps} steps, the ledger recorded {info['steps']}"
+        )
     metrics: dict[str, float] = {
         "num-examples": float(n_train),
         "train_loss": float(result.train_loss),
+        "epsilon": float(info.get("epsilon", float("inf"))),
     }
-    non_dp = ["train_loss", "num-examples (training rows)", "warnings and refusal reasons"]
-    if run.privacy.delta is None:
-        non_dp.append("delta (the default is derived from the training row count)")
-    if plan is not None and dp is not None:
-        # Recorded before the update leaves the site; the whole history composes into epsilon.
-        history = [*history, (dp.noise_multiplier, dp.sample_rate, int(result.steps))]
-        _save_dp_state(context, plan, history)
-        eps = epsilon_of(history, float(plan["delta"]), run.privacy.accountant)
-        metrics["epsilon"] = float(eps)
-        info.update(
-            {
-                "epsilon": float(eps),
-                "delta": float(plan["delta"]),
-                "noise_multiplier": dp.noise_multiplier,
-                "sample_rate": dp.sample_rate,
-                "steps": int(result.steps),
-                "max_grad_norm": run.privacy.max_grad_norm,
-                "accountant": run.privacy.accountant,
-                "dp": True,
-            }
-        )
-    else:
-        metrics["epsilon"] = float("inf")
+    if dp is None:
         info.update({"dp": False, "steps": int(result.steps)})
+    non_dp = ["train_loss", "num-examples (training rows)", "warnings and refusal reasons"]
+    if run.privacy.delta is None and dp is not None:
+        non_dp.append("delta (the default is derived from the dataset's row count)")
     info["non_dp_outputs"] = non_dp
     info["warnings"] = list(site.table.warnings)
     info["n_train"] = n_train
@@ -304,7 +398,7 @@ def train(msg: Message, context: Context) -> Message:
         arrays=ArrayRecord(model.state_dict()),
         metrics=metrics,
         info=info,
-        min_cell_size=min_cell,
+        min_cell_size=req.min_cell,
     )
 
 
@@ -312,26 +406,24 @@ def train(msg: Message, context: Context) -> Message:
 @_guarded
 def evaluate(msg: Message, context: Context) -> Message:
     """Metric panel and a coarsened score histogram on the tune split, or once on the sealed test split."""
-    run, prepared = _site_for(msg, context)
-    site = prepared.site
-    cfg = msg.content[CONFIG]
-    split = str(cfg.get(KEY_SPLIT, "tune"))
+    req = _request(msg, context)
+    site, run = req.site, req.run
+    split = str(req.cfg.get(KEY_SPLIT, "tune"))
     if split not in ("tune", "test"):
         raise SiteDataError(site.name, f"evaluation of split '{split}' is not allowed")
     if split == "test":
-        sealed = context.state.get(SEALED_STATE)
+        sealed = context.state.config_records.get(SEALED_STATE)
         if sealed is not None and bool(sealed.get("test_read", False)):
             raise SiteDataError(
                 site.name, "the sealed test split was already read once in this run"
             )
         context.state[SEALED_STATE] = ConfigRecord({"test_read": True})
 
-    transform = SharedTransform.from_dict(json.loads(str(cfg[KEY_TRANSFORM])))
-    model = build_model(run.model, transform.n_outputs, site.schema.image_shape, seed=run.seed)
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
-    x, y = _features(prepared, transform, split)
+    transform = req.transform()
+    model = req.model(transform)
+    x, y = req.features(transform, split)
     scores = predict_scores(model, x)
-    min_cell = _min_cell(site.policy.min_cell_size, context)
+    min_cell = req.min_cell
     ev = run.evaluation
     panel = metric_panel(
         y,
@@ -367,39 +459,51 @@ def evaluate(msg: Message, context: Context) -> Message:
 def query(msg: Message, context: Context) -> Message:
     """Preprocessing aggregates of the training split, released through the Gaussian mechanism.
 
-    Sums are clipped to the schema's declared ranges and categories (never derived from the data), and
-    the release is recorded in this run's DP history at sample rate 1, so training's noise is sized
-    for what is left of the target epsilon.
+    Sums are clipped to the schema's declared ranges and categories (never derived from the data);
+    the release is a ledger entry at sample rate 1, committed before it leaves, so training's noise
+    is then sized for what is left of the run's ε.
     """
-    run, prepared = _site_for(msg, context)
-    site = prepared.site
-    frame, _ = prepared.rows("train")
-    n_train = len(frame)
-    delta = run.privacy.delta if run.privacy.delta is not None else default_delta(n_train)
-    eps_pre = run.privacy.target_epsilon * run.preprocessing.epsilon_share
-    sigma = gaussian_release_sigma(eps_pre, delta, run.privacy.accountant)
+    req = _request(msg, context)
+    site, run = req.site, req.run
+    frame, _ = req.prepared.rows("train")
+    budget = req.budget()
+    delta = budget.run_delta(run)
+    sigma = budget.preprocessing_sigma(run)
+    spend = (float(sigma), 1.0, 1)
+    budget.check_spend(req.run_id, delta, budget.run_epsilon_cap(run), spend)
+    if any(
+        e.run_id == req.run_id and e.kind == "gaussian-release"
+        for e in req.ledger.entries(req.dataset)
+    ):
+        raise BudgetRefusal(
+            site.name, f"run {req.run_id} already released its preprocessing aggregates"
+        )
+    req.ledger.append(
+        dataset=req.dataset,
+        run_id=req.run_id,
+        round=0,
+        attempt="preprocessing",
+        kind="gaussian-release",
+        noise_multiplier=sigma,
+        sample_rate=1.0,
+        steps=1,
+        delta=delta,
+        config_hash=run.config_hash(),
+        note="preprocessing aggregates",
+    )
     # As for DP-SGD's noise: seeded only in simulation; a real site draws from the OS.
     rng = np.random.default_rng(
-        _seed_for(run.seed, site.name, "preprocessing") if site.simulated else None
+        _seed_for(run.seed, site.name, "preprocessing") if site.simulated_node else None
     )
     aggregates = site_aggregates(frame, site.schema, noise_multiplier=sigma, rng=rng)
-    history = [*_dp_history(context), (float(sigma), 1.0, 1)]
-    _save_dp_state(context, {}, history)
-    eps = epsilon_of(history, delta, run.privacy.accountant)
-    info = {
-        "preprocessing_aggregates": json.dumps(aggregates),
-        "epsilon": float(eps),
-        "delta": float(delta),
-        "noise_multiplier": float(sigma),
-        "dp": True,
-        "non_dp_outputs": []
-        if run.privacy.delta is not None
-        else ["delta (the default is derived from the training row count)"],
-    }
-    return _reply(
-        msg,
-        site.name,
-        STATUS_OK,
-        info=info,
-        min_cell_size=_min_cell(site.policy.min_cell_size, context),
+    info = _privacy_info(req, budget, delta)
+    info.update(
+        {
+            "preprocessing_aggregates": json.dumps(aggregates),
+            "noise_multiplier": float(sigma),
+            "non_dp_outputs": []
+            if run.privacy.delta is not None
+            else ["delta (the default is derived from the dataset's row count)"],
+        }
     )
+    return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)

@@ -8,7 +8,7 @@ the same rows in the same splits.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,15 @@ class Site:
     policy: PolicyConfig
     simulated: bool
     config_file: str | None = None
+    dataset_id: str = ""
+    state_dir: str | None = None
+    simulated_node: bool = False
+
+    @property
+    def multi_row_patients(self) -> bool:
+        """Patients with several rows: DP-SGD then protects each row, not each patient."""
+        groups = self.table.groups
+        return groups is not None and len(set(groups.tolist())) < len(groups)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ def _from_site_config(path: str) -> Site:
         policy=cfg.policy,
         simulated=False,
         config_file=str(path),
+        dataset_id=cfg.data.dataset_id or cfg.name,
+        state_dir=str(cfg.state_path),
     )
 
 
@@ -95,8 +106,10 @@ def _from_bundled(run: RunConfig, index: int, n_nodes: int) -> Site:
         source=f"bundled:{name}/{site_name}",
         schema=fed.schema,
         table=table,
-        policy=PolicyConfig(allow_non_dp=True),
+        policy=PolicyConfig(allow_non_dp=True, auto_approve=True),
         simulated=True,
+        dataset_id=f"{name}/{site_name}",
+        simulated_node=True,
     )
 
 
@@ -121,7 +134,8 @@ def open_site(node_config: dict[str, Any], run: RunConfig, sim_site_configs: lis
                 "sites",
                 f"{len(sim_site_configs)} site configs for {n_nodes} simulated nodes",
             )
-        return _from_site_config(sim_site_configs[index])
+        site = _from_site_config(sim_site_configs[index])
+        return replace(site, simulated_node=True)
     return _from_bundled(run, index, n_nodes)
 
 

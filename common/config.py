@@ -157,8 +157,14 @@ class RunConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def config_hash(self) -> str:
-        """Hash of the canonical JSON form; a site approves a run by this value."""
-        return canonical_hash(self.model_dump(mode="json"))
+        """Hash of the canonical JSON form; a site approves a run by this value.
+
+        The schema file's location differs between machines, so it is left out; every site checks
+        the schema's content against its own instead.
+        """
+        data = self.model_dump(mode="json")
+        data["task"]["schema_file"] = None
+        return canonical_hash(data)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -179,6 +185,13 @@ class DataSourceConfig(BaseModel):
 
     path: str = Field(description="CSV or Parquet file, relative to the site config file.")
     format: Literal["auto", "csv", "parquet"] = "auto"
+    dataset_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The budget's key in the ledger; defaults to the site name. Keep it when the "
+        "file is re-exported: the same patients share one lifetime budget.",
+    )
     schema_file: str | None = Field(
         default=None, description="Schema TOML (relative to the site config file)."
     )
@@ -194,15 +207,44 @@ class DataSourceConfig(BaseModel):
 
 
 class PolicyConfig(BaseModel):
-    """The site's own rules. Enforcement (ledger, approval) grows with the privacy-ledger work."""
+    """The site's own rules; the coordinator's run config can only ask for less."""
 
     model_config = _Strict
 
     min_cell_size: int = Field(default=10, ge=1, le=10**6)
     allow_non_dp: bool = Field(default=False, description="Non-DP training is never the default.")
-    max_epsilon_per_run: float | None = Field(default=None, gt=0)
-    total_epsilon: float | None = Field(default=None, gt=0)
-    total_delta: float | None = Field(default=None, gt=0, lt=1)
+    total_epsilon: float = Field(
+        default=10.0,
+        gt=0,
+        le=1000,
+        description="Lifetime ε of this dataset, across every run, composed from the ledger.",
+    )
+    total_delta: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Lifetime δ; null: below 1/(10 * the dataset's rows).",
+    )
+    max_epsilon_per_run: float | None = Field(
+        default=None, gt=0, le=1000, description="The most ε one run may spend."
+    )
+    max_noise_multiplier: float = Field(
+        default=25.0,
+        gt=0,
+        le=10**4,
+        description="A run that would need more noise than this is refused at its start.",
+    )
+    auto_approve: bool = Field(
+        default=False,
+        description="Accept run configs and code not approved with `fedward site approve` "
+        "(simulation and demos only).",
+    )
+
+    @model_validator(mode="after")
+    def _per_run_within_total(self) -> PolicyConfig:
+        if self.max_epsilon_per_run is not None and self.max_epsilon_per_run > self.total_epsilon:
+            raise ValueError("max_epsilon_per_run cannot exceed total_epsilon")
+        return self
 
 
 class SiteConfig(BaseModel):

@@ -187,6 +187,15 @@ _FEDWARD_KEYS = frozenset(
         "undefined_metrics",
         "warnings",
         "n_train",
+        # The site's budget and ledger head (the coordinator checks it is never rolled back).
+        "epsilon_lifetime",
+        "delta_lifetime",
+        "ledger_seq",
+        "ledger_head",
+        "dataset",
+        "privacy_unit",
+        "multi_row_patients",
+        "attempt",
     }
 )
 

@@ -17,12 +17,16 @@ KEY_SCHEMA = "fedward.schema"  # the run's data schema as JSON; sites must match
 KEY_TRANSFORM = "fedward.transform"  # the frozen shared preprocessing as JSON
 KEY_SIM_SITES = "fedward.sim-sites"  # simulation only: site config paths, by partition id
 KEY_SPLIT = "fedward.split"  # evaluation split: "tune" each round, "test" once at the end
+KEY_RUN_ID = "fedward.run-id"  # fedward's own run id: kept when a run is resumed
+KEY_ATTEMPT = "fedward.attempt"  # one id per round attempt: a retried round is a new attempt
+KEY_LEDGER_HEADS = "fedward.ledger-heads"  # {site: [seq, hash]} last ledger heads the coordinator saw
+KEY_SIM_STATE = "fedward.sim-state-dir"  # simulation only: root of the simulated sites' state folders
 
 # Reply statuses.
 STATUS_OK = "ok"
 STATUS_REFUSED = "refused"  # the site decided not to take part (data, policy, budget)
 STATUS_ERROR = "error"  # something broke at the site; reported, never fatal to the run
 
-# Keys of a node's context.state (per node, per run).
-DP_STATE = "fedward.dp"
+# Keys of a node's context.state (per node, per run). Privacy state never lives here: it is in the
+# site's ledger, which survives process restarts.
 SEALED_STATE = "fedward.sealed"

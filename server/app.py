@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,17 @@ from fedward.common.preprocessing import SharedTransform, transform_from_aggrega
 from fedward.common.protocol import (
     CONFIG,
     KEY_RUN,
+    KEY_RUN_ID,
     KEY_SCHEMA,
     KEY_SIM_SITES,
+    KEY_SIM_STATE,
     KEY_SPLIT,
     KEY_TRANSFORM,
 )
 from fedward.common.schema import DataSchema
+from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteTracking, _reply_info
+from fedward.server.site_tracking import SiteTracking, TooFewSites, _reply_info
 from fedward.server.strategies import build_strategy
 
 NODE_WAIT_S = 120.0
@@ -46,6 +50,12 @@ class CoordinatorSettings:
     run_dir: str | None = None
     engine: str = "deployment"
     sim_site_configs: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    # Simulation: the simulated sites' state folders (a fresh one inside the run folder by default,
+    # so repeated simulations do not drain a budget by accident).
+    sim_state_dir: str | None = None
+    # Where the coordinator remembers the sites' ledger heads across runs.
+    coordinator_state_dir: str | None = None
 
 
 def settings_from_context(context: Context) -> CoordinatorSettings:
@@ -126,20 +136,33 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             settings.output_dir, run, run_id=context.run_id, engine=settings.engine
         )
     schema = run_schema(run)
+    run_id = settings.run_id or uuid.uuid4().hex
     base: dict[str, Any] = {
         KEY_RUN: run.to_json(),
         KEY_SCHEMA: schema.model_dump_json(),
         KEY_SIM_SITES: json.dumps(settings.sim_site_configs),
+        KEY_RUN_ID: run_id,
     }
+    if settings.engine == "simulation":
+        state_root = Path(settings.sim_state_dir or folder.path / "site-state")
+        base[KEY_SIM_STATE] = str(state_root.resolve())
+        heads_path = Path(settings.coordinator_state_dir or state_root) / "ledger_heads.json"
+    else:
+        coord_dir = settings.coordinator_state_dir or str(
+            Path(settings.output_dir) / "coordinator-state"
+        )
+        heads_path = Path(coord_dir) / "ledger_heads.json"
     tracker = SiteTracking(
         build_strategy(run.strategy),
         folder=folder,
         histogram_bins=run.evaluation.histogram_bins,
         min_sites=run.strategy.min_sites,
+        heads=LedgerHeads(heads_path),
     )
     folder.event(
         "run-started",
-        run_id=str(context.run_id),
+        run_id=run_id,
+        flower_run_id=str(context.run_id),
         name=run.name,
         rounds=run.rounds,
         dp=run.privacy.dp,
@@ -156,14 +179,20 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
 
     model = build_model(run.model, transform.n_outputs, schema.image_shape, seed=run.seed)
     _wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
-    result = tracker.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=run.rounds,
-        timeout=ROUND_TIMEOUT_S,
-        train_config=ConfigRecord(dict(base)),
-        evaluate_config=ConfigRecord({**base, KEY_SPLIT: "tune"}),
-    )
+    try:
+        result = tracker.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=run.rounds,
+            timeout=ROUND_TIMEOUT_S,
+            train_config=ConfigRecord(dict(base)),
+            evaluate_config=ConfigRecord({**base, KEY_SPLIT: "tune"}),
+        )
+    except TooFewSites as stop:
+        # A clean stop: the sealed test splits stay unread, no final model is released.
+        return _finish(
+            folder, run, run_id, schema, transform, tracker, None, time.time() - started, str(stop)
+        )
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(model.state_dict())
     test = tracker.final_test(
         grid, final_arrays, ConfigRecord(dict(base)), run.rounds, timeout=ROUND_TIMEOUT_S
@@ -183,6 +212,21 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             "transform_fingerprint": transform.fingerprint(),
         },
     )
+    return _finish(folder, run, run_id, schema, transform, tracker, test, elapsed, None)
+
+
+def _finish(
+    folder: RunFolder,
+    run: RunConfig,
+    run_id: str,
+    schema: DataSchema,
+    transform: SharedTransform,
+    tracker: SiteTracking,
+    test: dict[str, Any] | None,
+    elapsed: float,
+    stopped: str | None,
+) -> RunFolder:
+    tracker.save_heads()
     sites = tracker.site_summary()
     folder.write_json(
         "metrics.json",
@@ -193,9 +237,62 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             "elapsed_s": round(elapsed, 3),
         },
     )
-    folder.write_json("run_record.json", run_record(run, schema, transform, sites))
-    folder.event("run-finished", elapsed_s=round(elapsed, 3), test=test)
+    record = run_record(run, schema, transform, sites)
+    record["run_id"] = run_id
+    record["status"] = "stopped" if stopped else "finished"
+    record["stopped_reason"] = stopped
+    folder.write_json("run_record.json", record)
+    folder.write_json("privacy_summary.json", privacy_summary(run, run_id, sites))
+    if stopped:
+        folder.event("run-stopped", elapsed_s=round(elapsed, 3), reason=stopped)
+    else:
+        folder.event("run-finished", elapsed_s=round(elapsed, 3), test=test)
     return folder
+
+
+def privacy_summary(run: RunConfig, run_id: str, sites: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per site: ε/δ this run and over the dataset's lifetime, budget left, refusals."""
+    multi_row = any(s.get("multi_row_patients") for s in sites)
+    return {
+        "run_id": run_id,
+        "dp": run.privacy.dp,
+        "privacy_unit": "record (one row of one site's table)"
+        + (
+            "; some patients have several rows, so a patient is protected only per row"
+            if multi_row
+            else ""
+        ),
+        "accountant": run.privacy.accountant,
+        "target_epsilon": run.privacy.target_epsilon if run.privacy.dp else None,
+        "max_grad_norm": run.privacy.max_grad_norm,
+        "budget_planning": "each site plans its noise once per run for the rounds asked plus one "
+        "retried round, within min(run target, its per-run cap, its remaining lifetime budget)",
+        "central_dp": None,
+        "secure_aggregation": None,
+        "sites": [
+            {
+                key: s.get(key)
+                for key in (
+                    "site",
+                    "status",
+                    "reason",
+                    "dataset",
+                    "epsilon",
+                    "delta",
+                    "epsilon_lifetime",
+                    "delta_lifetime",
+                    "epsilon_budget",
+                    "epsilon_remaining",
+                    "noise_multiplier",
+                    "sample_rate",
+                    "privacy_unit",
+                    "multi_row_patients",
+                    "refusals",
+                )
+            }
+            for s in sites
+        ],
+    }
 
 
 def run_record(

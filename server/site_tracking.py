@@ -9,6 +9,7 @@ per-site and pooled metrics (pooled from histograms, never from raw scores).
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -19,16 +20,20 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedward.common.errors import FedwardError
 from fedward.common.metrics import CoarseHistogram, pooled_panel
 from fedward.common.protocol import (
     ARRAYS,
     CONFIG,
+    KEY_ATTEMPT,
+    KEY_LEDGER_HEADS,
     KEY_SPLIT,
     METRICS,
     REPLY,
     STATUS_OK,
     STATUS_REFUSED,
 )
+from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
 
 _AGGREGATED_TRAIN_KEYS = ("num-examples", "train_loss")
@@ -46,8 +51,16 @@ class SiteRecord:
     rounds_ok: int = 0
     epsilon: float | None = None
     delta: float | None = None
+    epsilon_lifetime: float | None = None
+    delta_lifetime: float | None = None
+    epsilon_budget: float | None = None
+    epsilon_remaining: float | None = None
     noise_multiplier: float | None = None
     sample_rate: float | None = None
+    dataset: str | None = None
+    privacy_unit: str | None = None
+    multi_row_patients: bool | None = None
+    refusals: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     non_dp_outputs: set[str] = field(default_factory=set)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -66,11 +79,35 @@ class SiteRecord:
             "rounds_ok": self.rounds_ok,
             "epsilon": self.epsilon,
             "delta": self.delta,
+            "epsilon_lifetime": self.epsilon_lifetime,
+            "delta_lifetime": self.delta_lifetime,
+            "epsilon_budget": self.epsilon_budget,
+            "epsilon_remaining": self.epsilon_remaining,
+            "dataset": self.dataset,
+            "privacy_unit": self.privacy_unit,
+            "multi_row_patients": self.multi_row_patients,
+            "refusals": self.refusals,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "warnings": self.warnings,
             "non_dp_outputs": sorted(self.non_dp_outputs),
         }
+
+
+_PRIVACY_FLOATS = (
+    "epsilon",
+    "delta",
+    "epsilon_lifetime",
+    "delta_lifetime",
+    "epsilon_budget",
+    "epsilon_remaining",
+    "noise_multiplier",
+    "sample_rate",
+)
+
+
+class TooFewSites(FedwardError):
+    """Fewer sites remain than the run's minimum: the run stops cleanly."""
 
 
 def _reply_info(msg: Message) -> dict[str, Any]:
@@ -89,6 +126,7 @@ class SiteTracking(Strategy):
         folder: RunFolder,
         histogram_bins: int,
         min_sites: int,
+        heads: LedgerHeads | None = None,
     ) -> None:
         if histogram_bins < 2:
             raise ValueError("histogram_bins must be at least 2")
@@ -101,6 +139,8 @@ class SiteTracking(Strategy):
         self.sites: dict[int, SiteRecord] = {}
         self.excluded: set[int] = set()
         self.history: dict[str, list[dict[str, Any]]] = {"train": [], "tune": [], "test": []}
+        self.heads = heads
+        self.attempts: dict[int, str] = {}
 
     # ---- delegation -------------------------------------------------------------------------------
 
@@ -124,7 +164,24 @@ class SiteTracking(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.folder.event("round-started", round=server_round)
+        available = [n for n in grid.get_node_ids() if n not in self.excluded]
+        if len(available) < self.min_sites:
+            left = ", ".join(
+                f"{r.label} ({r.status}: {r.reason})"
+                for r in self.sites.values()
+                if r.node_id in self.excluded
+            )
+            raise TooFewSites(
+                f"round {server_round}: only {len(available)} site(s) can still take part, fewer "
+                f"than the run's minimum of {self.min_sites}; left out: {left or 'none'}"
+            )
+        # Every round attempt has its own id: a retried round spends again and is accounted again.
+        attempt = uuid.uuid4().hex
+        self.attempts[server_round] = attempt
+        config[KEY_ATTEMPT] = attempt
+        if self.heads is not None:
+            config[KEY_LEDGER_HEADS] = self.heads.to_json()
+        self.folder.event("round-started", round=server_round, attempt=attempt)
         return self._keep(self.strategy.configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(
@@ -157,8 +214,19 @@ class SiteTracking(Strategy):
                 rec.details = {
                     k: v for k, v in info.items() if k not in ("site", "status", "reason")
                 }
+                rec.refusals.append(
+                    {
+                        "round": server_round,
+                        "phase": phase,
+                        "status": status,
+                        "reason": rec.reason,
+                        "epsilon_remaining": info.get("epsilon_remaining"),
+                    }
+                )
+                if "epsilon_remaining" in info:
+                    rec.epsilon_remaining = float(info["epsilon_remaining"])
                 if status == STATUS_REFUSED:
-                    # A refusal is the site's decision (bad data, policy): stop asking it this run.
+                    # A refusal is the site's decision (bad data, policy, budget): stop asking it.
                     self.excluded.add(node)
                 self.folder.event(
                     f"site-{status}",
@@ -169,12 +237,46 @@ class SiteTracking(Strategy):
                 )
                 log(WARNING, "site %s %s in %s: %s", rec.label, status, phase, rec.reason)
                 continue
+            problem = self._observe_ledger(rec, info)
+            if problem is not None:
+                rec.status = STATUS_REFUSED
+                rec.reason = f"ledger check failed: {problem}"
+                self.excluded.add(node)
+                self.folder.event(
+                    "site-refused",
+                    round=server_round,
+                    site=rec.label,
+                    reason=rec.reason,
+                    phase=phase,
+                )
+                log(WARNING, "site %s refused by the coordinator: %s", rec.label, rec.reason)
+                continue
             rec.non_dp_outputs.update(str(x) for x in info.get("non_dp_outputs", []))
             for w in info.get("warnings", []):
                 if w not in rec.warnings:
                     rec.warnings.append(str(w))
             ok.append(msg)
         return ok
+
+    def _observe_ledger(self, rec: SiteRecord, info: dict[str, Any]) -> str | None:
+        if self.heads is None or "ledger_seq" not in info:
+            return None
+        return self.heads.observe(rec.label, int(info["ledger_seq"]), str(info["ledger_head"]))
+
+    @staticmethod
+    def _record_privacy(rec: SiteRecord, info: dict[str, Any]) -> None:
+        for key in _PRIVACY_FLOATS:
+            if key in info:
+                setattr(rec, key, float(info[key]))
+        for key in ("dataset", "privacy_unit"):
+            if key in info:
+                setattr(rec, key, str(info[key]))
+        if "multi_row_patients" in info:
+            rec.multi_row_patients = bool(info["multi_row_patients"])
+
+    def save_heads(self) -> None:
+        if self.heads is not None:
+            self.heads.save()
 
     # ---- training ---------------------------------------------------------------------------------
 
@@ -189,9 +291,7 @@ class SiteTracking(Strategy):
             rec.status = "ok"
             rec.reason = None
             rec.rounds_ok += 1
-            for key in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
-                if key in info:
-                    setattr(rec, key, float(info[key]))
+            self._record_privacy(rec, info)
             metrics = dict(msg.content.metric_records[METRICS])
             per_site[rec.label] = {
                 "train_loss": metrics.get("train_loss"),
@@ -206,6 +306,7 @@ class SiteTracking(Strategy):
                 train_loss=metrics.get("train_loss"),
             )
         if len(ok) < self.min_sites:
+            self.save_heads()
             self.folder.event(
                 "round-skipped",
                 round=server_round,
@@ -225,6 +326,7 @@ class SiteTracking(Strategy):
                 }
             )
         arrays, agg = self.strategy.aggregate_train(server_round, ok)
+        self.save_heads()
         if arrays is not None:
             self.folder.save_checkpoint(server_round, arrays)
         self.history["train"].append(

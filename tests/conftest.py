@@ -14,7 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from fedward.common.config import RunConfig, run_schema
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
-from fedward.common.protocol import KEY_RUN, KEY_SCHEMA, KEY_SIM_SITES, KEY_TRANSFORM
+from fedward.common.protocol import (
+    KEY_RUN,
+    KEY_RUN_ID,
+    KEY_SCHEMA,
+    KEY_SIM_SITES,
+    KEY_SIM_STATE,
+    KEY_TRANSFORM,
+)
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -48,7 +55,13 @@ def make_context(node_config: dict[str, Any], node_id: int = 1) -> Context:
 
 
 def wire_config(
-    run: RunConfig, *, server_round: int = 1, sim_sites: list[str] | None = None, **extra: Any
+    run: RunConfig,
+    *,
+    server_round: int = 1,
+    sim_sites: list[str] | None = None,
+    state_dir: str | None = None,
+    run_id: str = "run-1",
+    **extra: Any,
 ) -> ConfigRecord:
     schema = run_schema(run)
     transform = SharedTransform.from_schema(schema)
@@ -58,7 +71,9 @@ def wire_config(
             KEY_SCHEMA: schema.model_dump_json(),
             KEY_SIM_SITES: json.dumps(sim_sites or []),
             KEY_TRANSFORM: json.dumps(transform.to_dict()),
+            KEY_RUN_ID: run_id,
             "server-round": server_round,
+            **({KEY_SIM_STATE: state_dir} if state_dir else {}),
             **extra,
         }
     )

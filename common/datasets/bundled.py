@@ -198,7 +198,11 @@ def write_site_files(
             'state_dir = "state"\n\n'
             "[data]\n"
             'path = "data.csv"\n'
-            'schema_file = "../schema.toml"\n',
+            'schema_file = "../schema.toml"\n\n'
+            "# Public demonstration data: runs need no approval. A real site approves each run\n"
+            "# with `fedward site approve RUN.toml` and leaves auto_approve off.\n"
+            "[policy]\n"
+            "auto_approve = true\n",
             encoding="utf-8",
         )
         paths.append(config)

@@ -13,13 +13,23 @@ from fedward.client.app import app
 from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import EgressGuard, EgressPolicy, expected_from_array_record
-from fedward.common.protocol import DP_STATE, KEY_SPLIT, REPLY
+from fedward.client.ledger import Ledger
+from fedward.common.protocol import KEY_SPLIT, REPLY
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 BUNDLED_NODE = {"partition-id": 0, "num-partitions": 4}
 
 
+STATE: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_site_state(tmp_path: Path) -> None:
+    STATE["dir"] = str(tmp_path / "site-state")
+
+
 def _train(run: RunConfig, ctx, server_round: int = 1, arrays: ArrayRecord | None = None, **cfg):  # type: ignore[no-untyped-def]
+    cfg.setdefault("state_dir", STATE["dir"])
     content = RecordDict(
         {
             "arrays": arrays or initial_arrays(run),
@@ -31,7 +41,10 @@ def _train(run: RunConfig, ctx, server_round: int = 1, arrays: ArrayRecord | Non
 
 def _evaluate(run: RunConfig, ctx, split: str):  # type: ignore[no-untyped-def]
     content = RecordDict(
-        {"arrays": initial_arrays(run), "config": wire_config(run, **{KEY_SPLIT: split})}
+        {
+            "arrays": initial_arrays(run),
+            "config": wire_config(run, state_dir=STATE["dir"], **{KEY_SPLIT: split}),
+        }
     )
     return app(make_message(content, "evaluate"), ctx)
 
@@ -59,10 +72,12 @@ def test_epsilon_is_cumulative_and_noise_is_planned_once(heart_run: RunConfig) -
         eps.append(float(info["epsilon"]))
         sigmas.append(float(info["noise_multiplier"]))
     assert eps == sorted(eps) and eps[0] < eps[-1]
-    # The whole run meets the target; no single round claims the whole budget.
-    assert heart_run.privacy.target_epsilon - 0.02 <= eps[-1] <= heart_run.privacy.target_epsilon
+    # The whole run stays within the target, with room left for one retried round.
+    target = heart_run.privacy.target_epsilon
+    assert 0.8 * target <= eps[-1] <= target
     assert len(set(sigmas)) == 1
-    assert len(ctx.state[DP_STATE]["hist_sigma"]) == heart_run.rounds
+    ledger = Ledger(Path(STATE["dir"]) / "cleveland")
+    assert [e.kind for e in ledger.entries()] == ["plan"] + ["dp-sgd"] * heart_run.rounds
 
 
 def test_site_policy_refuses_non_dp_training(tmp_path: Path) -> None:
@@ -142,7 +157,7 @@ def test_switzerland_prevalence_is_suppressed_under_the_minimum_cell(heart_run: 
 def test_dp_preprocessing_release_is_accounted_with_training() -> None:
     run = RunConfig(rounds=2, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})  # type: ignore[arg-type]
     ctx = make_context(BUNDLED_NODE)
-    query = app(make_message(RecordDict({"config": wire_config(run)}), "query"), ctx)
+    query = app(make_message(RecordDict({"config": wire_config(run, state_dir=STATE["dir"])}), "query"), ctx)
     info = dict(query.content[REPLY])
     assert info["status"] == "ok"
     aggregates = json.loads(str(info["preprocessing_aggregates"]))
@@ -152,8 +167,9 @@ def test_dp_preprocessing_release_is_accounted_with_training() -> None:
     eps = 0.0
     for rnd in (1, 2):
         eps = float(_train(run, ctx, server_round=rnd).content[REPLY]["epsilon"])
-    assert run.privacy.target_epsilon - 0.02 <= eps <= run.privacy.target_epsilon
-    assert next(iter(ctx.state[DP_STATE]["hist_q"])) == 1.0  # the release, at sample rate 1
+    assert 0.8 * run.privacy.target_epsilon <= eps <= run.privacy.target_epsilon
+    first = Ledger(Path(STATE["dir"]) / "cleveland").entries()[0]
+    assert (first.kind, first.sample_rate, first.steps) == ("gaussian-release", 1.0, 1)
 
 
 @pytest.mark.parametrize("split", ["train", "audit"])

@@ -19,6 +19,14 @@ from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 
+STATE: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_site_state(tmp_path: Path) -> None:
+    STATE["root"] = tmp_path / "site-state"
+
+
 class LoopbackGrid:
     """Just enough of a Grid for configure_*: the connected node ids."""
 
@@ -32,6 +40,7 @@ class LoopbackGrid:
 def _site_reply(
     run: RunConfig, partition: int, node_id: int, message_type: str = "train", **cfg
 ) -> Message:  # type: ignore[no-untyped-def]
+    cfg.setdefault("state_dir", str(STATE["root"] / message_type))
     content = RecordDict({"arrays": initial_arrays(run), "config": wire_config(run, **cfg)})
     ctx = make_context({"partition-id": partition, "num-partitions": 4}, node_id=node_id)
     return app(make_message(content, message_type, dst_node_id=node_id), ctx)

@@ -1,0 +1,251 @@
+"""The site's budget: plan a run's noise from what the policy and the ledger still allow, and refuse
+anything that would go over.
+
+Two limits apply at once and the stricter wins: the run's own ε (the coordinator's target, capped by
+the site's per-run maximum) at the run's δ, and the dataset's lifetime ε (every run ever recorded in
+the ledger) at the site's lifetime δ. The plan reserves the steps of one extra round, so a round
+retried after a coordinator crash (a new attempt, which spends again) still fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from fedward.client.accounting import (
+    EPSILON_TOLERANCE,
+    default_delta,
+    epsilon_of,
+    gaussian_release_sigma,
+    plan_noise_multiplier,
+)
+from fedward.client.ledger import Ledger, LedgerEntry
+from fedward.common.config import PolicyConfig, RunConfig
+from fedward.common.errors import FedwardError
+
+RETRY_ROUNDS_RESERVED = 1
+
+
+class BudgetRefusal(FedwardError):
+    """The site refuses: the request does not fit its privacy budget or policy."""
+
+    def __init__(self, site: str, reason: str, *, remaining_epsilon: float | None = None) -> None:
+        self.site = site
+        self.reason = reason
+        self.remaining_epsilon = remaining_epsilon
+        extra = (
+            "" if remaining_epsilon is None else f" (lifetime ε remaining: {remaining_epsilon:.3f})"
+        )
+        super().__init__(f"site '{site}': {reason}{extra}")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run_id: str
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    planned_steps: int
+    run_delta: float
+    run_epsilon_cap: float
+
+    def to_note(self) -> str:
+        return json.dumps(
+            {
+                "steps_per_round": self.steps_per_round,
+                "run_epsilon_cap": self.run_epsilon_cap,
+                "retry_rounds_reserved": RETRY_ROUNDS_RESERVED,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_entry(cls, e: LedgerEntry) -> RunPlan:
+        note = json.loads(e.note)
+        return cls(
+            run_id=e.run_id,
+            noise_multiplier=e.noise_multiplier,
+            sample_rate=e.sample_rate,
+            steps_per_round=int(note["steps_per_round"]),
+            planned_steps=e.steps,
+            run_delta=e.delta,
+            run_epsilon_cap=float(note["run_epsilon_cap"]),
+        )
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """What a site reports about its budget (all at the lifetime δ except ``run_epsilon``)."""
+
+    run_epsilon: float
+    run_delta: float
+    lifetime_epsilon: float
+    lifetime_delta: float
+    total_epsilon: float
+    remaining_epsilon: float
+
+
+class SiteBudget:
+    """The policy and the ledger of one dataset, asked one question at a time."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: PolicyConfig,
+        *,
+        site: str,
+        dataset: str,
+        n_rows: int,
+        accountant: str = "rdp",
+    ) -> None:
+        self.ledger = ledger
+        self.policy = policy
+        self.site = site
+        self.dataset = dataset
+        self.accountant = accountant
+        self.lifetime_delta = policy.total_delta if policy.total_delta else default_delta(n_rows)
+        self.total_epsilon = policy.total_epsilon
+
+    # ---- what has been spent -------------------------------------------------------------------
+
+    def lifetime_epsilon(self, extra: list[tuple[float, float, int]] | None = None) -> float:
+        history = self.ledger.history(self.dataset) + (extra or [])
+        return epsilon_of(history, self.lifetime_delta, self.accountant)
+
+    def run_epsilon(
+        self, run_id: str, delta: float, extra: list[tuple[float, float, int]] | None = None
+    ) -> float:
+        history = self.ledger.history(self.dataset, run_id) + (extra or [])
+        return epsilon_of(history, delta, self.accountant)
+
+    def status(self, run_id: str, run_delta: float) -> BudgetStatus:
+        spent = self.lifetime_epsilon()
+        return BudgetStatus(
+            run_epsilon=self.run_epsilon(run_id, run_delta),
+            run_delta=run_delta,
+            lifetime_epsilon=spent,
+            lifetime_delta=self.lifetime_delta,
+            total_epsilon=self.total_epsilon,
+            remaining_epsilon=max(0.0, self.total_epsilon - spent),
+        )
+
+    # ---- asking for more -----------------------------------------------------------------------
+
+    def run_delta(self, run: RunConfig) -> float:
+        """The coordinator may ask for a smaller δ than the site's, never a larger one."""
+        asked = run.privacy.delta
+        return self.lifetime_delta if asked is None else min(asked, self.lifetime_delta)
+
+    def run_epsilon_cap(self, run: RunConfig) -> float:
+        caps = [run.privacy.target_epsilon, self.total_epsilon]
+        if self.policy.max_epsilon_per_run is not None:
+            caps.append(self.policy.max_epsilon_per_run)
+        return min(caps)
+
+    def existing_plan(self, run_id: str) -> RunPlan | None:
+        for e in self.ledger.entries(self.dataset):
+            if e.kind == "plan" and e.run_id == run_id:
+                return RunPlan.from_entry(e)
+        return None
+
+    def plan_run(self, run: RunConfig, *, run_id: str, n_train: int, config_hash: str) -> RunPlan:
+        """The noise for the whole run, planned once and recorded in the ledger before any spend."""
+        existing = self.existing_plan(run_id)
+        if existing is not None:
+            return existing
+        q = min(1.0, run.training.batch_size / n_train)
+        steps_per_round = run.training.local_epochs * max(1, round(1.0 / q))
+        planned = steps_per_round * (run.rounds + RETRY_ROUNDS_RESERVED)
+        delta = self.run_delta(run)
+        cap = self.run_epsilon_cap(run)
+        remaining = self.total_epsilon - self.lifetime_epsilon()
+        if remaining <= EPSILON_TOLERANCE:
+            raise BudgetRefusal(
+                self.site,
+                f"the lifetime budget of dataset '{self.dataset}' is spent "
+                f"(ε {self.total_epsilon - remaining:.3f} of {self.total_epsilon:g} at δ {self.lifetime_delta:g})",
+                remaining_epsilon=max(0.0, remaining),
+            )
+        try:
+            sigma_run = plan_noise_multiplier(
+                cap,
+                delta,
+                q,
+                planned,
+                prior=self.ledger.history(self.dataset, run_id),
+                accountant=self.accountant,
+            )
+            sigma_life = plan_noise_multiplier(
+                self.total_epsilon,
+                self.lifetime_delta,
+                q,
+                planned,
+                prior=self.ledger.history(self.dataset),
+                accountant=self.accountant,
+            )
+        except FedwardError as exc:
+            raise BudgetRefusal(self.site, str(exc), remaining_epsilon=max(0.0, remaining)) from exc
+        sigma = max(sigma_run, sigma_life)
+        if sigma > self.policy.max_noise_multiplier:
+            binding = "lifetime budget" if sigma_life >= sigma_run else "run's ε"
+            raise BudgetRefusal(
+                self.site,
+                f"the run would need noise multiplier {sigma:.2f} over {planned} steps to stay "
+                f"within the {binding}, above this site's maximum of "
+                f"{self.policy.max_noise_multiplier:g} (policy.max_noise_multiplier): "
+                "ask for fewer rounds or a larger ε",
+                remaining_epsilon=max(0.0, remaining),
+            )
+        plan = RunPlan(
+            run_id=run_id,
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps_per_round=steps_per_round,
+            planned_steps=planned,
+            run_delta=delta,
+            run_epsilon_cap=cap,
+        )
+        self.ledger.append(
+            dataset=self.dataset,
+            run_id=run_id,
+            round=0,
+            attempt="plan",
+            kind="plan",
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=planned,
+            delta=delta,
+            max_grad_norm=run.privacy.max_grad_norm,
+            config_hash=config_hash,
+            note=plan.to_note(),
+        )
+        return plan
+
+    def check_spend(
+        self, run_id: str, run_delta: float, run_cap: float, spend: tuple[float, float, int]
+    ) -> None:
+        """Refuse a release that would take the run or the dataset over its budget."""
+        after_life = self.lifetime_epsilon([spend])
+        if after_life > self.total_epsilon + EPSILON_TOLERANCE:
+            raise BudgetRefusal(
+                self.site,
+                f"this release would take dataset '{self.dataset}' to lifetime ε {after_life:.3f}, "
+                f"over its budget of {self.total_epsilon:g}",
+                remaining_epsilon=max(0.0, self.total_epsilon - self.lifetime_epsilon()),
+            )
+        after_run = self.run_epsilon(run_id, run_delta, [spend])
+        if after_run > run_cap + EPSILON_TOLERANCE:
+            raise BudgetRefusal(
+                self.site,
+                f"this release would take run {run_id} to ε {after_run:.3f}, over the run's cap of "
+                f"{run_cap:g}",
+                remaining_epsilon=max(0.0, self.total_epsilon - self.lifetime_epsilon()),
+            )
+
+    def preprocessing_sigma(self, run: RunConfig) -> float:
+        eps = run.privacy.target_epsilon * run.preprocessing.epsilon_share
+        sigma = gaussian_release_sigma(eps, self.run_delta(run), self.accountant)
+        if not math.isfinite(sigma) or sigma > self.policy.max_noise_multiplier * 1e3:
+            raise BudgetRefusal(self.site, f"preprocessing release needs σ {sigma:g}")
+        return sigma
