@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
@@ -71,7 +71,11 @@ def _seed_for(seed: int, *parts: object) -> int:
 
 @dataclass
 class Request:
-    msg: Message
+    """Everything one message asks of the site; built from plain parts so that other app shapes
+    (the SecAgg+ mode's legacy client) can reuse the same checks and training."""
+
+    cfg: Mapping[str, Any]
+    weights: Mapping[str, torch.Tensor] | None
     context: Context
     run: RunConfig
     prepared: PreparedSite
@@ -83,12 +87,8 @@ class Request:
         return self.prepared.site
 
     @property
-    def cfg(self) -> ConfigRecord:
-        return self.msg.content.config_records[CONFIG]
-
-    @property
     def server_round(self) -> int:
-        return int(self.cfg.get("server-round", 0))  # type: ignore[arg-type]
+        return int(self.cfg.get("server-round", 0))
 
     @property
     def dataset(self) -> str:
@@ -121,11 +121,13 @@ class Request:
         model = build_model(
             self.run.model, transform.n_outputs, self.site.schema.image_shape, seed=self.run.seed
         )
-        model.load_state_dict(self.msg.content.array_records[ARRAYS].to_torch_state_dict())
+        if self.weights is None:
+            raise PolicyError(self.site.name, "the coordinator sent no model weights")
+        model.load_state_dict(dict(self.weights))
         return model
 
 
-def _state_dir(site: Site, cfg: ConfigRecord) -> Path:
+def _state_dir(site: Site, cfg: Mapping[str, Any]) -> Path:
     """A real site's ledger lives where its own config says; only simulated nodes take the run's.
 
     A SuperNode started with a site config never lets the coordinator move its ledger.
@@ -177,7 +179,16 @@ def _check_approval(req: Request) -> None:
 
 
 def _request(msg: Message, context: Context) -> Request:
-    cfg = msg.content.config_records[CONFIG]
+    weights = None
+    if ARRAYS in msg.content.array_records:
+        weights = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    return build_request(dict(msg.content.config_records[CONFIG]), weights, context)
+
+
+def build_request(
+    cfg: Mapping[str, Any], weights: Mapping[str, torch.Tensor] | None, context: Context
+) -> Request:
+    """Resolve the site, then check approval, ledger integrity and ledger head before anything else."""
     run = RunConfig.from_json(str(cfg[KEY_RUN]))
     schema = DataSchema.model_validate(json.loads(str(cfg[KEY_SCHEMA])))
     sim_sites = list(json.loads(str(cfg.get(KEY_SIM_SITES, "[]")) or "[]"))
@@ -185,7 +196,7 @@ def _request(msg: Message, context: Context) -> Request:
     prepared = prepare(site, run, schema)
     run_id = str(cfg.get(KEY_RUN_ID, "") or f"flwr-{context.run_id}")
     ledger = Ledger(_state_dir(site, cfg))
-    req = Request(msg, context, run, prepared, run_id, ledger)
+    req = Request(cfg, weights, context, run, prepared, run_id, ledger)
     ledger.require_valid()
     _check_ledger_head(req)
     _check_approval(req)
@@ -301,11 +312,19 @@ def _require_dp_compatible(model: torch.nn.Module, site: str) -> None:
 # ---- handlers -----------------------------------------------------------------------------------
 
 
-@app.train()
-@_guarded
-def train(msg: Message, context: Context) -> Message:
-    """One round of local training; DP-SGD unless the run and the site's policy both allow not."""
-    req = _request(msg, context)
+@dataclass(frozen=True)
+class LocalUpdate:
+    model: torch.nn.Module
+    metrics: dict[str, float]
+    info: dict[str, Any]
+
+
+def local_update(req: Request) -> LocalUpdate:
+    """One round of local training; DP-SGD unless the run and the site's policy both allow not.
+
+    Under DP the round's spend is planned, checked against the budget and committed to the ledger
+    before training starts, so no path releases an update whose spend is not recorded.
+    """
     site, run = req.site, req.run
     if not run.privacy.dp and not site.policy.allow_non_dp:
         raise PolicyError(
@@ -372,7 +391,7 @@ def train(msg: Message, context: Context) -> Message:
         dp=dp,
         seed=_seed_for(run.seed, site.name, req.server_round, "train"),
         device=select_device(),
-        proximal_mu=float(req.cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+        proximal_mu=float(req.cfg.get("proximal-mu", 0.0)),
     )
     if dp is not None and result.steps != info["steps"]:
         raise PolicyError(
@@ -391,13 +410,22 @@ def train(msg: Message, context: Context) -> Message:
     info["non_dp_outputs"] = non_dp
     info["warnings"] = list(site.table.warnings)
     info["n_train"] = n_train
+    return LocalUpdate(model, metrics, info)
+
+
+@app.train()
+@_guarded
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training (see ``local_update``)."""
+    req = _request(msg, context)
+    update = local_update(req)
     return _reply(
         msg,
-        site.name,
+        req.site.name,
         STATUS_OK,
-        arrays=ArrayRecord(model.state_dict()),
-        metrics=metrics,
-        info=info,
+        arrays=ArrayRecord(update.model.state_dict()),
+        metrics=update.metrics,
+        info=update.info,
         min_cell_size=req.min_cell,
     )
 
