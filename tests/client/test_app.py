@@ -10,10 +10,10 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from fedward.client.app import app
+from fedward.client.ledger import Ledger
 from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import EgressGuard, EgressPolicy, expected_from_array_record
-from fedward.client.ledger import Ledger
 from fedward.common.protocol import KEY_SPLIT, REPLY
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
@@ -157,7 +157,9 @@ def test_switzerland_prevalence_is_suppressed_under_the_minimum_cell(heart_run: 
 def test_dp_preprocessing_release_is_accounted_with_training() -> None:
     run = RunConfig(rounds=2, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})  # type: ignore[arg-type]
     ctx = make_context(BUNDLED_NODE)
-    query = app(make_message(RecordDict({"config": wire_config(run, state_dir=STATE["dir"])}), "query"), ctx)
+    query = app(
+        make_message(RecordDict({"config": wire_config(run, state_dir=STATE["dir"])}), "query"), ctx
+    )
     info = dict(query.content[REPLY])
     assert info["status"] == "ok"
     aggregates = json.loads(str(info["preprocessing_aggregates"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_entries_chain_from_genesis(tmp_path: Path) -> None:
     entries = ledger.entries()
     assert [e.seq for e in entries] == [1, 2, 3]
     assert entries[0].prev_hash == GENESIS
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert ledger.verify().ok and ledger.head() == (3, entries[-1].hash)
 
 

@@ -18,7 +18,6 @@ from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
-
 STATE: dict[str, Path] = {}
 
 
