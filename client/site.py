@@ -18,7 +18,7 @@ from fedward.common.datasets.bundled import bundled_federation
 from fedward.common.datasource import LoadedTable, load_table, table_from_frame
 from fedward.common.errors import ConfigError, SiteDataError
 from fedward.common.schema import DataSchema
-from fedward.common.splits import SiteSplits, split_site
+from fedward.common.splits import SiteSplits, split_for_run
 
 SITE_CONFIG_KEY = "site-config"  # --node-config "site-config='/etc/fedward/site.toml'"
 
@@ -151,16 +151,11 @@ def prepare(site: Site, run: RunConfig, run_schema: DataSchema) -> PreparedSite:
             file=site.config_file or site.source,
             column=column,
         )
-    s = run.splits
-    splits = split_site(
+    splits = split_for_run(
         site.table.labels,
         groups=site.table.groups,
-        tune=s.tune,
-        test=s.test,
-        audit=s.audit,
+        config=run.splits,
         seed=run.seed,
-        min_per_class=s.min_per_class,
-        min_rows=s.min_rows,
         site=site.name,
         file=site.source,
     )

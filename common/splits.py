@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedward.common.config import SplitConfig
 from fedward.common.errors import SiteDataError
 
 SPLIT_NAMES = ("train", "tune", "test", "audit")
@@ -242,3 +243,27 @@ def _grouped(
 
 def _empty() -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
+
+
+def split_for_run(
+    labels: np.ndarray,
+    *,
+    groups: np.ndarray | None,
+    config: SplitConfig,
+    seed: int,
+    site: str,
+    file: str | None = None,
+) -> SiteSplits:
+    """``split_site`` with a run config's split settings: the one way sites (and benchmarks) split."""
+    return split_site(
+        labels,
+        groups=groups,
+        tune=config.tune,
+        test=config.test,
+        audit=config.audit,
+        seed=seed,
+        min_per_class=config.min_per_class,
+        min_rows=config.min_rows,
+        site=site,
+        file=file,
+    )

@@ -22,7 +22,7 @@ from fedward.client.accounting import default_delta, gaussian_release_sigma
 from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
 from fedward.common.preprocessing import site_aggregates, transform_from_aggregates
-from fedward.common.splits import split_site
+from fedward.common.splits import split_for_run
 
 EPSILONS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -32,17 +32,8 @@ def training_frames(run: RunConfig) -> dict[str, pd.DataFrame]:
     frames = {}
     for name in fed.sites:
         table = load_bundled_site("heart-disease", name, seed=run.seed)
-        s = run.splits
-        splits = split_site(
-            table.labels,
-            groups=table.groups,
-            tune=s.tune,
-            test=s.test,
-            audit=s.audit,
-            seed=run.seed,
-            min_per_class=s.min_per_class,
-            min_rows=s.min_rows,
-            site=name,
+        splits = split_for_run(
+            table.labels, groups=table.groups, config=run.splits, seed=run.seed, site=name
         )
         frames[name] = table.frame.iloc[splits.train]
     return frames
