@@ -152,7 +152,11 @@ class Ledger:
             raise LedgerError(self.path, f"cannot create the state folder: {exc}") from exc
         with self._connect() as con:
             try:
-                con.executescript(_DDL)
+                ready = con.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'approvals'"
+                ).fetchone()
+                if ready is None:  # a new ledger: create it (reads never take a write lock)
+                    con.executescript(_DDL)
             except sqlite3.DatabaseError as exc:
                 raise self._db_error(exc) from exc
 

@@ -19,8 +19,12 @@ KEY_SIM_SITES = "fedward.sim-sites"  # simulation only: site config paths, by pa
 KEY_SPLIT = "fedward.split"  # evaluation split: "tune" each round, "test" once at the end
 KEY_RUN_ID = "fedward.run-id"  # fedward's own run id: kept when a run is resumed
 KEY_ATTEMPT = "fedward.attempt"  # one id per round attempt: a retried round is a new attempt
-KEY_LEDGER_HEADS = "fedward.ledger-heads"  # {site: [seq, hash]} last ledger heads the coordinator saw
-KEY_SIM_STATE = "fedward.sim-state-dir"  # simulation only: root of the simulated sites' state folders
+KEY_LEDGER_HEADS = (
+    "fedward.ledger-heads"  # {site: [seq, hash]} last ledger heads the coordinator saw
+)
+KEY_SIM_STATE = (
+    "fedward.sim-state-dir"  # simulation only: root of the simulated sites' state folders
+)
 
 # Reply statuses.
 STATUS_OK = "ok"

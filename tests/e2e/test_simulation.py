@@ -100,13 +100,17 @@ def test_simulate_ends_with_a_table_and_the_run_folder(federation: dict[str, Any
     assert "switzerland left out" in out
 
 
-def test_privacy_summary_gives_run_and_lifetime_epsilon_per_site(federation: dict[str, Any]) -> None:
+def test_privacy_summary_gives_run_and_lifetime_epsilon_per_site(
+    federation: dict[str, Any],
+) -> None:
     summary = _json(federation, "privacy_summary.json")
     assert summary["privacy_unit"].startswith("record")
     sites = {s["site"]: s for s in summary["sites"]}
     for name in ("cleveland", "hungary"):
         s = sites[name]
-        assert 0 < s["epsilon"] <= 1.0 and s["epsilon_lifetime"] == pytest.approx(s["epsilon"], rel=0.2)
+        assert 0 < s["epsilon"] <= 1.0 and s["epsilon_lifetime"] == pytest.approx(
+            s["epsilon"], rel=0.2
+        )
         assert s["epsilon_remaining"] == pytest.approx(s["epsilon_budget"] - s["epsilon_lifetime"])
     # Simulation keeps its sites' ledgers inside the run folder: a new run starts a new budget.
     assert (federation["dir"] / "site-state" / "cleveland" / "ledger.sqlite").is_file()
