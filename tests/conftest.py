@@ -45,7 +45,7 @@ def make_message(content: RecordDict, message_type: str, dst_node_id: int = 1) -
         ttl=3600.0,
         message_type=message_type,
     )
-    return Message(content=content, metadata=meta)
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload]
 
 
 def make_context(node_config: dict[str, Any], node_id: int = 1) -> Context:
@@ -88,4 +88,4 @@ def initial_arrays(run: RunConfig) -> ArrayRecord:
 
 @pytest.fixture
 def heart_run() -> RunConfig:
-    return RunConfig(rounds=3, evaluation={"bootstrap": 50})  # type: ignore[arg-type]
+    return RunConfig(rounds=3, evaluation={"bootstrap": 50})

@@ -28,7 +28,7 @@ def _fresh_site_state(tmp_path: Path) -> None:
     STATE["dir"] = str(tmp_path / "site-state")
 
 
-def _train(run: RunConfig, ctx, server_round: int = 1, arrays: ArrayRecord | None = None, **cfg):  # type: ignore[no-untyped-def]
+def _train(run: RunConfig, ctx, server_round: int = 1, arrays: ArrayRecord | None = None, **cfg):
     cfg.setdefault("state_dir", STATE["dir"])
     content = RecordDict(
         {
@@ -39,11 +39,11 @@ def _train(run: RunConfig, ctx, server_round: int = 1, arrays: ArrayRecord | Non
     return app(make_message(content, "train"), ctx)
 
 
-def _evaluate(run: RunConfig, ctx, split: str):  # type: ignore[no-untyped-def]
+def _evaluate(run: RunConfig, ctx, split: str):
     content = RecordDict(
         {
             "arrays": initial_arrays(run),
-            "config": wire_config(run, state_dir=STATE["dir"], **{KEY_SPLIT: split}),
+            "config": wire_config(run, state_dir=STATE["dir"], **{KEY_SPLIT: split}),  # type: ignore[arg-type]
         }
     )
     return app(make_message(content, "evaluate"), ctx)
@@ -82,7 +82,7 @@ def test_epsilon_is_cumulative_and_noise_is_planned_once(heart_run: RunConfig) -
 
 def test_site_policy_refuses_non_dp_training(tmp_path: Path) -> None:
     configs = write_site_files("heart-disease", tmp_path, seed=0)
-    run = RunConfig(rounds=1, privacy={"dp": False})  # type: ignore[arg-type]
+    run = RunConfig(rounds=1, privacy={"dp": False})
     reply = _train(run, make_context({"site-config": str(configs[0])}))
     info = dict(reply.content[REPLY])
     assert info["status"] == "refused"
@@ -155,7 +155,7 @@ def test_switzerland_prevalence_is_suppressed_under_the_minimum_cell(heart_run: 
 
 
 def test_dp_preprocessing_release_is_accounted_with_training() -> None:
-    run = RunConfig(rounds=2, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})  # type: ignore[arg-type]
+    run = RunConfig(rounds=2, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})
     ctx = make_context(BUNDLED_NODE)
     query = app(
         make_message(RecordDict({"config": wire_config(run, state_dir=STATE["dir"])}), "query"), ctx

@@ -86,7 +86,7 @@ def test_three_runs_never_exceed_the_lifetime_budget(tmp_path: Path, max_sigma: 
 
 def test_coordinator_can_only_ask_for_less(tmp_path: Path) -> None:
     cfg = _site(tmp_path, "max_epsilon_per_run = 0.5\n")
-    run = RunConfig(rounds=2, privacy={"target_epsilon": 5.0})  # type: ignore[arg-type]
+    run = RunConfig(rounds=2, privacy={"target_epsilon": 5.0})
     replies = _run_through(cfg, run, "greedy")
     assert all(r["status"] == "ok" for r in replies)
     assert replies[-1]["epsilon"] <= 0.5
@@ -94,7 +94,7 @@ def test_coordinator_can_only_ask_for_less(tmp_path: Path) -> None:
 
 def test_killed_site_process_keeps_its_spend(tmp_path: Path) -> None:
     cfg = _site(tmp_path)
-    run = RunConfig(rounds=3, training={"local_epochs": 20, "batch_size": 2})  # type: ignore[arg-type]
+    run = RunConfig(rounds=3, training={"local_epochs": 20, "batch_size": 2})
     script = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})

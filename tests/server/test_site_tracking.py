@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ class LoopbackGrid:
 
 def _site_reply(
     run: RunConfig, partition: int, node_id: int, message_type: str = "train", **cfg
-) -> Message:  # type: ignore[no-untyped-def]
+) -> Message:
     cfg.setdefault("state_dir", str(STATE["root"] / message_type))
     content = RecordDict({"arrays": initial_arrays(run), "config": wire_config(run, **cfg)})
     ctx = make_context({"partition-id": partition, "num-partitions": 4}, node_id=node_id)
@@ -83,8 +84,8 @@ def test_refusals_and_failures_are_left_out_and_the_rest_aggregated(tracker: Sit
 def test_aggregate_is_the_weighted_mean_of_the_valid_updates_only(tracker: SiteTracking) -> None:
     run = RunConfig(rounds=2)
     ok = [_site_reply(run, 0, 11), _site_reply(run, 1, 12)]
-    n = [float(m.content["metrics"]["num-examples"]) for m in ok]
-    w = [m.content["arrays"].to_torch_state_dict()["0.weight"] for m in ok]
+    n = [float(m.content.metric_records["metrics"]["num-examples"]) for m in ok]  # type: ignore[arg-type]
+    w = [m.content.array_records["arrays"].to_torch_state_dict()["0.weight"] for m in ok]
     expected = (w[0] * n[0] + w[1] * n[1]) / sum(n)
     arrays, _ = tracker.aggregate_train(1, [*ok, _refusal(13)])
     assert arrays is not None
@@ -110,7 +111,7 @@ def test_excluded_sites_get_no_more_messages(tracker: SiteTracking) -> None:
         tracker.configure_train(
             2, initial_arrays(RunConfig()), ConfigRecord(), LoopbackGrid([11, 12, 13])
         )
-    )  # type: ignore[arg-type]
+    )
     assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12]
 
 
@@ -122,7 +123,8 @@ def test_pooled_tune_metrics_come_from_histograms(tracker: SiteTracking) -> None
     entry = tracker.history["tune"][-1]
     assert set(entry["sites"]) == {"cleveland", "hungary", "switzerland", "va-long-beach"}
     released = sum(
-        sum(r.content["fedward"]["hist_pos_counts"]) + sum(r.content["fedward"]["hist_neg_counts"])
+        sum(cast(list[int], r.content.config_records["fedward"]["hist_pos_counts"]))
+        + sum(cast(list[int], r.content.config_records["fedward"]["hist_neg_counts"]))
         for r in replies
     )
     # Switzerland's few negatives are suppressed at the site, so pooled n counts only released cells.
