@@ -69,6 +69,53 @@ class TrainingConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0, le=1)
 
 
+class SecAggConfig(BaseModel):
+    """Flower's SecAgg+ protocol (Bell et al. 2020), used when ``strategy.secure_aggregation``."""
+
+    model_config = _Strict
+
+    num_shares: int = Field(
+        default=3,
+        ge=3,
+        le=10000,
+        description="Shares each site's masking secrets are split into (the site and its "
+        "neighbours); more shares tolerate more sites dropping out.",
+    )
+    reconstruction_threshold: int = Field(
+        default=2,
+        ge=2,
+        le=10000,
+        description="Shares needed to remove a site's masks; a round whose sites fall below it "
+        "stops without an aggregate. Higher: better privacy, less tolerance to drop-outs.",
+    )
+    max_weight: float = Field(
+        default=10000.0,
+        gt=0,
+        le=1e9,
+        description="Largest site weight (its training rows) the quantised sum expects; a larger "
+        "weight is capped by Flower and makes the mean biased.",
+    )
+    clipping_range: float = Field(
+        default=8.0,
+        gt=0,
+        le=1e6,
+        description="Every model parameter is clipped to [-range, range] before quantisation.",
+    )
+    quantization_range: int = Field(default=2**22, ge=2**8, le=2**30)
+    timeout_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="Wait per SecAgg+ stage for the sites' replies; null: wait for every site.",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_below_shares(self) -> SecAggConfig:
+        if self.reconstruction_threshold >= self.num_shares:
+            raise ValueError("reconstruction_threshold must be smaller than num_shares")
+        return self
+
+
 class StrategyConfig(BaseModel):
     """Flower's own strategies; fedward only wraps them."""
 
@@ -80,6 +127,66 @@ class StrategyConfig(BaseModel):
     proximal_mu: float = Field(default=0.01, ge=0, le=100)
     server_learning_rate: float = Field(default=0.1, gt=0, le=100)
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5)
+    secure_aggregation: bool = Field(
+        default=False,
+        description="Flower's SecAgg+: the coordinator sees only the sum of the sites' models. "
+        "Runs Flower's legacy server workflow (`fedward simulate` only in this version); no "
+        "per-update validation and no robust aggregation are possible then.",
+    )
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+
+
+class CentralDPConfig(BaseModel):
+    """Site-level DP at the coordinator with Flower's server-side wrappers (McMahan et al. 2018).
+
+    The coordinator clips each site's model update and adds Gaussian noise to the mean, so the
+    protected "user" is a whole site: meaningful only with many sites (tens to hundreds). It adds
+    to each site's own sample-level DP-SGD; it replaces nothing.
+    """
+
+    model_config = _Strict
+
+    enabled: bool = False
+    noise_multiplier: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Noise std / clipping norm for the mean of the sampled sites' updates "
+        "(Flower adds std noise_multiplier x clipping_norm / sampled sites).",
+    )
+    clipping_norm: float = Field(
+        default=1.0,
+        gt=0,
+        le=1e6,
+        description="L2 bound of one site's model update; with adaptive clipping the initial one.",
+    )
+    adaptive: bool = Field(
+        default=False,
+        description="Adaptive clipping (Andrew et al. 2021): the norm follows a noisy quantile "
+        "of the sites' update norms; part of the noise then goes to that quantile.",
+    )
+    target_clipped_quantile: float = Field(default=0.5, ge=0, le=1)
+    clip_norm_lr: float = Field(default=0.2, gt=0, le=10)
+    clipped_count_stddev: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="Noise std of the clipped-update count (adaptive only); null: Flower's "
+        "default, sampled sites / 20, which needs noise_multiplier < sampled sites / 10.",
+    )
+    num_sites: int | None = Field(
+        default=None,
+        ge=2,
+        le=10**6,
+        description="Sites in the federation (the population sampled from each round); null: "
+        "the sites connected when the run starts (all simulated sites in simulation).",
+    )
+    delta: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="δ of the site-level guarantee; null: 1 / (10 x number of sites).",
+    )
 
 
 class PrivacyConfig(BaseModel):
@@ -97,6 +204,7 @@ class PrivacyConfig(BaseModel):
     )
     max_grad_norm: float = Field(default=1.0, gt=0, le=1000)
     accountant: Literal["rdp", "prv"] = "rdp"
+    central: CentralDPConfig = Field(default_factory=CentralDPConfig)
 
 
 class PreprocessingConfig(BaseModel):
@@ -139,6 +247,13 @@ class EvaluationConfig(BaseModel):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
 
 
+# Central DP's noise is calibrated to a mean of clipped updates: FedProx aggregates as FedAvg does.
+_MEAN_STRATEGIES = ("fedavg", "fedprox")
+# Under SecAgg+ a strategy sees only the (weighted) mean; FedAdam's server step needs nothing more.
+_SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam")
+_DEFAULT_SECAGG = SecAggConfig().model_dump(mode="json")
+
+
 class RunConfig(BaseModel):
     """One federated run, as the coordinator asks for it."""
 
@@ -156,14 +271,55 @@ class RunConfig(BaseModel):
     splits: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @model_validator(mode="after")
+    def _privacy_modes_fit_the_strategy(self) -> RunConfig:
+        central, strategy = self.privacy.central, self.strategy
+        if central.enabled and strategy.name not in _MEAN_STRATEGIES:
+            raise ValueError(
+                f"privacy.central.enabled needs strategy.name 'fedavg' or 'fedprox', not "
+                f"'{strategy.name}': Flower's central-DP noise is sized for the mean of the "
+                "clipped site updates, and this strategy does not release that mean"
+            )
+        if central.enabled and strategy.secure_aggregation:
+            raise ValueError(
+                "privacy.central.enabled and strategy.secure_aggregation cannot be combined in "
+                "this version: server-side clipping needs each site's update, which SecAgg+ hides"
+            )
+        if strategy.secure_aggregation:
+            if strategy.name not in _SECAGG_STRATEGIES:
+                raise ValueError(
+                    f"strategy.secure_aggregation cannot run strategy.name '{strategy.name}': "
+                    "robust aggregation needs each site's update, and under SecAgg+ the "
+                    "coordinator sees only their sum (use 'fedavg', 'fedprox' or 'fedadam')"
+                )
+            if self.preprocessing.source != "schema":
+                raise ValueError(
+                    "strategy.secure_aggregation needs preprocessing.source = 'schema': the "
+                    "SecAgg+ mode does not collect the DP preprocessing aggregates"
+                )
+            if strategy.min_sites < max(2, strategy.secagg.reconstruction_threshold):
+                raise ValueError(
+                    f"strategy.min_sites ({strategy.min_sites}) must be at least "
+                    f"strategy.secagg.reconstruction_threshold "
+                    f"({strategy.secagg.reconstruction_threshold}) and at least 2"
+                )
+        return self
+
     def config_hash(self) -> str:
         """Hash of the canonical JSON form; a site approves a run by this value.
 
         The schema file's location differs between machines, so it is left out; every site checks
-        the schema's content against its own instead.
+        the schema's content against its own instead. The optional privacy modes are left out
+        while they are off and at their defaults, so configs approved before they existed keep
+        their hash; switching one on changes it.
         """
         data = self.model_dump(mode="json")
         data["task"]["schema_file"] = None
+        if data["privacy"]["central"] == CentralDPConfig().model_dump(mode="json"):
+            del data["privacy"]["central"]
+        strategy = data["strategy"]
+        if not strategy["secure_aggregation"] and strategy["secagg"] == _DEFAULT_SECAGG:
+            del strategy["secure_aggregation"], strategy["secagg"]
         return canonical_hash(data)
 
     def to_json(self) -> str:
@@ -298,10 +454,15 @@ def validate_config(model: type[M], data: Any, source: str | Path) -> M:
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
-        field = _field_path(tuple(first["loc"]))
-        lines = [f"{_field_path(tuple(e['loc']))}: {e['msg']}" for e in errors]
-        reason = first["msg"] if len(lines) == 1 else "; ".join(lines)
+        # A check across sections (a model validator) has no field of its own: its text names them.
+        field = _field_path(tuple(first["loc"])) if first["loc"] else None
+        lines = [f"{_field_path(tuple(e['loc']))}: {_message(e['msg'])}" for e in errors]
+        reason = _message(first["msg"]) if len(lines) == 1 else "; ".join(lines)
         raise ConfigError(source, field, reason) from exc
+
+
+def _message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -16,9 +16,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedward.common.config import RunConfig, load_run_config, run_schema
-from fedward.common.errors import FedwardError
+from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.models import build_model, set_deterministic
 from fedward.common.preprocessing import SharedTransform, transform_from_aggregates
 from fedward.common.protocol import (
@@ -35,7 +36,7 @@ from fedward.common.schema import DataSchema
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking, TooFewSites, _reply_info
-from fedward.server.strategies import build_strategy
+from fedward.server.strategies import CentralDPAccounting, build_strategy
 
 NODE_WAIT_S = 120.0
 ROUND_TIMEOUT_S = 600.0
@@ -125,9 +126,42 @@ def _dp_fitted_transform(
     return transform_from_aggregates(schema, aggregates)
 
 
+def _build_strategy(grid: Grid, run: RunConfig) -> Strategy:
+    """Flower's strategy, inside Flower's central-DP wrapper when ``privacy.central.enabled``.
+
+    Central DP needs the federation's size N (sites are sampled from it): the configured
+    ``privacy.central.num_sites``, else the sites connected once ``min_sites`` have joined (in
+    simulation every simulated site is registered from the start). Sites joining later only make
+    the stated ε conservative: more sites per round get noise sized for fewer, from a larger
+    population.
+    """
+    central = run.privacy.central
+    num_sites = None
+    if central.enabled:
+        num_sites = central.num_sites or len(
+            _wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
+        )
+    try:
+        return build_strategy(run.strategy, central, num_sites=num_sites)
+    except ValueError as exc:
+        # Flower's wrappers check their arguments with plain ValueErrors (e.g. adaptive clipping's
+        # count noise too small for the noise multiplier): name the run config's section.
+        field = "privacy.central" if central.enabled else "strategy"
+        raise ConfigError(None, field, str(exc)) from exc
+
+
 def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> RunFolder:
     """Run one federation end to end and leave a complete run folder."""
     run = settings.run
+    if run.strategy.secure_aggregation:
+        raise ConfigError(
+            None,
+            "strategy.secure_aggregation",
+            "this ServerApp (fedward.server.app) never runs SecAgg+, and this version runs "
+            "SecAgg+ only in `fedward simulate` (fedward.server.secagg_app with "
+            "fedward.client.secagg_app); refusing to train without the secure aggregation the "
+            "run config asks for",
+        )
     set_deterministic(run.seed)
     if settings.run_dir:
         folder = RunFolder.at(settings.run_dir, run, run_id=context.run_id, engine=settings.engine)
@@ -153,7 +187,7 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         )
         heads_path = Path(coord_dir) / "ledger_heads.json"
     tracker = SiteTracking(
-        build_strategy(run.strategy),
+        _build_strategy(grid, run),
         folder=folder,
         histogram_bins=run.evaluation.histogram_bins,
         min_sites=run.strategy.min_sites,
@@ -241,8 +275,17 @@ def _finish(
     record["run_id"] = run_id
     record["status"] = "stopped" if stopped else "finished"
     record["stopped_reason"] = stopped
+    central = (
+        tracker.strategy.report(run.rounds)
+        if isinstance(tracker.strategy, CentralDPAccounting)
+        else None
+    )
+    if central is not None:
+        record["privacy"]["central_dp"] = central
     folder.write_json("run_record.json", record)
-    folder.write_json("privacy_summary.json", privacy_summary(run, run_id, sites))
+    folder.write_json(
+        "privacy_summary.json", privacy_summary(run, run_id, sites, central_dp=central)
+    )
     if stopped:
         folder.event("run-stopped", elapsed_s=round(elapsed, 3), reason=stopped)
     else:
@@ -250,8 +293,20 @@ def _finish(
     return folder
 
 
-def privacy_summary(run: RunConfig, run_id: str, sites: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per site: ε/δ this run and over the dataset's lifetime, budget left, refusals."""
+def privacy_summary(
+    run: RunConfig,
+    run_id: str,
+    sites: list[dict[str, Any]],
+    *,
+    central_dp: dict[str, Any] | None = None,
+    secure_aggregation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Per site: ε/δ this run and over the dataset's lifetime, budget left, refusals.
+
+    ``central_dp`` (``CentralDPAccounting.report``) and ``secure_aggregation`` (the SecAgg+ mode's
+    statement) say what the optional modes guarantee and what they do not; a mode that is off is
+    stated as ``{"enabled": false}``.
+    """
     multi_row = any(s.get("multi_row_patients") for s in sites)
     return {
         "run_id": run_id,
@@ -267,8 +322,8 @@ def privacy_summary(run: RunConfig, run_id: str, sites: list[dict[str, Any]]) ->
         "max_grad_norm": run.privacy.max_grad_norm,
         "budget_planning": "each site plans its noise once per run for the rounds asked plus one "
         "retried round, within min(run target, its per-run cap, its remaining lifetime budget)",
-        "central_dp": None,
-        "secure_aggregation": None,
+        "central_dp": central_dp or {"enabled": False},
+        "secure_aggregation": secure_aggregation or {"enabled": False},
         "sites": [
             {
                 key: s.get(key)

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fedward.common.config import RunConfig, load_run_config
+from fedward.common.config import RunConfig, load_run_config, validate_config
 from fedward.server.app import CoordinatorSettings
 from fedward.server.simulate import ProgressState, run_simulation
 
@@ -53,7 +53,7 @@ def _progress_view(state: ProgressState, title: str) -> Group:
 def _final_table(run_dir: Path) -> Table:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record = json.loads((run_dir / "run_record.json").read_text())
-    test = metrics["test"]
+    test = metrics["test"] or {"sites": {}, "pooled": None}
     eps = {s["site"]: s for s in record["sites"]}
     table = Table(title="Sealed test split, final model", header_style="bold", pad_edge=False)
     for col in ("site", "n", "acc", "AUROC [95% CI]", "AUPRC", "bal.acc", "Brier", "ε"):
@@ -82,8 +82,34 @@ def _final_table(run_dir: Path) -> Table:
         "",
         style="bold",
     )
-    table.caption = "* pooled from the sites' score histograms, never from raw scores"
+    table.caption = (
+        "* pooled from the sites' score histograms, never from raw scores"
+        if metrics["test"] is not None
+        else f"no final model: {record.get('stopped_reason')}"
+    )
     return table
+
+
+def _privacy_modes(run_dir: Path) -> list[str]:
+    """One line per optional privacy mode that was on, as privacy_summary.json states it."""
+    summary = json.loads((run_dir / "privacy_summary.json").read_text())
+    lines = []
+    central = summary.get("central_dp") or {}
+    if central.get("enabled"):
+        lines.append(
+            f"site-level central DP: ε={_fmt(central['epsilon'], 2)} planned, "
+            f"{_fmt(central['epsilon_as_run'], 2)} as run, at δ={central['delta']:.2g}, over "
+            f"{central['num_sites']} sites (the unit is a whole site)"
+        )
+        lines += [f"[yellow]{w}[/]" for w in central.get("warnings", [])]
+    secagg = summary.get("secure_aggregation") or {}
+    if secagg.get("enabled"):
+        lines.append(
+            f"secure aggregation (SecAgg+, {secagg['num_shares']} shares, threshold "
+            f"{secagg['reconstruction_threshold']}): the coordinator saw only sums of site models"
+        )
+        lines += [f"[yellow]{w}[/]" for w in secagg.get("warnings", [])]
+    return lines
 
 
 def _left_out(run_dir: Path) -> list[str]:
@@ -114,6 +140,22 @@ def simulate(
     seed: Annotated[
         int | None, typer.Option(help="Seed for splits, initialisation and sampling.")
     ] = None,
+    secure_aggregation: Annotated[
+        bool,
+        typer.Option(
+            "--secure-aggregation",
+            help="Flower's SecAgg+: the coordinator sees only the sum of the sites' models "
+            "(legacy workflow; no per-update validation, no robust aggregation).",
+        ),
+    ] = False,
+    central_dp: Annotated[
+        bool,
+        typer.Option(
+            "--central-dp",
+            help="Site-level DP with Flower's server-side wrapper; noise and clipping from the "
+            "run config's [privacy.central]. The unit is a whole site: needs many sites.",
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Folder that receives the run folder.")] = Path("runs"),
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -141,7 +183,11 @@ def simulate(
         data["seed"] = seed
     if dataset == "digits" and config is None:
         data["model"]["kind"] = "cnn"
-    run = RunConfig.model_validate(data)
+    if secure_aggregation:
+        data["strategy"]["secure_aggregation"] = True
+    if central_dp:
+        data["privacy"]["central"]["enabled"] = True
+    run = validate_config(RunConfig, data, config or "<command line>")
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out / f"{stamp}-{run.name}"
@@ -155,6 +201,8 @@ def simulate(
     title = (
         f"fedward simulate · {run.task.dataset or 'site configs'} · "
         f"{'DP ε=' + str(run.privacy.target_epsilon) if run.privacy.dp else 'no DP'}"
+        + (" · SecAgg+" if run.strategy.secure_aggregation else "")
+        + (" · site-level central DP" if run.privacy.central.enabled else "")
     )
     if verbose:
         run_simulation(settings, verbose=True)
@@ -164,6 +212,8 @@ def simulate(
     console.print(_final_table(run_dir))
     for line in _left_out(run_dir):
         console.print(f"[yellow]{line}[/]")
+    for line in _privacy_modes(run_dir):
+        console.print(line)
     console.print(f"run folder: [bold]{run_dir}[/]")
 
 

@@ -20,8 +20,11 @@ from typing import Any
 from fedward.common.datasets.bundled import bundled_federation
 from fedward.server.app import CoordinatorSettings, make_server_app
 from fedward.server.run_folder import PROGRESS_FILE
+from fedward.server.secagg_app import make_secagg_server_app
 
 CLIENT_APP_REF = "fedward.client.app:app"
+# strategy.secure_aggregation: Flower's legacy SecAgg+ pair (see fedward.server.secagg_app).
+SECAGG_CLIENT_APP_REF = "fedward.client.secagg_app:app"
 
 
 def load_client_app(ref: str = CLIENT_APP_REF) -> Any:
@@ -137,10 +140,14 @@ def run_simulation(
         )
         watcher.start()
     cpus = max(1, os.cpu_count() or 1)
+    if settings.run.strategy.secure_aggregation:
+        server_app, client_ref = make_secagg_server_app(settings), SECAGG_CLIENT_APP_REF
+    else:
+        server_app, client_ref = make_server_app(settings), CLIENT_APP_REF
     try:
         flwr_run_simulation(
-            server_app=make_server_app(settings),
-            client_app=load_client_app(),
+            server_app=server_app,
+            client_app=load_client_app(client_ref),
             num_supernodes=n_sites,
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

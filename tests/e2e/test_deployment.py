@@ -118,7 +118,8 @@ def test_every_site_trained_under_dp_and_was_tested_once(deployed_run: Path) -> 
         "va-long-beach",
     ]
     for site in record["sites"]:
-        assert 0.9 <= site["epsilon"] <= 1.0  # the whole run's spend, not one round's
+        # The whole run's spend, not one round's (a retried round is held in reserve).
+        assert 0.75 <= site["epsilon"] <= 1.0
     test = json.loads((deployed_run / "metrics.json").read_text())["test"]
     assert set(test["sites"]) == set(record["participating"])
     assert test["pooled"]["auroc"] is not None
