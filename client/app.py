@@ -107,7 +107,7 @@ class Request:
             site=self.site.name,
             dataset=self.dataset,
             n_rows=self.site.table.n_rows,
-            accountant=self.run.privacy.accountant,
+            accountant=self.site.policy.accountant,
         )
 
     def transform(self) -> SharedTransform:
@@ -279,7 +279,7 @@ def _privacy_info(req: Request, budget: SiteBudget, run_delta: float) -> dict[st
         "dataset": req.dataset,
         "privacy_unit": PRIVACY_UNIT,
         "multi_row_patients": req.site.multi_row_patients,
-        "accountant": req.run.privacy.accountant,
+        "accountant": req.site.policy.accountant,
         "dp": True,
     }
 

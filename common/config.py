@@ -390,6 +390,11 @@ class PolicyConfig(BaseModel):
         le=10**4,
         description="A run that would need more noise than this is refused at its start.",
     )
+    accountant: Literal["rdp", "prv"] = Field(
+        default="rdp",
+        description="The accountant that composes this dataset's lifetime history; the site "
+        "chooses it, not the run config.",
+    )
     auto_approve: bool = Field(
         default=False,
         description="Accept run configs and code not approved with `fedward site approve` "

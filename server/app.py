@@ -317,7 +317,8 @@ def privacy_summary(
             if multi_row
             else ""
         ),
-        "accountant": run.privacy.accountant,
+        "accountant_requested": run.privacy.accountant,
+        "accountant_note": "each site composes its ledger with the accountant its own policy names (sites[].accountant)",
         "target_epsilon": run.privacy.target_epsilon if run.privacy.dp else None,
         "max_grad_norm": run.privacy.max_grad_norm,
         "budget_planning": "each site plans its noise once per run for the rounds asked plus one "
@@ -332,6 +333,7 @@ def privacy_summary(
                     "status",
                     "reason",
                     "dataset",
+                    "accountant",
                     "epsilon",
                     "delta",
                     "epsilon_lifetime",
@@ -367,7 +369,8 @@ def run_record(
             "dp": run.privacy.dp,
             "privacy_unit": "one patient row at one site (sample-level DP)",
             "target_epsilon": run.privacy.target_epsilon if run.privacy.dp else None,
-            "accountant": run.privacy.accountant,
+            "accountant_requested": run.privacy.accountant,
+            "accountant_note": "each site composes its ledger with the accountant its own policy names (sites[].accountant)",
             "max_grad_norm": run.privacy.max_grad_norm,
             "epsilon_covers": dp_covered,
             "non_dp_outputs": non_dp,

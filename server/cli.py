@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -14,8 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fedward.common.config import RunConfig, load_run_config, validate_config
-from fedward.server.app import CoordinatorSettings
-from fedward.server.simulate import ProgressState, run_simulation
+
+if TYPE_CHECKING:
+    from fedward.server.simulate import ProgressState
 
 console = Console()
 
@@ -191,6 +192,10 @@ def simulate(
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out / f"{stamp}-{run.name}"
+    # Imported here: torch, Flower and Ray take seconds to load, and other commands need none of them.
+    from fedward.server.app import CoordinatorSettings
+    from fedward.server.simulate import run_simulation
+
     settings = CoordinatorSettings(
         run=run,
         output_dir=str(out),

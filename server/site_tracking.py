@@ -58,6 +58,7 @@ class SiteRecord:
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     dataset: str | None = None
+    accountant: str | None = None
     privacy_unit: str | None = None
     multi_row_patients: bool | None = None
     refusals: list[dict[str, Any]] = field(default_factory=list)
@@ -84,6 +85,7 @@ class SiteRecord:
             "epsilon_budget": self.epsilon_budget,
             "epsilon_remaining": self.epsilon_remaining,
             "dataset": self.dataset,
+            "accountant": self.accountant,
             "privacy_unit": self.privacy_unit,
             "multi_row_patients": self.multi_row_patients,
             "refusals": self.refusals,
@@ -268,7 +270,7 @@ class SiteTracking(Strategy):
         for key in _PRIVACY_FLOATS:
             if key in info:
                 setattr(rec, key, float(info[key]))
-        for key in ("dataset", "privacy_unit"):
+        for key in ("dataset", "privacy_unit", "accountant"):
             if key in info:
                 setattr(rec, key, str(info[key]))
         if "multi_row_patients" in info:
