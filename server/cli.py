@@ -158,6 +158,14 @@ def simulate(
         ),
     ] = False,
     out: Annotated[Path, typer.Option(help="Folder that receives the run folder.")] = Path("runs"),
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The simulated sites' state folders (their privacy ledgers). Default: a fresh one "
+            "inside the run folder, so repeated simulations do not drain a budget by accident; give "
+            "the same folder to several runs to see their budgets compose."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1)."""
@@ -202,6 +210,7 @@ def simulate(
         run_dir=str(run_dir),
         engine="simulation",
         sim_site_configs=[str(p.resolve()) for p in site_config or []],
+        sim_state_dir=str(state_dir.resolve()) if state_dir is not None else None,
     )
     title = (
         f"fedward simulate · {run.task.dataset or 'site configs'} · "
