@@ -195,10 +195,14 @@ def build_request(
     site = open_site(dict(context.node_config), run, sim_sites)
     prepared = prepare(site, run, schema)
     run_id = str(cfg.get(KEY_RUN_ID, "") or f"flwr-{context.run_id}")
-    ledger = Ledger(_state_dir(site, cfg))
-    req = Request(cfg, weights, context, run, prepared, run_id, ledger)
-    ledger.require_valid()
-    _check_ledger_head(req)
+    try:
+        ledger = Ledger(_state_dir(site, cfg))
+        req = Request(cfg, weights, context, run, prepared, run_id, ledger)
+        ledger.require_valid()
+        _check_ledger_head(req)
+    except LedgerError as exc:
+        exc.site = site.name  # so the coordinator's records name the site, not a node id
+        raise
     _check_approval(req)
     return req
 

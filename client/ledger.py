@@ -91,9 +91,10 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSI
 class LedgerError(FedwardError):
     """The ledger cannot be read, is locked, or its hash chain is broken."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str, *, site: str | None = None) -> None:
         self.path = str(path)
         self.reason = reason
+        self.site = site
         super().__init__(f"privacy ledger '{self.path}': {reason}")
 
 

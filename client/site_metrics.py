@@ -35,7 +35,6 @@ from fedward.common.errors import FedwardError
 
 log = logging.getLogger(__name__)
 
-ACCOUNTANT = "rdp"
 METRIC_PREFIX = "fedward_site_"
 
 
@@ -57,6 +56,7 @@ class DatasetBudget:
     epsilon_remaining: float | None
     runs: int
     entries: int
+    accountant: str = "rdp"
     problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +66,7 @@ class DatasetBudget:
             "delta": self.delta,
             "epsilon_budget": self.epsilon_budget,
             "epsilon_remaining": self.epsilon_remaining,
-            "accountant": ACCOUNTANT,
+            "accountant": self.accountant,
             "runs": self.runs,
             "entries": self.entries,
             "problem": self.problem,
@@ -162,7 +162,7 @@ def _dataset_budget(
                 site=site.name,
                 dataset=dataset,
                 n_rows=n_rows,
-                accountant=ACCOUNTANT,
+                accountant=site.policy.accountant,
             )
             delta, spent = budget.lifetime_delta, budget.lifetime_epsilon()
     except FedwardError as exc:
@@ -175,6 +175,7 @@ def _dataset_budget(
         epsilon_remaining=None if spent is None else max(0.0, total - spent),
         runs=len(runs_in(mine)),
         entries=len(mine),
+        accountant=site.policy.accountant,
         problem=problem,
     )
 

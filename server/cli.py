@@ -154,7 +154,7 @@ def simulate(
         typer.Option(
             "--central-dp",
             help="Site-level DP with Flower's server-side wrapper; noise and clipping from the "
-            "run config's [privacy.central]. The unit is a whole site: needs many sites.",
+            "run config's privacy.central table. The unit is a whole site: needs many sites.",
         ),
     ] = False,
     out: Annotated[Path, typer.Option(help="Folder that receives the run folder.")] = Path("runs"),
