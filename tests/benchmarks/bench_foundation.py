@@ -58,7 +58,7 @@ from fedward.common.datasets.bundled import bundled_federation, load_bundled_sit
 from fedward.common.metrics import metric_panel
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
-from fedward.common.splits import SiteSplits, split_site
+from fedward.common.splits import SiteSplits, split_for_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAIN_MODULE = "tests.benchmarks.plain_flower_opacus"
@@ -112,24 +112,34 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return out.stdout
+
+
 def source_state() -> dict[str, Any]:
-    """Git commit of the measured code, and a hash of uncommitted changes (if any)."""
-
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-            )
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-        return out.stdout
-
-    diff = git("diff", "HEAD")
+    """Git commit of the measured code, and what is uncommitted (files and a hash of the diff)."""
+    diff = _git("diff", "HEAD")
     return {
-        "commit": git("rev-parse", "HEAD").strip() or None,
-        "uncommitted_changes": bool(diff),
+        "commit": _git("rev-parse", "HEAD").strip() or None,
+        "uncommitted": _git("status", "--porcelain").splitlines(),
         "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
     }
+
+
+def files_changed_between(start: dict[str, Any], end: dict[str, Any]) -> list[str]:
+    """Files that differ between two source states (commits made meanwhile, and the worktree)."""
+    changed: set[str] = set()
+    if start["commit"] and end["commit"] and start["commit"] != end["commit"]:
+        changed.update(_git("diff", "--name-only", start["commit"], end["commit"]).splitlines())
+    if start["diff_sha256"] != end["diff_sha256"] or start["uncommitted"] != end["uncommitted"]:
+        changed.update(line[3:] for line in {*start["uncommitted"], *end["uncommitted"]})
+    return sorted(changed)
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -380,7 +390,7 @@ class SiteArrays:
 
 def site_splits(run: RunConfig) -> dict[str, tuple[Any, SiteSplits]]:
     """Every site's validated table and splits, exactly as the ClientApp derives them."""
-    task, s = run.task, run.splits
+    task = run.task
     assert task.dataset is not None
     fed = bundled_federation(
         task.dataset,
@@ -401,15 +411,11 @@ def site_splits(run: RunConfig) -> dict[str, tuple[Any, SiteSplits]]:
             seed=run.seed,
             via_csv=True,
         )
-        splits = split_site(
+        splits = split_for_run(
             table.labels,
             groups=table.groups,
-            tune=s.tune,
-            test=s.test,
-            audit=s.audit,
+            config=run.splits,
             seed=run.seed,
-            min_per_class=s.min_per_class,
-            min_rows=s.min_rows,
             site=name,
             file=f"bundled:{task.dataset}/{name}",
         )
@@ -529,54 +535,77 @@ def mean_sd(values: Iterable[float | None]) -> dict[str, float | int | None]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("accuracy", "auroc", "auprc", "wall_s", "elapsed_s", "first_round_s", "train_s")
     out = {k: mean_sd(r.get(k) for r in runs) for k in keys if any(k in r for r in runs)}
+    for k in ("wall_s", "elapsed_s"):
+        if k in out:
+            # Timings of the runs that no other process slowed down.
+            out[f"{k}_quiet"] = mean_sd(r.get(k) for r in runs if not r.get("contended"))
     out["seeds"] = [r["seed"] for r in runs]
     out["contended_runs"] = [r["seed"] for r in runs if r.get("contended")]
     return out
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets. Times are judged on the runs no other process slowed, if any."""
     s = results["summary"]
-    nodp = s["fedward_non_dp"]["accuracy"]["mean"]
-    dp = s["fedward_dp"]["accuracy"]["mean"]
-    elapsed = s["fedward_dp"]["elapsed_s"]["mean"]
-    ratio = results["speed"]["plain_over_fedward_wall"]
+    nodp = s["fedward_non_dp"]["accuracy"]
+    dp = s["fedward_dp"]["accuracy"]
+    quiet = s["fedward_dp"]["elapsed_s_quiet"]
+    elapsed = quiet if quiet["n"] else s["fedward_dp"]["elapsed_s"]
+    elapsed_basis = (
+        f"mean of {quiet['n']} unslowed runs" if quiet["n"] else "mean of all runs (all slowed)"
+    )
+    sp = results["speed"]
+    ratio = sp["plain_over_fedward_wall"]
+    ratio_basis = f"seeds {sp['seeds']}" + (
+        " (unslowed pairs)" if sp.get("quiet_pairs_only") else ""
+    )
     return [
         {
             "target": f"non-DP federated mean accuracy >= {TARGET_NON_DP_ACCURACY}",
-            "measured": nodp,
-            "pass": nodp is not None and nodp >= TARGET_NON_DP_ACCURACY,
+            "measured": nodp["mean"],
+            "basis": f"mean of {nodp['n']} seeds",
+            "pass": nodp["mean"] is not None and nodp["mean"] >= TARGET_NON_DP_ACCURACY,
         },
         {
             "target": f"DP ε=1 federated mean accuracy >= {TARGET_DP_ACCURACY}",
-            "measured": dp,
-            "pass": dp is not None and dp >= TARGET_DP_ACCURACY,
+            "measured": dp["mean"],
+            "basis": f"mean of {dp['n']} seeds",
+            "pass": dp["mean"] is not None and dp["mean"] >= TARGET_DP_ACCURACY,
         },
         {
             "target": f"fedward federation time (defaults, DP) < {TARGET_FEDERATION_S:g} s",
-            "measured": elapsed,
-            "pass": elapsed is not None and elapsed < TARGET_FEDERATION_S,
+            "measured": elapsed["mean"],
+            "basis": elapsed_basis,
+            "pass": elapsed["mean"] is not None and elapsed["mean"] < TARGET_FEDERATION_S,
         },
         {
-            "target": "fedward faster than plain Flower + Opacus (wall, same seeds)",
+            "target": "plain Flower + Opacus wall time / fedward DP wall time > 1",
             "measured": ratio,
+            "basis": ratio_basis,
             "pass": ratio is not None and ratio > 1.0,
         },
     ]
 
 
 def speed(results: dict[str, Any]) -> dict[str, Any]:
-    """Wall-time ratio plain / fedward DP, over the seeds both ran (Ray start included in both)."""
+    """Wall-time ratio plain / fedward DP over the seeds both ran (Ray start included in both).
+
+    Only pairs where no other process slowed either run, when there are any; else all pairs.
+    """
     fed = {r["seed"]: r for r in results["runs"]["fedward_dp"]}
     plain = {r["seed"]: r for r in results["runs"]["plain_flower_opacus"]}
     common = sorted(set(fed) & set(plain))
-    if not common:
+    quiet = [k for k in common if not (fed[k]["contended"] or plain[k]["contended"])]
+    used = quiet or common
+    if not used:
         return {"seeds": [], "plain_over_fedward_wall": None, "plain_over_fedward_federation": None}
-    fw = statistics.fmean(fed[k]["wall_s"] for k in common)
-    pw = statistics.fmean(plain[k]["wall_s"] for k in common)
-    fe = statistics.fmean(fed[k]["elapsed_s"] for k in common)
-    pe = statistics.fmean(plain[k]["elapsed_s"] for k in common)
+    fw = statistics.fmean(fed[k]["wall_s"] for k in used)
+    pw = statistics.fmean(plain[k]["wall_s"] for k in used)
+    fe = statistics.fmean(fed[k]["elapsed_s"] for k in used)
+    pe = statistics.fmean(plain[k]["elapsed_s"] for k in used)
     return {
-        "seeds": common,
+        "seeds": used,
+        "quiet_pairs_only": bool(quiet),
         "fedward_wall_s": fw,
         "plain_wall_s": pw,
         "plain_over_fedward_wall": pw / fw,
@@ -621,11 +650,12 @@ def results_table(results: dict[str, Any]) -> Table:
 
 def targets_table(results: dict[str, Any]) -> Table:
     table = Table(title="Targets")
-    for col in ("target", "measured", "result"):
+    for col in ("target", "measured", "over", "result"):
         table.add_column(col)
     for t in results["targets"]:
         measured = "–" if t["measured"] is None else f"{t['measured']:.3f}"
-        table.add_row(t["target"], measured, "[green]PASS[/]" if t["pass"] else "[red]FAIL[/]")
+        verdict = "[green]PASS[/]" if t["pass"] else "[red]FAIL[/]"
+        table.add_row(t["target"], measured, t.get("basis", ""), verdict)
     return table
 
 
@@ -668,11 +698,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=300.0,
         help="Before each timed run, wait up to this many seconds for an idle machine (0: never).",
     )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="Measure nothing: re-summarise the runs of a saved results file and print the tables "
+        "(written to --json when given).",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.from_json is not None:
+        saved: dict[str, Any] = json.loads(args.from_json.read_text(encoding="utf-8"))
+        report(saved, args.json)
+        return saved
     if args.seeds < 1 or args.plain_seeds < 0:
         raise SystemExit("--seeds must be >= 1 and --plain-seeds >= 0")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -726,8 +767,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["benchmark_s"] = round(time.perf_counter() - started, 1)
     # Other people may edit the working tree while this runs: say so if the measured code moved.
     results["source_at_end"] = source_state()
-    results["source_changed_during_run"] = results["source_at_end"] != results["source"]
-    results["summary"] = {key: summarise(runs[key]) for key, _ in ROWS}
+    results["source_changed_during_run"] = files_changed_between(
+        results["source"], results["source_at_end"]
+    )
+    report(results, args.json or out / "bench_foundation.json")
+    return results
+
+
+def report(results: dict[str, Any], target: Path | None) -> None:
+    """Summarise the runs, print the tables and write everything to ``target`` (if given)."""
+    results["summary"] = {key: summarise(results["runs"][key]) for key, _ in ROWS}
     results["speed"] = speed(results)
     results["targets"] = targets(results)
 
@@ -738,7 +787,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sp = results["speed"]
     if sp["plain_over_fedward_wall"] is not None:
         out_console.print(
-            f"plain Flower + Opacus / fedward DP, seeds {sp['seeds']}: wall "
+            f"plain Flower + Opacus / fedward DP, seeds {sp['seeds']}"
+            f"{' (unslowed pairs)' if sp['quiet_pairs_only'] else ''}: wall "
             f"{sp['plain_wall_s']:.1f} s / {sp['fedward_wall_s']:.1f} s = "
             f"{sp['plain_over_fedward_wall']:.2f}x; federation {sp['plain_federation_s']:.1f} s / "
             f"{sp['fedward_federation_s']:.1f} s = {sp['plain_over_fedward_federation']:.2f}x"
@@ -749,7 +799,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if contended:
         out_console.print(f"[yellow]runs slowed by other processes (seeds): {contended}[/]")
     if results["source_changed_during_run"]:
-        out_console.print("[yellow]the working tree changed during the run (see source*)[/]")
+        out_console.print(
+            "[yellow]the code changed during the run: "
+            + ", ".join(results["source_changed_during_run"])
+            + "[/]"
+        )
     m = results["machine"]
     out_console.print(
         f"machine: {m['nproc']} cores {m['machine']} ({m['cpu_model']}), {m['ram_gib']} GiB RAM; "
@@ -757,11 +811,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"opacus {m['versions']['opacus']}"
     )
     out_console.print(f"command: {results['command']}  ({results['benchmark_s']:.0f} s)")
-    target = args.json or out / "bench_foundation.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    out_console.print(f"results: {target}")
-    return results
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+        out_console.print(f"results: {target}")
 
 
 if __name__ == "__main__":
