@@ -64,7 +64,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid, ServerApp
 
 from fedward.common.config import RunConfig, StrategyConfig, run_schema
-from fedward.common.metrics import CoarseHistogram, pooled_panel
+from fedward.common.metrics import CoarseHistogram
 from fedward.common.models import build_model, set_deterministic
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import (
@@ -92,7 +92,7 @@ from fedward.server.app import (
 )
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteRecord
+from fedward.server.site_tracking import SiteRecord, record_evaluation
 
 _PRIVACY_FLOATS = (
     "epsilon",
@@ -488,13 +488,9 @@ class SecAggTracking(LegacyStrategy):
             rec.metrics[f"{split}:{server_round}"] = panel
             if hist:
                 hists.append(CoarseHistogram.from_record(hist))
-        pooled = pooled_panel(hists, self.histogram_bins) if hists else None
-        entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
-        self.history[split].append(entry)
-        self.folder.event(
-            "evaluated", round=server_round, split=split, sites=per_site, pooled=pooled
+        return record_evaluation(
+            self.history, self.folder, server_round, split, per_site, hists, self.histogram_bins
         )
-        return entry
 
     def aggregate_evaluate(
         self,

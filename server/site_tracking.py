@@ -112,6 +112,23 @@ class TooFewSites(FedwardError):
     """Fewer sites remain than the run's minimum: the run stops cleanly."""
 
 
+def record_evaluation(
+    history: dict[str, list[dict[str, Any]]],
+    folder: RunFolder,
+    server_round: int,
+    split: str,
+    per_site: dict[str, Any],
+    hists: list[CoarseHistogram],
+    bins: int,
+) -> dict[str, Any]:
+    """Pool the sites' histograms (never raw scores), keep the round's entry and announce it."""
+    pooled = pooled_panel(hists, bins) if hists else None
+    entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
+    history[split].append(entry)
+    folder.event("evaluated", round=server_round, split=split, sites=per_site, pooled=pooled)
+    return entry
+
+
 def _reply_info(msg: Message) -> dict[str, Any]:
     if not msg.has_content() or REPLY not in msg.content.config_records:
         return {}
@@ -362,13 +379,9 @@ class SiteTracking(Strategy):
             hist_rec = {k[len("hist_") :]: v for k, v in info.items() if k.startswith("hist_")}
             if hist_rec:
                 hists.append(CoarseHistogram.from_record(hist_rec))
-        pooled = pooled_panel(hists, self.bins) if hists else None
-        entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
-        self.history[split].append(entry)
-        self.folder.event(
-            "evaluated", round=server_round, split=split, sites=per_site, pooled=pooled
+        return record_evaluation(
+            self.history, self.folder, server_round, split, per_site, hists, self.bins
         )
-        return entry
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
