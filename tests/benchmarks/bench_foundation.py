@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -94,7 +95,7 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("fedward", "torch", "flwr", "opacus", "ray", "numpy", "scikit-learn"):
         try:
             versions[dist] = metadata.version(dist)
@@ -534,7 +535,9 @@ def mean_sd(values: Iterable[float | None]) -> dict[str, float | int | None]:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("accuracy", "auroc", "auprc", "wall_s", "elapsed_s", "first_round_s", "train_s")
-    out = {k: mean_sd(r.get(k) for r in runs) for k in keys if any(k in r for r in runs)}
+    out: dict[str, Any] = {
+        k: mean_sd(r.get(k) for r in runs) for k in keys if any(k in r for r in runs)
+    }
     for k in ("wall_s", "elapsed_s"):
         if k in out:
             # Timings of the runs that no other process slowed down.
@@ -739,31 +742,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     wait = args.idle_wait
     started = time.perf_counter()
     for seed in range(args.seeds):
-        runs["fedward_non_dp"].append(
-            _step(
-                f"seed {seed}: fedward simulate --no-dp",
-                lambda s=seed: fedward_federation(s, dp=False, out=out, idle_wait_s=wait),
-            )
-        )
-        runs["fedward_dp"].append(
-            _step(
-                f"seed {seed}: fedward simulate (DP ε=1)",
-                lambda s=seed: fedward_federation(s, dp=True, out=out, idle_wait_s=wait),
-            )
-        )
-        runs["pooled_non_dp"].append(
-            _step(f"seed {seed}: pooled, no DP", lambda s=seed: pooled_reference(s, dp=False))
-        )
-        runs["pooled_dp"].append(
-            _step(f"seed {seed}: pooled, DP ε=1", lambda s=seed: pooled_reference(s, dp=True))
-        )
+        steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+            (
+                "fedward_non_dp",
+                "fedward simulate --no-dp",
+                partial(fedward_federation, seed, dp=False, out=out, idle_wait_s=wait),
+            ),
+            (
+                "fedward_dp",
+                "fedward simulate (DP ε=1)",
+                partial(fedward_federation, seed, dp=True, out=out, idle_wait_s=wait),
+            ),
+            ("pooled_non_dp", "pooled, no DP", partial(pooled_reference, seed, dp=False)),
+            ("pooled_dp", "pooled, DP ε=1", partial(pooled_reference, seed, dp=True)),
+        ]
         if seed < args.plain_seeds:
-            runs["plain_flower_opacus"].append(
-                _step(
-                    f"seed {seed}: plain Flower + Opacus",
-                    lambda s=seed: plain_flower_opacus(s, out=out, idle_wait_s=wait),
+            steps.append(
+                (
+                    "plain_flower_opacus",
+                    "plain Flower + Opacus",
+                    partial(plain_flower_opacus, seed, out=out, idle_wait_s=wait),
                 )
             )
+        for key, label, fn in steps:
+            runs[key].append(_step(f"seed {seed}: {label}", fn))
     results["benchmark_s"] = round(time.perf_counter() - started, 1)
     # Other people may edit the working tree while this runs: say so if the measured code moved.
     results["source_at_end"] = source_state()

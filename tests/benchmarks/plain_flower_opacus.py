@@ -126,19 +126,27 @@ def build_net() -> nn.Module:
 
 # ---- ClientApp ----
 
+
+def _number(record: MetricRecord | ConfigRecord, key: str) -> float:
+    value = record[key]
+    if not isinstance(value, int | float):
+        raise TypeError(f"record entry '{key}' is not a number: {value!r}")
+    return float(value)
+
+
 client_app = ClientApp()
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
-    config = msg.content["config"]
-    seed = int(config["seed"])  # type: ignore[arg-type]
+    config = msg.content.config_records["config"]
+    seed = int(_number(config, "seed"))
     x_train, y_train, _, _ = load_site(partition_id, seed)
-    torch.manual_seed(seed * 1000 + int(config["server-round"]) * 10 + partition_id)  # type: ignore[operator]
+    torch.manual_seed(seed * 1000 + int(_number(config, "server-round")) * 10 + partition_id)
 
     model = build_net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
     loader = DataLoader(
         TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
@@ -185,10 +193,10 @@ def train(msg: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
-    seed = int(msg.content["config"]["seed"])  # type: ignore[arg-type]
+    seed = int(_number(msg.content.config_records["config"], "seed"))
     _, _, x_test, y_test = load_site(partition_id, seed)
     model = build_net()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(x_test)).reshape(-1)
@@ -216,11 +224,11 @@ def _keep_per_site(records: list[RecordDict], weighting_key: str) -> MetricRecor
     """FedAvg's weighted mean, remembering each site's values (the last call is the final round)."""
     _LAST_EVAL.clear()
     for r in records:
-        m = r["metrics"]
-        _LAST_EVAL[int(m["partition-id"])] = {  # type: ignore[arg-type]
-            "accuracy": float(m["eval_acc"]),  # type: ignore[arg-type]
-            "auroc": float(m["eval_auroc"]),  # type: ignore[arg-type]
-            "n": float(m["num-examples"]),  # type: ignore[arg-type]
+        m = r.metric_records["metrics"]
+        _LAST_EVAL[int(_number(m, "partition-id"))] = {
+            "accuracy": _number(m, "eval_acc"),
+            "auroc": _number(m, "eval_auroc"),
+            "n": _number(m, "num-examples"),
         }
     return aggregate_metricrecords(records, weighting_key)
 
@@ -228,9 +236,9 @@ def _keep_per_site(records: list[RecordDict], weighting_key: str) -> MetricRecor
 def _keep_dp(records: list[RecordDict], weighting_key: str) -> MetricRecord:
     """FedAvg's weighted mean, recording each site's DP steps for its whole-run ε."""
     for r in records:
-        m = r["metrics"]
-        _HISTORY.setdefault(int(m["partition-id"]), []).append(  # type: ignore[arg-type]
-            (float(m["noise_multiplier"]), float(m["sample_rate"]), int(m["steps"]))  # type: ignore[arg-type]
+        m = r.metric_records["metrics"]
+        _HISTORY.setdefault(int(_number(m, "partition-id")), []).append(
+            (_number(m, "noise_multiplier"), _number(m, "sample_rate"), int(_number(m, "steps")))
         )
     return aggregate_metricrecords(records, weighting_key)
 
