@@ -54,25 +54,14 @@ from fedward.common.protocol import (
     KEY_SCHEMA,
     KEY_TRANSFORM,
     METRICS,
+    PRIVACY_FLOATS,
     REPLY,
     STATUS_OK,
 )
 from fedward.common.schema import DataSchema
 
 # Scalars a site returns with its masked model, in the clear (the coordinator's per-site report).
-FIT_METRIC_KEYS = (
-    "train_loss",
-    "epsilon",
-    "delta",
-    "epsilon_lifetime",
-    "delta_lifetime",
-    "epsilon_budget",
-    "epsilon_remaining",
-    "noise_multiplier",
-    "sample_rate",
-    "steps",
-    "ledger_seq",
-)
+FIT_METRIC_KEYS = ("train_loss", *PRIVACY_FLOATS, "steps", "ledger_seq")
 FIT_TEXT_KEYS = ("site", "dataset", "privacy_unit", "ledger_head")
 
 

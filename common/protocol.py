@@ -34,3 +34,15 @@ STATUS_ERROR = "error"  # something broke at the site; reported, never fatal to 
 # Keys of a node's context.state (per node, per run). Privacy state never lives here: it is in the
 # site's ledger, which survives process restarts.
 SEALED_STATE = "fedward.sealed"
+
+# The privacy figures a site reports with every update (floats), read the same way by every coordinator.
+PRIVACY_FLOATS = (
+    "epsilon",
+    "delta",
+    "epsilon_lifetime",
+    "delta_lifetime",
+    "epsilon_budget",
+    "epsilon_remaining",
+    "noise_multiplier",
+    "sample_rate",
+)

@@ -77,6 +77,7 @@ from fedward.common.protocol import (
     KEY_SIM_STATE,
     KEY_SPLIT,
     KEY_TRANSFORM,
+    PRIVACY_FLOATS,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_REFUSED,
@@ -94,16 +95,7 @@ from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteRecord, record_evaluation
 
-_PRIVACY_FLOATS = (
-    "epsilon",
-    "delta",
-    "epsilon_lifetime",
-    "delta_lifetime",
-    "epsilon_budget",
-    "epsilon_remaining",
-    "noise_multiplier",
-    "sample_rate",
-)
+_PRIVACY_FLOATS = PRIVACY_FLOATS
 
 
 def _pooled_train_loss(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:

@@ -29,6 +29,7 @@ from fedward.common.protocol import (
     KEY_LEDGER_HEADS,
     KEY_SPLIT,
     METRICS,
+    PRIVACY_FLOATS,
     REPLY,
     STATUS_OK,
     STATUS_REFUSED,
@@ -96,16 +97,7 @@ class SiteRecord:
         }
 
 
-_PRIVACY_FLOATS = (
-    "epsilon",
-    "delta",
-    "epsilon_lifetime",
-    "delta_lifetime",
-    "epsilon_budget",
-    "epsilon_remaining",
-    "noise_multiplier",
-    "sample_rate",
-)
+_PRIVACY_FLOATS = PRIVACY_FLOATS
 
 
 class TooFewSites(FedwardError):
