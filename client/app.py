@@ -30,7 +30,7 @@ from fedward.client.ledger import Ledger, LedgerError
 from fedward.client.site import PreparedSite, Site, open_site, prepare
 from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.common.code_identity import code_hash
-from fedward.common.config import RunConfig
+from fedward.common.config import BASELINE_FAMILIES, ModelConfig, RunConfig
 from fedward.common.egress import egress_mod
 from fedward.common.errors import FedwardError, PolicyError, SiteDataError
 from fedward.common.metrics import metric_panel, score_histogram
@@ -38,9 +38,15 @@ from fedward.common.models import build_model, select_device
 from fedward.common.preprocessing import SharedTransform, site_aggregates
 from fedward.common.protocol import (
     ARRAYS,
+    ARRAYS_FEDERATED_LOGISTIC,
+    BASELINE_PREFIX,
     CONFIG,
+    FEDERATED_LOGISTIC,
     KEY_ATTEMPT,
+    KEY_BASELINES,
     KEY_LEDGER_HEADS,
+    KEY_PARENT_RUN,
+    KEY_PURPOSE,
     KEY_RUN,
     KEY_RUN_ID,
     KEY_SCHEMA,
@@ -48,6 +54,11 @@ from fedward.common.protocol import (
     KEY_SIM_STATE,
     KEY_SPLIT,
     KEY_TRANSFORM,
+    MSG_BASELINES,
+    PURPOSE_BASELINE,
+    PURPOSE_CONTROL,
+    PURPOSE_RUN,
+    PURPOSE_TUNING,
     REPLY,
     SEALED_STATE,
     STATUS_ERROR,
@@ -59,6 +70,7 @@ from fedward.common.schema import DataSchema
 app = ClientApp(mods=[egress_mod])
 
 PRIVACY_UNIT = "record"  # sample-level DP-SGD: one row of one site's table
+PURPOSES = (PURPOSE_RUN, PURPOSE_TUNING, PURPOSE_CONTROL, PURPOSE_BASELINE)
 
 
 def _seed_for(seed: int, *parts: object) -> int:
@@ -95,6 +107,13 @@ class Request:
         return self.site.dataset_id
 
     @property
+    def purpose(self) -> str:
+        purpose = str(self.cfg.get(KEY_PURPOSE, PURPOSE_RUN) or PURPOSE_RUN)
+        if purpose not in PURPOSES:
+            raise PolicyError(self.site.name, f"unknown purpose '{purpose}' for this federation")
+        return purpose
+
+    @property
     def min_cell(self) -> int:
         """The stricter of the site config's and the SuperNode operator's minimum cell size."""
         node_min = int(self.context.node_config.get("min-cell-size", 0))
@@ -108,6 +127,7 @@ class Request:
             dataset=self.dataset,
             n_rows=self.site.table.n_rows,
             accountant=self.site.policy.accountant,
+            simulated=self.site.simulated_node,
         )
 
     def transform(self) -> SharedTransform:
@@ -156,18 +176,34 @@ def _check_ledger_head(req: Request) -> None:
 
 
 def _check_approval(req: Request) -> None:
-    """Only run configs and code the site's operator approved, unless the policy auto-approves."""
+    """Only run configs and code the site's operator approved, unless the policy auto-approves.
+
+    A companion federation (tuning trial, federated baseline, control) is accepted when the run
+    config it came from is approved and the site derives this very config from it.
+    """
     if req.site.policy.auto_approve:
         return
     run_hash = req.run.config_hash()
     where = req.site.config_file or "the site config"
     if not req.ledger.is_approved("run-config", run_hash):
-        raise PolicyError(
-            req.site.name,
-            f"run config {run_hash[:12]}… is not approved; the operator approves it with "
-            f"`fedward site approve RUN.toml --site-config {where}`",
-            file=req.site.config_file,
-        )
+        parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
+        parent = RunConfig.from_json(parent_text) if parent_text else None
+        if parent is None or not req.ledger.is_approved("run-config", parent.config_hash()):
+            raise PolicyError(
+                req.site.name,
+                f"run config {run_hash[:12]}… is not approved; the operator approves it with "
+                f"`fedward site approve RUN.toml --site-config {where}`",
+                file=req.site.config_file,
+            )
+        from fedward.common.run_plan import planned_configs  # scipy/sklearn: only this path
+
+        if run_hash not in planned_configs(parent):
+            raise PolicyError(
+                req.site.name,
+                f"run config {run_hash[:12]}… is not one of the federations the approved run "
+                f"config {parent.config_hash()[:12]}… asks for; refused",
+                file=req.site.config_file,
+            )
     code = code_hash()
     if not req.ledger.is_approved("code", code):
         raise PolicyError(
@@ -278,6 +314,7 @@ def _privacy_info(req: Request, budget: SiteBudget, run_delta: float) -> dict[st
         "delta_lifetime": status.lifetime_delta,
         "epsilon_budget": status.total_epsilon,
         "epsilon_remaining": status.remaining_epsilon,
+        "epsilon_tuning": budget.tuning_epsilon(),
         "ledger_seq": seq,
         "ledger_head": head,
         "dataset": req.dataset,
@@ -339,9 +376,12 @@ def local_update(req: Request) -> LocalUpdate:
         )
     transform = req.transform()
     x, y = req.features(transform, "train")
+    if run.training.shuffle_labels:
+        # The label-shuffle control: same rows, same class balance, no signal left to learn.
+        y = np.random.default_rng(_seed_for(run.seed, site.name, "label-shuffle")).permutation(y)
     n_train = len(y)
     model = req.model(transform)
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"purpose": req.purpose}
     dp: DPSettings | None = None
     if run.privacy.dp:
         _require_dp_compatible(model, site.name)
@@ -349,7 +389,11 @@ def local_update(req: Request) -> LocalUpdate:
         attempt = str(req.cfg.get(KEY_ATTEMPT, "") or f"{req.run_id}:{req.server_round}")
         _check_replay(req, attempt)
         plan = budget.plan_run(
-            run, run_id=req.run_id, n_train=n_train, config_hash=run.config_hash()
+            run,
+            run_id=req.run_id,
+            n_train=n_train,
+            config_hash=run.config_hash(),
+            purpose=req.purpose,
         )
         spend = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
         budget.check_spend(req.run_id, plan.run_delta, plan.run_epsilon_cap, spend)
@@ -434,45 +478,63 @@ def train(msg: Message, context: Context) -> Message:
     )
 
 
+def _read_sealed_once(req: Request, context: Context, what: str) -> None:
+    """The sealed test split is read once per run and purpose: by the final evaluation only."""
+    key = f"{req.run_id}:{what}"
+    sealed = context.state.config_records.get(SEALED_STATE)
+    read = dict(sealed) if sealed is not None else {}
+    if bool(read.get(key, False)):
+        raise SiteDataError(
+            req.site.name, f"the sealed test split was already read once for {what} in this run"
+        )
+    read[key] = True
+    context.state[SEALED_STATE] = ConfigRecord(read)
+
+
+def _panel(
+    req: Request, y: np.ndarray, scores: np.ndarray, tag: str
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """The metric panel, its undefined metrics and the coarsened score histogram of one scorer.
+
+    One code path for the run's model and every baseline, so their figures are comparable.
+    """
+    ev = req.run.evaluation
+    panel = metric_panel(
+        y,
+        scores,
+        n_bootstrap=ev.bootstrap,
+        confidence=ev.confidence,
+        seed=_seed_for(req.run.seed, req.site.name, tag, "bootstrap"),
+    )
+    n_pos = int(y.sum())
+    if min(n_pos, len(y) - n_pos) < req.min_cell:
+        # The prevalence would reveal a class count under the minimum cell size.
+        panel["prevalence"] = None
+    undefined = sorted(k for k, v in panel.items() if v is None)
+    hist = score_histogram(y, scores, ev.histogram_bins).coarsen(req.min_cell).to_record()
+    return panel, undefined, hist
+
+
 @app.evaluate()
 @_guarded
 def evaluate(msg: Message, context: Context) -> Message:
     """Metric panel and a coarsened score histogram on the tune split, or once on the sealed test split."""
     req = _request(msg, context)
-    site, run = req.site, req.run
+    site = req.site
     split = str(req.cfg.get(KEY_SPLIT, "tune"))
     if split not in ("tune", "test"):
         raise SiteDataError(site.name, f"evaluation of split '{split}' is not allowed")
     if split == "test":
-        sealed = context.state.config_records.get(SEALED_STATE)
-        if sealed is not None and bool(sealed.get("test_read", False)):
-            raise SiteDataError(
-                site.name, "the sealed test split was already read once in this run"
-            )
-        context.state[SEALED_STATE] = ConfigRecord({"test_read": True})
+        _read_sealed_once(req, context, "test")
 
     transform = req.transform()
     model = req.model(transform)
     x, y = req.features(transform, split)
     scores = predict_scores(model, x)
     min_cell = req.min_cell
-    ev = run.evaluation
-    panel = metric_panel(
-        y,
-        scores,
-        n_bootstrap=ev.bootstrap,
-        confidence=ev.confidence,
-        seed=_seed_for(run.seed, site.name, split, "bootstrap"),
-    )
-    n_pos = int(y.sum())
-    n_neg = int(len(y) - n_pos)
-    if min(n_pos, n_neg) < min_cell:
-        # The prevalence would reveal a class count under the minimum cell size.
-        panel["prevalence"] = None
+    panel, undefined, hist = _panel(req, y, scores, split)
     metrics = {k: float(v) for k, v in panel.items() if v is not None and k != "n"}
     metrics["num-examples"] = float(len(y))
-    undefined = sorted(k for k, v in panel.items() if v is None)
-    hist = score_histogram(y, scores, ev.histogram_bins).coarsen(min_cell).to_record()
     info: dict[str, Any] = {
         "split": split,
         "undefined_metrics": undefined,
@@ -484,6 +546,111 @@ def evaluate(msg: Message, context: Context) -> Message:
     }
     info.update({f"hist_{k}": v for k, v in hist.items()})
     return _reply(msg, site.name, STATUS_OK, metrics=metrics, info=info, min_cell_size=min_cell)
+
+
+def _difference_fields(key: str, diff: Mapping[str, float | None]) -> dict[str, float]:
+    return {
+        f"{key}diff_auroc{'' if name == 'difference' else '_' + name}": float(value)
+        for name, value in diff.items()
+        if value is not None
+    }
+
+
+@app.evaluate(MSG_BASELINES.split(".", 1)[1])
+@_guarded
+def baselines(msg: Message, context: Context) -> Message:
+    """Tune and test the scikit-learn suite here, and compare it with the final model it is sent.
+
+    Every family gets the same search budget on the tune split and is tested once on the sealed
+    test split, through the same panel code as the run's model. Fitted models never leave the
+    site (kNN, SVM and forests hold rows); only metrics, chosen settings and the paired difference
+    to the run's model do, through the egress guard.
+    """
+    from fedward.client.baselines import run_suite  # scikit-learn: only this message needs it
+    from fedward.common.metrics import paired_auroc_difference
+
+    req = _request(msg, context)
+    site, run = req.site, req.run
+    spec = json.loads(str(req.cfg.get(KEY_BASELINES, "{}") or "{}"))
+    families = [str(f) for f in spec.get("families", run.baselines.families)]
+    unknown = sorted(set(families) - set(BASELINE_FAMILIES))
+    if unknown:
+        raise PolicyError(site.name, f"unknown baseline families: {', '.join(unknown)}")
+    _read_sealed_once(req, context, "baselines")
+    transform = req.transform()
+    x_train, y_train = req.features(transform, "train")
+    x_tune, y_tune = req.features(transform, "tune")
+    x_test, y_test = req.features(transform, "test")
+    own = predict_scores(req.model(transform), x_test)
+    results = run_suite(
+        x_train.numpy(),
+        y_train,
+        x_tune.numpy(),
+        y_tune,
+        x_test.numpy(),
+        families=families,
+        budget=int(spec.get("budget", run.tuning.budget)),
+        search=str(spec.get("search", run.tuning.search)),
+        seed=_seed_for(run.seed, site.name, "baselines"),
+    )
+    ev = run.evaluation
+    info: dict[str, Any] = {
+        "n_train": len(y_train),
+        "baseline_families": families,
+        "non_dp_outputs": [
+            "baseline metric panels and score histograms (test)",
+            "baseline tune AUROC, chosen hyperparameters and fit times",
+            "paired AUROC difference between the run's model and each baseline (test)",
+        ],
+    }
+    for result in results:
+        key = f"{BASELINE_PREFIX}{result.family}_"
+        public = result.public()
+        info[key + "status"] = public["status"]
+        info[key + "memorises_rows"] = bool(public["memorises_rows"])
+        info[key + "n_configurations"] = int(public["n_configurations"])
+        info[key + "failed_configurations"] = int(public["n_failed"])
+        info[key + "fit_seconds"] = float(public["fit_seconds"])
+        if public.get("reason"):
+            info[key + "reason"] = str(public["reason"])
+        if result.status != "ok" or result.test_scores is None:
+            continue
+        info[key + "params"] = json.dumps(public["params"], sort_keys=True)
+        info[key + "selection"] = str(public.get("selection", "tune AUROC"))
+        if public.get("tune_auroc") is not None:
+            info[key + "tune_auroc"] = float(public["tune_auroc"])
+        panel, undefined, hist = _panel(
+            req, y_test, result.test_scores, f"baseline:{result.family}"
+        )
+        info.update({key + k: float(v) for k, v in panel.items() if v is not None})
+        info[key + "undefined_metrics"] = undefined
+        info.update({f"{key}hist_{k}": v for k, v in hist.items()})
+        diff = paired_auroc_difference(
+            y_test,
+            own,
+            result.test_scores,
+            n_bootstrap=ev.bootstrap,
+            confidence=ev.confidence,
+            seed=_seed_for(run.seed, site.name, result.family, "paired"),
+        )
+        # The run's model minus this baseline, on the same rows: [lo, hi] is a paired bootstrap CI.
+        info.update(_difference_fields(key, diff))
+    if ARRAYS_FEDERATED_LOGISTIC in msg.content.array_records:
+        # The federated logistic baseline is a shared model: compare it on the same rows too.
+        lr = build_model(ModelConfig(kind="logistic"), transform.n_outputs, None, seed=run.seed)
+        lr.load_state_dict(
+            msg.content.array_records[ARRAYS_FEDERATED_LOGISTIC].to_torch_state_dict()
+        )
+        diff = paired_auroc_difference(
+            y_test,
+            own,
+            predict_scores(lr, x_test),
+            n_bootstrap=ev.bootstrap,
+            confidence=ev.confidence,
+            seed=_seed_for(run.seed, site.name, FEDERATED_LOGISTIC, "paired"),
+        )
+        info.update(_difference_fields(f"{BASELINE_PREFIX}{FEDERATED_LOGISTIC}_", diff))
+    return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
 
 
 @app.query()

@@ -5,6 +5,10 @@ Two limits apply at once and the stricter wins: the run's own ε (the coordinato
 the site's per-run maximum) at the run's δ, and the dataset's lifetime ε (every run ever recorded in
 the ledger) at the site's lifetime δ. The plan reserves the steps of one extra round, so a round
 retried after a coordinator crash (a new attempt, which spends again) still fits.
+
+A run's plan records its purpose (the run itself, a control, or a tuning trial). A simulated site
+records tuning trials like any run but does not hold them against its lifetime budget, so a
+tuning search can be studied; the report states their ε. A real site enforces every purpose alike.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from fedward.client.accounting import (
 from fedward.client.ledger import Ledger, LedgerEntry
 from fedward.common.config import PolicyConfig, RunConfig
 from fedward.common.errors import FedwardError
+from fedward.common.protocol import PURPOSE_RUN, PURPOSE_TUNING
 
 RETRY_ROUNDS_RESERVED = 1
 
@@ -49,6 +54,7 @@ class RunPlan:
     planned_steps: int
     run_delta: float
     run_epsilon_cap: float
+    purpose: str = PURPOSE_RUN
 
     def to_note(self) -> str:
         return json.dumps(
@@ -56,6 +62,7 @@ class RunPlan:
                 "steps_per_round": self.steps_per_round,
                 "run_epsilon_cap": self.run_epsilon_cap,
                 "retry_rounds_reserved": RETRY_ROUNDS_RESERVED,
+                "purpose": self.purpose,
             },
             sort_keys=True,
         )
@@ -71,6 +78,7 @@ class RunPlan:
             planned_steps=e.steps,
             run_delta=e.delta,
             run_epsilon_cap=float(note["run_epsilon_cap"]),
+            purpose=str(note.get("purpose", PURPOSE_RUN)),
         )
 
 
@@ -98,8 +106,10 @@ class SiteBudget:
         dataset: str,
         n_rows: int,
         accountant: str = "rdp",
+        simulated: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.simulated = simulated
         self.policy = policy
         self.site = site
         self.dataset = dataset
@@ -112,6 +122,47 @@ class SiteBudget:
     def lifetime_epsilon(self, extra: list[tuple[float, float, int]] | None = None) -> float:
         history = self.ledger.history(self.dataset) + (extra or [])
         return epsilon_of(history, self.lifetime_delta, self.accountant)
+
+    def purposes(self) -> dict[str, str]:
+        """Run id -> purpose, from the runs' plan entries."""
+        return {
+            e.run_id: RunPlan.from_entry(e).purpose
+            for e in self.ledger.entries(self.dataset)
+            if e.kind == "plan"
+        }
+
+    def _unenforced_runs(self) -> set[str]:
+        if not self.simulated:
+            return set()
+        return {run for run, purpose in self.purposes().items() if purpose == PURPOSE_TUNING}
+
+    def _enforced_history(self) -> list[tuple[float, float, int]]:
+        skip = self._unenforced_runs()
+        return [
+            e.history_item()
+            for e in self.ledger.entries(self.dataset)
+            if e.spends and e.run_id not in skip
+        ]
+
+    def enforced_lifetime_epsilon(
+        self, extra: list[tuple[float, float, int]] | None = None
+    ) -> float:
+        """The lifetime ε the budget is held to: all of it, except a simulated site's tuning trials."""
+        history = self._enforced_history() + (extra or [])
+        return epsilon_of(history, self.lifetime_delta, self.accountant)
+
+    def tuning_epsilon(self) -> float:
+        """ε of every tuning trial recorded for this dataset, composed, at the lifetime δ."""
+        trials = {run for run, purpose in self.purposes().items() if purpose == PURPOSE_TUNING}
+        history = [
+            e.history_item()
+            for e in self.ledger.entries(self.dataset)
+            if e.spends and e.run_id in trials
+        ]
+        return epsilon_of(history, self.lifetime_delta, self.accountant)
+
+    def _enforces(self, purpose: str) -> bool:
+        return not (self.simulated and purpose == PURPOSE_TUNING)
 
     def run_epsilon(
         self, run_id: str, delta: float, extra: list[tuple[float, float, int]] | None = None
@@ -149,7 +200,15 @@ class SiteBudget:
                 return RunPlan.from_entry(e)
         return None
 
-    def plan_run(self, run: RunConfig, *, run_id: str, n_train: int, config_hash: str) -> RunPlan:
+    def plan_run(
+        self,
+        run: RunConfig,
+        *,
+        run_id: str,
+        n_train: int,
+        config_hash: str,
+        purpose: str = PURPOSE_RUN,
+    ) -> RunPlan:
         """The noise for the whole run, planned once and recorded in the ledger before any spend."""
         existing = self.existing_plan(run_id)
         if existing is not None:
@@ -159,8 +218,9 @@ class SiteBudget:
         planned = steps_per_round * (run.rounds + RETRY_ROUNDS_RESERVED)
         delta = self.run_delta(run)
         cap = self.run_epsilon_cap(run)
-        remaining = self.total_epsilon - self.lifetime_epsilon()
-        if remaining <= EPSILON_TOLERANCE:
+        enforce = self._enforces(purpose)
+        remaining = self.total_epsilon - self.enforced_lifetime_epsilon()
+        if enforce and remaining <= EPSILON_TOLERANCE:
             raise BudgetRefusal(
                 self.site,
                 f"the lifetime budget of dataset '{self.dataset}' is spent "
@@ -176,13 +236,17 @@ class SiteBudget:
                 prior=self.ledger.history(self.dataset, run_id),
                 accountant=self.accountant,
             )
-            sigma_life = plan_noise_multiplier(
-                self.total_epsilon,
-                self.lifetime_delta,
-                q,
-                planned,
-                prior=self.ledger.history(self.dataset),
-                accountant=self.accountant,
+            sigma_life = (
+                plan_noise_multiplier(
+                    self.total_epsilon,
+                    self.lifetime_delta,
+                    q,
+                    planned,
+                    prior=self._enforced_history(),
+                    accountant=self.accountant,
+                )
+                if enforce
+                else 0.0
             )
         except FedwardError as exc:
             raise BudgetRefusal(self.site, str(exc), remaining_epsilon=max(0.0, remaining)) from exc
@@ -205,6 +269,7 @@ class SiteBudget:
             planned_steps=planned,
             run_delta=delta,
             run_epsilon_cap=cap,
+            purpose=purpose,
         )
         self.ledger.append(
             dataset=self.dataset,
@@ -226,8 +291,10 @@ class SiteBudget:
         self, run_id: str, run_delta: float, run_cap: float, spend: tuple[float, float, int]
     ) -> None:
         """Refuse a release that would take the run or the dataset over its budget."""
-        after_life = self.lifetime_epsilon([spend])
-        if after_life > self.total_epsilon + EPSILON_TOLERANCE:
+        plan = self.existing_plan(run_id)
+        enforce = self._enforces(plan.purpose if plan is not None else PURPOSE_RUN)
+        after_life = self.enforced_lifetime_epsilon([spend])
+        if enforce and after_life > self.total_epsilon + EPSILON_TOLERANCE:
             raise BudgetRefusal(
                 self.site,
                 f"this release would take dataset '{self.dataset}' to lifetime ε {after_life:.3f}, "

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from fedward.client.ledger import LEDGER_FILE, Ledger
 from fedward.common.code_identity import SITE_PACKAGES, code_hash, fedward_version
-from fedward.common.config import SiteConfig, load_run_config, load_site_config
+from fedward.common.config import RunConfig, SiteConfig, load_run_config, load_site_config
 from fedward.common.errors import FedwardError
 
 if TYPE_CHECKING:
@@ -78,6 +78,26 @@ def _num(value: float | None, spec: str = ".4g") -> str:
 # ---- approve ---------------------------------------------------------------------------------
 
 
+def companion_summary(run: RunConfig) -> list[str]:
+    """One line per kind of federation besides the run that approving ``run`` lets the site join."""
+    from fedward.common.run_plan import companion_runs, tuning_trials
+
+    lines = []
+    trials = tuning_trials(run)
+    if trials:
+        lines.append(
+            f"{len(trials)} tuning trials of the run's model ({run.tuning.search} search, "
+            f"{run.tuning.deep_rounds or run.rounds} rounds each), then the run with the best setting"
+        )
+    for name, companion, purpose in companion_runs(run):
+        lines.append(f"{name} ({purpose}), config {companion.config_hash()[:12]}…")
+    if run.controls.leave_one_site_out:
+        lines.append("leave-one-site-out: the run's own config, once per site left out")
+    if lines:
+        lines.append("each spends privacy budget like any run and is recorded in the ledger")
+    return lines
+
+
 @site_app.command("approve")
 def approve(
     run_config: Annotated[
@@ -120,6 +140,14 @@ def approve(
             + (f", note: {escape(rec['note'])}" if rec["note"] else "")
             + (again if (kind, value) in before else "")
         )
+    plan = companion_summary(run)
+    if plan:
+        console.print(
+            "  the run config also asks for these federations, which this approval covers (the "
+            "site re-derives each one and accepts nothing else):"
+        )
+        for line in plan:
+            console.print(f"    - {escape(line)}")
     if site.policy.auto_approve:
         console.print(
             "[yellow]note: this site's policy has auto_approve = true, so approvals are not "

@@ -67,6 +67,12 @@ class TrainingConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
+    shuffle_labels: bool = Field(
+        default=False,
+        description="Memorisation control: each site trains on its training labels permuted. "
+        "Set by the coordinator for the label-shuffle control run; a model that still scores "
+        "well on the real test labels learnt something other than the signal.",
+    )
 
 
 class SecAggConfig(BaseModel):
@@ -247,6 +253,83 @@ class EvaluationConfig(BaseModel):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
 
 
+BaselineFamily = Literal[
+    "logistic_regression", "random_forest", "knn", "naive_bayes", "svm", "hist_gradient_boosting"
+]
+BASELINE_FAMILIES: tuple[BaselineFamily, ...] = (
+    "logistic_regression",
+    "random_forest",
+    "knn",
+    "naive_bayes",
+    "svm",
+    "hist_gradient_boosting",
+)
+
+
+class BaselinesConfig(BaseModel):
+    """Traditional baselines, run through the same splits, preprocessing and metric code."""
+
+    model_config = _Strict
+
+    enabled: bool = Field(
+        default=True,
+        description="Each site tunes and evaluates the scikit-learn suite on its own splits; "
+        "only metrics leave (never a fitted model).",
+    )
+    families: list[BaselineFamily] = Field(
+        default_factory=lambda: list(BASELINE_FAMILIES), min_length=1, max_length=6
+    )
+    federated_logistic: bool = Field(
+        default=True,
+        description="Also federate a logistic regression (same DP, same rounds): the central "
+        "baseline model the run's model is compared with. Skipped when the run's model is "
+        "already logistic.",
+    )
+    pooled_reference: bool = Field(
+        default=True,
+        description="Simulation only: train the run's model and the suite on the pooled data "
+        "too, as the reference federation should approach.",
+    )
+
+
+class TuningConfig(BaseModel):
+    """One search budget for every model family, the run's own model included."""
+
+    model_config = _Strict
+
+    budget: int = Field(
+        default=20, ge=1, le=1000, description="Configurations tried per model family."
+    )
+    search: Literal["random", "grid"] = "random"
+    deep: bool = Field(
+        default=False,
+        description="Tune the run's model too, with the same budget: each configuration is a "
+        "federation scored on the pooled tune split. Every DP trial is accounted in the sites' "
+        "ledgers (in simulation reported, not enforced).",
+    )
+    deep_rounds: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="Rounds per tuning trial; null: the run's rounds.",
+    )
+
+
+class ControlsConfig(BaseModel):
+    """Opt-in controls; each is one or more extra federations that spend budget like any run."""
+
+    model_config = _Strict
+
+    label_shuffle: bool = Field(
+        default=False,
+        description="Retrain with permuted training labels: its test AUROC should be near 0.5.",
+    )
+    leave_one_site_out: bool = Field(
+        default=False,
+        description="One more federation per site, trained without it and tested on it.",
+    )
+
+
 # Central DP's noise is calibrated to a mean of clipped updates: FedProx aggregates as FedAvg does.
 _MEAN_STRATEGIES = ("fedavg", "fedprox")
 # Under SecAgg+ a strategy sees only the (weighted) mean; FedAdam's server step needs nothing more.
@@ -270,6 +353,9 @@ class RunConfig(BaseModel):
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     splits: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    controls: ControlsConfig = Field(default_factory=ControlsConfig)
 
     @model_validator(mode="after")
     def _privacy_modes_fit_the_strategy(self) -> RunConfig:
@@ -309,9 +395,9 @@ class RunConfig(BaseModel):
         """Hash of the canonical JSON form; a site approves a run by this value.
 
         The schema file's location differs between machines, so it is left out; every site checks
-        the schema's content against its own instead. The optional privacy modes are left out
-        while they are off and at their defaults, so configs approved before they existed keep
-        their hash; switching one on changes it.
+        the schema's content against its own instead. The optional privacy modes, the label-shuffle
+        flag and the baselines/tuning/controls sections are left out while at their defaults, so
+        configs approved before they existed keep their hash; changing one changes it.
         """
         data = self.model_dump(mode="json")
         data["task"]["schema_file"] = None
@@ -320,6 +406,15 @@ class RunConfig(BaseModel):
         strategy = data["strategy"]
         if not strategy["secure_aggregation"] and strategy["secagg"] == _DEFAULT_SECAGG:
             del strategy["secure_aggregation"], strategy["secagg"]
+        if not data["training"]["shuffle_labels"]:
+            del data["training"]["shuffle_labels"]
+        for section, model in (
+            ("baselines", BaselinesConfig),
+            ("tuning", TuningConfig),
+            ("controls", ControlsConfig),
+        ):
+            if data[section] == model().model_dump(mode="json"):
+                del data[section]
         return canonical_hash(data)
 
     def to_json(self) -> str:

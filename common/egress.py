@@ -29,8 +29,10 @@ from typing import Literal
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedward.common.config import BASELINE_FAMILIES
 from fedward.common.errors import FedwardError
 from fedward.common.metrics import PANEL_KEYS
+from fedward.common.protocol import FEDERATED_LOGISTIC
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,7 @@ _FEDWARD_KEYS = frozenset(
         "epsilon_total",
         "epsilon_budget",
         "epsilon_remaining",
+        "epsilon_tuning",  # ε of the tuning trials recorded for this dataset (composed)
         "delta_budget",
         "noise_multiplier",
         "sample_rate",
@@ -199,6 +202,39 @@ _FEDWARD_KEYS = frozenset(
     }
 )
 
+BASELINE_SUFFIXES = (
+    "status",
+    "reason",
+    "memorises_rows",
+    "n_configurations",
+    "failed_configurations",
+    "fit_seconds",
+    "params",
+    "selection",
+    "tune_auroc",
+    "undefined_metrics",
+    "diff_auroc",
+    "diff_auroc_lo",
+    "diff_auroc_hi",
+    "diff_auroc_se",
+    *PANEL_KEYS,
+    *(f"hist_{f}" for f in HISTOGRAM_FIELDS),
+)
+"""Per-family keys of a site's baseline reply, released as `baseline_<family>_<suffix>`: the test
+panel and histogram, the search's outcome and the paired difference to the run's model."""
+
+
+def _baseline_keys() -> frozenset[str]:
+    return frozenset(
+        f"baseline_{family}_{suffix}"
+        for family in (*BASELINE_FAMILIES, FEDERATED_LOGISTIC)
+        for suffix in BASELINE_SUFFIXES
+    ) | {
+        "baseline_families",
+        "purpose",
+    }
+
+
 DEFAULT_ALLOW_LIST = AllowList(
     {
         # Model weights: keys/shapes/dtypes are checked against the state the coordinator sent.
@@ -207,7 +243,8 @@ DEFAULT_ALLOW_LIST = AllowList(
         METRICS_RECORD: RecordRule("metric", _TRAINING_SCALARS | _panel_keys() | _MIA_KEYS),
         # fedward's own status, privacy accounting, panels and coarsened histograms.
         FEDWARD_RECORD: RecordRule(
-            "config", _FEDWARD_KEYS | _panel_keys() | _histogram_keys() | _MIA_KEYS
+            "config",
+            _FEDWARD_KEYS | _panel_keys() | _histogram_keys() | _MIA_KEYS | _baseline_keys(),
         ),
     }
 )

@@ -120,6 +120,15 @@ def _ece_rows(y: np.ndarray, s: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
     return np.asarray(np.abs(gap.reshape(rows, bins)).sum(axis=1) / n)
 
 
+def _class_resamples(
+    n_pos: int, n_neg: int, n_bootstrap: int, rng: np.random.Generator
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Row indices of each resample, drawn within each class (None for an absent class)."""
+    pos = rng.integers(0, n_pos, (n_bootstrap, n_pos)) if n_pos else None
+    neg = rng.integers(0, n_neg, (n_bootstrap, n_neg)) if n_neg else None
+    return pos, neg
+
+
 def _bootstrap(
     y: np.ndarray,
     s: np.ndarray,
@@ -136,9 +145,11 @@ def _bootstrap(
     pos_s, neg_s = s[y == 1], s[y == 0]
     if n_bootstrap <= 0 or y.size == 0:
         return out
-    rng = np.random.default_rng(seed)
-    pos = pos_s[rng.integers(0, pos_s.size, (n_bootstrap, pos_s.size))] if pos_s.size else None
-    neg = neg_s[rng.integers(0, neg_s.size, (n_bootstrap, neg_s.size))] if neg_s.size else None
+    pos_idx, neg_idx = _class_resamples(
+        pos_s.size, neg_s.size, n_bootstrap, np.random.default_rng(seed)
+    )
+    pos = pos_s[pos_idx] if pos_idx is not None else None
+    neg = neg_s[neg_idx] if neg_idx is not None else None
     empty = np.empty((n_bootstrap, 0))
     p = pos if pos is not None else empty
     q = neg if neg is not None else empty
@@ -206,6 +217,52 @@ def metric_panel(
         )
     )
     return panel
+
+
+DIFFERENCE_KEYS = ("difference", "lo", "hi", "se")
+"""Every key `paired_auroc_difference` returns."""
+
+
+def paired_auroc_difference(
+    y_true: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    *,
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, float | None]:
+    """AUROC(a) - AUROC(b) on the same rows, with a paired stratified bootstrap interval.
+
+    Two models scored on one test split are correlated; intervals computed for each alone overlap
+    even when one is consistently better. Resampling the same rows for both (within each class, as
+    the panel's bootstrap does) keeps that correlation, so the interval is of the difference itself.
+    Keys are `DIFFERENCE_KEYS`; all None when AUROC is undefined (one class), and the interval and
+    standard error None when `n_bootstrap` is 0 (the standard error also when it is 1).
+    """
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    y, a = _check_inputs(y_true, scores_a)
+    _, b = _check_inputs(y_true, scores_b)
+    out: dict[str, float | None] = dict.fromkeys(DIFFERENCE_KEYS)
+    is_pos = y == 1
+    n_pos = int(is_pos.sum())
+    n_neg = int(y.size - n_pos)
+    if not n_pos or not n_neg:
+        return out
+    out["difference"] = float(roc_auc_score(y, a) - roc_auc_score(y, b))
+    if n_bootstrap <= 0:
+        return out
+    pos_idx, neg_idx = _class_resamples(n_pos, n_neg, n_bootstrap, np.random.default_rng(seed))
+    assert pos_idx is not None and neg_idx is not None  # both classes are present
+    diffs = _auroc_rows(a[is_pos][pos_idx], a[~is_pos][neg_idx]) - _auroc_rows(
+        b[is_pos][pos_idx], b[~is_pos][neg_idx]
+    )
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
+    out["lo"], out["hi"] = float(lo), float(hi)
+    out["se"] = float(diffs.std(ddof=1)) if n_bootstrap > 1 else None
+    return out
 
 
 # ---- score histograms: what a site may release for pooled metrics ----

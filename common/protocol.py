@@ -43,6 +43,27 @@ PRIVACY_FLOATS = (
     "delta_lifetime",
     "epsilon_budget",
     "epsilon_remaining",
+    "epsilon_tuning",
     "noise_multiplier",
     "sample_rate",
 )
+
+# Why the coordinator asks for a federation: the run itself, a tuning trial or a control. A simulated
+# site records tuning trials in its ledger but does not hold them against its budget (the report
+# states their ε); a real site accounts and enforces every purpose alike.
+KEY_PURPOSE = "fedward.purpose"
+# The run config as the coordinator was asked to run it; a companion federation's config must be one
+# the site can derive from it (fedward.common.run_plan), and the site's approval of it covers them.
+KEY_PARENT_RUN = "fedward.parent-run"
+PURPOSE_RUN = "run"
+PURPOSE_TUNING = "tuning"
+PURPOSE_CONTROL = "control"
+PURPOSE_BASELINE = "baseline"
+
+# `evaluate.baselines`: the site tunes and tests the scikit-learn suite and compares it with the
+# final model it is sent, on its sealed test split; only metrics leave.
+MSG_BASELINES = "evaluate.baselines"
+KEY_BASELINES = "fedward.baselines"  # JSON: {"families": [...], "budget": n, "search": "random"}
+BASELINE_PREFIX = "baseline_"  # reply keys: baseline_<family>_<metric>
+FEDERATED_LOGISTIC = "federated_logistic"  # the federated baseline, compared at the site too
+ARRAYS_FEDERATED_LOGISTIC = "arrays.federated_logistic"  # its final weights, sent with the request

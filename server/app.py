@@ -14,32 +14,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
 
 from fedward.common.config import RunConfig, load_run_config, run_schema
 from fedward.common.errors import ConfigError, FedwardError
-from fedward.common.models import build_model, set_deterministic
+from fedward.common.models import set_deterministic
 from fedward.common.preprocessing import SharedTransform, transform_from_aggregates
 from fedward.common.protocol import (
     CONFIG,
-    KEY_RUN,
-    KEY_RUN_ID,
+    KEY_PARENT_RUN,
     KEY_SCHEMA,
     KEY_SIM_SITES,
     KEY_SIM_STATE,
-    KEY_SPLIT,
     KEY_TRANSFORM,
+    PURPOSE_RUN,
 )
 from fedward.common.schema import DataSchema
+from fedward.server.baselines_report import (
+    baselines_report,
+    pooled_reference,
+    site_baselines,
+    write_baselines_report,
+)
+from fedward.server.companions import run_companions, tune_run_model
+from fedward.server.federation import (
+    NODE_WAIT_S,
+    ROUND_TIMEOUT_S,
+    Federation,
+    build_run_strategy,
+    federate,
+    wait_for_nodes,
+)
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteTracking, TooFewSites, _reply_info
-from fedward.server.strategies import CentralDPAccounting, build_strategy
-
-NODE_WAIT_S = 120.0
-ROUND_TIMEOUT_S = 600.0
+from fedward.server.site_tracking import SiteTracking, _reply_info
+from fedward.server.strategies import CentralDPAccounting
 
 
 @dataclass
@@ -90,20 +100,11 @@ def settings_from_context(context: Context) -> CoordinatorSettings:
     )
 
 
-def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = list(grid.get_node_ids())
-        if len(nodes) >= minimum or time.monotonic() > deadline:
-            return nodes
-        time.sleep(0.5)
-
-
 def _dp_fitted_transform(
     grid: Grid, tracker: SiteTracking, base: dict[str, Any], schema: DataSchema, min_sites: int
 ) -> SharedTransform:
     """Ask every site for DP-noised training-split aggregates and freeze the transform from their sum."""
-    nodes = _wait_for_nodes(grid, min_sites, NODE_WAIT_S)
+    nodes = wait_for_nodes(grid, min_sites, NODE_WAIT_S)
     msgs = [
         Message(RecordDict({CONFIG: ConfigRecord(dict(base))}), dst_node_id=n, message_type="query")
         for n in nodes
@@ -126,32 +127,19 @@ def _dp_fitted_transform(
     return transform_from_aggregates(schema, aggregates)
 
 
-def _build_strategy(grid: Grid, run: RunConfig) -> Strategy:
-    """Flower's strategy, inside Flower's central-DP wrapper when ``privacy.central.enabled``.
-
-    Central DP needs the federation's size N (sites are sampled from it): the configured
-    ``privacy.central.num_sites``, else the sites connected once ``min_sites`` have joined (in
-    simulation every simulated site is registered from the start). Sites joining later only make
-    the stated ε conservative: more sites per round get noise sized for fewer, from a larger
-    population.
-    """
-    central = run.privacy.central
-    num_sites = None
-    if central.enabled:
-        num_sites = central.num_sites or len(
-            _wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
-        )
-    try:
-        return build_strategy(run.strategy, central, num_sites=num_sites)
-    except ValueError as exc:
-        # Flower's wrappers check their arguments with plain ValueErrors (e.g. adaptive clipping's
-        # count noise too small for the noise multiplier): name the run config's section.
-        field = "privacy.central" if central.enabled else "strategy"
-        raise ConfigError(None, field, str(exc)) from exc
+# Kept under its old name: tests and the SecAgg+ coordinator build strategies through it.
+_build_strategy = build_run_strategy
+_wait_for_nodes = wait_for_nodes
 
 
 def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> RunFolder:
-    """Run one federation end to end and leave a complete run folder."""
+    """Run one federation end to end and leave a complete run folder.
+
+    Around the run itself: an optional tuning search for the run's model (same budget as each
+    baseline family), then the companions the run config asks for (the federated logistic
+    baseline, the label-shuffle and leave-one-site-out controls), the sites' baseline suite and,
+    in simulation, the pooled reference; all of it lands in the baselines report.
+    """
     run = settings.run
     if run.strategy.secure_aggregation:
         raise ConfigError(
@@ -171,28 +159,22 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         )
     schema = run_schema(run)
     run_id = settings.run_id or uuid.uuid4().hex
-    base: dict[str, Any] = {
-        KEY_RUN: run.to_json(),
+    shared: dict[str, Any] = {
+        KEY_PARENT_RUN: run.to_json(),
         KEY_SCHEMA: schema.model_dump_json(),
         KEY_SIM_SITES: json.dumps(settings.sim_site_configs),
-        KEY_RUN_ID: run_id,
     }
     if settings.engine == "simulation":
         state_root = Path(settings.sim_state_dir or folder.path / "site-state")
-        base[KEY_SIM_STATE] = str(state_root.resolve())
+        shared[KEY_SIM_STATE] = str(state_root.resolve())
         heads_path = Path(settings.coordinator_state_dir or state_root) / "ledger_heads.json"
     else:
         coord_dir = settings.coordinator_state_dir or str(
             Path(settings.output_dir) / "coordinator-state"
         )
         heads_path = Path(coord_dir) / "ledger_heads.json"
-    tracker = SiteTracking(
-        _build_strategy(grid, run),
-        folder=folder,
-        histogram_bins=run.evaluation.histogram_bins,
-        min_sites=run.strategy.min_sites,
-        heads=LedgerHeads(heads_path),
-    )
+    main = Federation(run, run_id, PURPOSE_RUN, folder, shared, LedgerHeads(heads_path))
+    tracker = main.tracker(grid)
     folder.event(
         "run-started",
         run_id=run_id,
@@ -205,36 +187,26 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
     )
     started = time.time()
     if run.preprocessing.source == "dp-aggregates":
-        transform = _dp_fitted_transform(grid, tracker, base, schema, run.strategy.min_sites)
+        transform = _dp_fitted_transform(
+            grid, tracker, main.config(), schema, run.strategy.min_sites
+        )
     else:
         transform = SharedTransform.from_schema(schema)
     folder.write_json("transform.json", transform.to_dict())
-    base[KEY_TRANSFORM] = json.dumps(transform.to_dict())
+    shared[KEY_TRANSFORM] = json.dumps(transform.to_dict())
 
-    model = build_model(run.model, transform.n_outputs, schema.image_shape, seed=run.seed)
-    _wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
-    try:
-        result = tracker.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=run.rounds,
-            timeout=ROUND_TIMEOUT_S,
-            train_config=ConfigRecord(dict(base)),
-            evaluate_config=ConfigRecord({**base, KEY_SPLIT: "tune"}),
-        )
-    except TooFewSites as stop:
-        # A clean stop: the sealed test splits stay unread, no final model is released.
+    search = None
+    if run.tuning.deep:
+        search = tune_run_model(grid, main, schema, transform.n_outputs)
+        main.run = run = search.chosen_run(run)
+        folder.write_json("run_config.json", run.model_dump(mode="json"))
+    result = federate(grid, main, schema, transform.n_outputs, tracker=tracker)
+    if result.stopped:
         return _finish(
-            folder, run, run_id, schema, transform, tracker, None, time.time() - started, str(stop)
+            folder, run, run_id, schema, transform, tracker, None, result.elapsed, result.stopped
         )
-    final_arrays = result.arrays if result.arrays is not None else ArrayRecord(model.state_dict())
-    test = tracker.final_test(
-        grid, final_arrays, ConfigRecord(dict(base)), run.rounds, timeout=ROUND_TIMEOUT_S
-    )
-    elapsed = time.time() - started
-
     folder.save_model(
-        final_arrays,
+        result.final_arrays,
         {
             "kind": run.model.kind,
             "hidden": run.model.hidden,
@@ -246,7 +218,27 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             "transform_fingerprint": transform.fingerprint(),
         },
     )
-    return _finish(folder, run, run_id, schema, transform, tracker, test, elapsed, None)
+    companions = run_companions(grid, main, result, schema, transform.n_outputs)
+    if run.baselines.enabled or companions or search is not None:
+        site_suites = (
+            site_baselines(grid, main, result, companions) if run.baselines.enabled else {}
+        )
+        pooled = (
+            pooled_reference(
+                run, settings.sim_site_configs, transform, len(list(grid.get_node_ids()))
+            )
+            if settings.engine == "simulation"
+            and run.baselines.enabled
+            and run.baselines.pooled_reference
+            else None
+        )
+        report = baselines_report(
+            run, result, companions, site_suites, pooled=pooled, search=search
+        )
+        write_baselines_report(folder, report)
+    return _finish(
+        folder, run, run_id, schema, transform, tracker, result.test, time.time() - started, None
+    )
 
 
 def _finish(
@@ -340,6 +332,7 @@ def privacy_summary(
                     "delta_lifetime",
                     "epsilon_budget",
                     "epsilon_remaining",
+                    "epsilon_tuning",
                     "noise_multiplier",
                     "sample_rate",
                     "privacy_unit",

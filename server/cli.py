@@ -48,6 +48,8 @@ def _progress_view(state: ProgressState, title: str) -> Group:
     parts: list[Any] = [head, table]
     if state.pooled:
         parts.append(Text(f"pooled tune AUROC {_fmt(state.pooled.get('auroc'))}"))
+    if state.phase:
+        parts.append(Text(state.phase, style="dim"))
     return Group(*parts)
 
 
@@ -166,6 +168,39 @@ def simulate(
             "the same folder to several runs to see their budgets compose."
         ),
     ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="The run's model: logistic, mlp or cnn.")
+    ] = None,
+    no_baselines: Annotated[
+        bool,
+        typer.Option(
+            "--no-baselines",
+            help="Skip the baseline suite, the federated logistic baseline and the pooled "
+            "reference (on by default).",
+        ),
+    ] = False,
+    tune_deep: Annotated[
+        bool,
+        typer.Option(
+            "--tune-deep",
+            help="Tune the run's model with the same budget as each baseline family (one "
+            "federation per configuration; DP trials are accounted in the sites' ledgers).",
+        ),
+    ] = False,
+    tuning_budget: Annotated[
+        int | None,
+        typer.Option(help="Configurations per model family (default: the run config's, 20)."),
+    ] = None,
+    label_shuffle: Annotated[
+        bool,
+        typer.Option("--label-shuffle", help="Add the label-shuffle control (one federation)."),
+    ] = False,
+    leave_one_site_out: Annotated[
+        bool,
+        typer.Option(
+            "--leave-one-site-out", help="Add leave-one-site-out (one federation per site)."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1)."""
@@ -192,6 +227,18 @@ def simulate(
         data["seed"] = seed
     if dataset == "digits" and config is None:
         data["model"]["kind"] = "cnn"
+    if model is not None:
+        data["model"]["kind"] = model
+    if no_baselines:
+        data["baselines"]["enabled"] = False
+    if tune_deep:
+        data["tuning"]["deep"] = True
+    if tuning_budget is not None:
+        data["tuning"]["budget"] = tuning_budget
+    if label_shuffle:
+        data["controls"]["label_shuffle"] = True
+    if leave_one_site_out:
+        data["controls"]["leave_one_site_out"] = True
     if secure_aggregation:
         data["strategy"]["secure_aggregation"] = True
     if central_dp:
@@ -228,8 +275,100 @@ def simulate(
         console.print(f"[yellow]{line}[/]")
     for line in _privacy_modes(run_dir):
         console.print(line)
+    if (run_dir / "baselines.json").exists():
+        report = json.loads((run_dir / "baselines.json").read_text())
+        console.print(f"[bold]Baselines:[/] {report['verdict']}")
+        console.print(f"  details: fedward report baselines {run_dir}")
     console.print(f"run folder: [bold]{run_dir}[/]")
+
+
+report_app = typer.Typer(help="Reports of a finished run.", no_args_is_help=True)
+
+
+def _read_report(run_dir: Path, name: str, how: str) -> dict[str, Any]:
+    path = run_dir / name
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a run folder", param_hint="RUN_DIR")
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist: {how}", param_hint="RUN_DIR")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{path} is not valid JSON: {exc}", param_hint="RUN_DIR") from exc
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} does not hold a report object", param_hint="RUN_DIR")
+    return data
+
+
+def _ci_text(panel: dict[str, Any] | None) -> str:
+    if not panel or panel.get("auroc") is None:
+        return "–"
+    if panel.get("auroc_lo") is None:
+        return _fmt(panel["auroc"])
+    return f"{panel['auroc']:.3f} [{panel['auroc_lo']:.3f}–{panel['auroc_hi']:.3f}]"
+
+
+def _diff_text(diff: dict[str, Any] | None) -> str:
+    if not diff or diff.get("difference") is None:
+        return "–"
+    return f"{diff['difference']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
+
+
+@report_app.command("baselines")
+def report_baselines(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the Markdown report instead of a table.")
+    ] = False,
+) -> None:
+    """The baselines report: every model's test AUROC, the difference to the run's model, a verdict."""
+    report = _read_report(
+        run_dir,
+        "baselines.json",
+        "the run was made with baselines off (--no-baselines) or did not finish",
+    )
+    if markdown:
+        from fedward.server.baselines_report import render_markdown
+
+        typer.echo(render_markdown(report))
+        return
+    rm = report["run_model"]
+    table = Table(title="Test AUROC: the run's model and its baselines", header_style="bold")
+    for col in ("model", "where", "pooled AUROC [95% CI]", "Δ run − baseline [CI]", "tune", "time"):
+        table.add_column(col, no_wrap=True)
+    table.add_row(
+        f"run model: {rm['description']}",
+        "federated",
+        _ci_text((rm.get("test") or {}).get("pooled")),
+        "",
+        "",
+        f"{rm['train_seconds']:.1f} s",
+        style="bold",
+    )
+    for sec in report["families"].values():
+        seconds = sec.get("train_seconds", sec.get("fit_seconds_total"))
+        table.add_row(
+            sec["name"] + (" ⁺" if sec.get("memorises_rows") else ""),
+            "federated" if "federated" in sec["where"] else "local",
+            _ci_text(sec.get("pooled")),
+            _diff_text(sec.get("difference")),
+            _fmt(sec.get("mean_tune_auroc")),
+            "–" if seconds is None else f"{seconds:.1f} s",
+        )
+    budget = report["budget"]
+    table.caption = (
+        f"{budget['configurations_per_family']} configurations per family "
+        f"({budget['search']}); ⁺ memorises rows, never leaves its site"
+    )
+    console.print(table)
+    for name, control in (report.get("controls") or {}).items():
+        if "reading" in control:
+            console.print(f"{name.replace('_', ' ')}: {control['reading']}")
+    for failure in report.get("failures") or []:
+        console.print(f"[yellow]{failure}[/]")
+    console.print(f"[bold]Verdict:[/] {report['verdict']}")
 
 
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
+    app.add_typer(report_app, name="report")

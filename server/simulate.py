@@ -58,6 +58,7 @@ class ProgressState:
     pooled: dict[str, Any] | None = None
     finished: bool = False
     messages: list[str] | None = None
+    phase: str | None = None  # what runs besides the rounds: tuning trials, companions, baselines
 
     def apply(self, ev: dict[str, Any]) -> None:
         self.sites = self.sites or {}
@@ -79,6 +80,17 @@ class ProgressState:
                 self.sites.setdefault(name, {})["auroc"] = panel.get("auroc")
                 self.sites[name]["accuracy"] = panel.get("accuracy")
             self.pooled = ev.get("pooled")
+        elif kind == "companion-started":
+            self.phase = f"companion federation {ev['name']} ({ev.get('purpose')})"
+        elif kind == "companion-finished":
+            self.phase = f"companion federation {ev['name']} {ev.get('status')}"
+        elif kind == "baselines-started":
+            self.phase = (
+                f"baseline suite at {ev.get('sites')} sites ({ev.get('budget')} configurations "
+                "per family)"
+            )
+        elif kind == "baselines-report":
+            self.phase = "baselines report written"
         elif kind == "run-finished":
             self.finished = True
 

@@ -56,6 +56,7 @@ class SiteRecord:
     delta_lifetime: float | None = None
     epsilon_budget: float | None = None
     epsilon_remaining: float | None = None
+    epsilon_tuning: float | None = None
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     dataset: str | None = None
@@ -85,6 +86,7 @@ class SiteRecord:
             "delta_lifetime": self.delta_lifetime,
             "epsilon_budget": self.epsilon_budget,
             "epsilon_remaining": self.epsilon_remaining,
+            "epsilon_tuning": self.epsilon_tuning,
             "dataset": self.dataset,
             "accountant": self.accountant,
             "privacy_unit": self.privacy_unit,
@@ -393,12 +395,17 @@ class SiteTracking(Strategy):
         config: ConfigRecord,
         server_round: int,
         timeout: float,
+        nodes: list[int] | None = None,
     ) -> dict[str, Any]:
-        """Read each site's sealed test split exactly once, with the final model."""
+        """Read each site's sealed test split exactly once, with the final model.
+
+        ``nodes``: whose test splits to read (default: every site still taking part).
+        """
         cfg = ConfigRecord(dict(config))
         cfg[KEY_SPLIT] = "test"
         cfg["server-round"] = server_round
-        nodes = [n for n in grid.get_node_ids() if n not in self.excluded]
+        if nodes is None:
+            nodes = [n for n in grid.get_node_ids() if n not in self.excluded]
         messages = [
             Message(
                 RecordDict({ARRAYS: arrays, CONFIG: cfg}), dst_node_id=n, message_type="evaluate"

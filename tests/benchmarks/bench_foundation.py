@@ -314,7 +314,15 @@ def _round_timing(progress: Path) -> dict[str, float | None]:
 def fedward_federation(seed: int, *, dp: bool, out: Path, idle_wait_s: float) -> dict[str, Any]:
     """One `fedward simulate` with the defaults, as a subprocess; its test metrics and timings."""
     run_out = out / f"fedward-{'dp' if dp else 'nodp'}-seed{seed}"
-    cmd = [fedward_executable(), "simulate", "--seed", str(seed), "--out", str(run_out)]
+    cmd = [
+        fedward_executable(),
+        "simulate",
+        "--seed",
+        str(seed),
+        "--out",
+        str(run_out),
+        "--no-baselines",
+    ]
     if not dp:
         cmd.insert(2, "--no-dp")
     timed = run_timed(cmd, log=run_out / "console.log", idle_wait_s=idle_wait_s)

@@ -190,3 +190,39 @@ def test_site_reports_lifetime_and_run_epsilon(tmp_path: Path) -> None:
     assert last["epsilon_budget"] == 10.0
     assert last["epsilon_remaining"] == pytest.approx(10.0 - last["epsilon_lifetime"])
     assert last["privacy_unit"] == "record"
+
+
+def test_approving_a_run_config_covers_exactly_the_federations_it_asks_for(
+    tmp_path: Path,
+) -> None:
+    from fedward.common.protocol import KEY_PARENT_RUN
+    from fedward.common.run_plan import companion_runs, tuned_run, tuning_trials
+
+    cfg = _site(tmp_path)
+    cfg.write_text(cfg.read_text().replace("auto_approve = true", "auto_approve = false"))
+    parent = RunConfig(
+        rounds=1,
+        model={"kind": "mlp"},
+        tuning={"deep": True, "budget": 2},
+        controls={"label_shuffle": True},
+    )
+    ledger = _ledger(cfg)
+    ledger.approve("run-config", parent.config_hash(), by="dr-who")
+    ledger.approve("code", code_hash(), by="dr-who")
+    wire = {KEY_PARENT_RUN: parent.to_json()}
+    (name, setting, trial), _ = tuning_trials(parent)
+    final = tuned_run(parent, setting)
+    shuffle = dict((n, c) for n, c, _ in companion_runs(final))["label_shuffle"]
+    for k, child in enumerate((trial, final, shuffle)):
+        assert child.config_hash() != parent.config_hash()
+        reply = _train(cfg, child, run_id=f"c{k}", rnd=1, **wire)
+        assert reply["status"] == "ok", (name, reply)
+    # A config the parent does not ask for is refused, approval or not.
+    other = RunConfig(rounds=1, model={"kind": "mlp"}, training={"learning_rate": 0.123})
+    refused = _train(cfg, other, run_id="x", rnd=1, **wire)
+    assert refused["status"] == "refused" and "not one of the federations" in refused["reason"]
+    # Without the parent's approval, its companions are not approved either.
+    unapproved = parent.model_copy(update={"seed": 7})
+    (_, _, trial7), *_ = tuning_trials(unapproved)
+    reply = _train(cfg, trial7, run_id="y", rnd=1, **{KEY_PARENT_RUN: unapproved.to_json()})
+    assert reply["status"] == "refused" and "not approved" in reply["reason"]

@@ -29,7 +29,17 @@ def test_configs_approved_before_the_modes_existed_keep_their_hash() -> None:
     data["task"]["schema_file"] = None
     del data["privacy"]["central"], data["strategy"]["secure_aggregation"]
     del data["strategy"]["secagg"]
+    # Nor did the baselines, tuning and controls sections, or the label-shuffle flag.
+    del data["baselines"], data["tuning"], data["controls"], data["training"]["shuffle_labels"]
     assert run.config_hash() == canonical_hash(data)
+
+
+def test_asking_for_baselines_tuning_or_controls_changes_the_hash() -> None:
+    base = RunConfig().config_hash()
+    assert RunConfig(baselines={"enabled": False}).config_hash() != base
+    assert RunConfig(tuning={"deep": True}).config_hash() != base
+    assert RunConfig(controls={"label_shuffle": True}).config_hash() != base
+    assert RunConfig(training={"shuffle_labels": True}).config_hash() != base
 
 
 def test_switching_a_mode_on_changes_the_hash_a_site_approves() -> None:

@@ -23,6 +23,7 @@ def _simulate(out: Path, state: Path) -> dict[str, dict[str, float]]:
         str(out),
         "--state-dir",
         str(state),
+        "--no-baselines",
     ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

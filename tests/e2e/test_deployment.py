@@ -123,3 +123,16 @@ def test_every_site_trained_under_dp_and_was_tested_once(deployed_run: Path) -> 
     test = json.loads((deployed_run / "metrics.json").read_text())["test"]
     assert set(test["sites"]) == set(record["participating"])
     assert test["pooled"]["auroc"] is not None
+
+
+def test_each_supernode_ran_the_baseline_suite_and_only_metrics_came_back(
+    deployed_run: Path,
+) -> None:
+    report = json.loads((deployed_run / "baselines.json").read_text())
+    sites = {"cleveland", "hungary", "switzerland", "va-long-beach"}
+    assert report["pooled_reference"] is None  # simulation only: no site's data is pooled here
+    for key, sec in report["families"].items():
+        assert set(sec["sites"]) == sites, key
+        assert sec["pooled"] is not None, key
+    assert report["verdict"]
+    assert (deployed_run / "baselines.md").is_file()

@@ -44,6 +44,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     out = tmp / "runs"
     args = [str(BIN / "fedward"), "simulate", "--rounds", "2", "--out", str(out), "--seed", "5"]
+    args += ["--tuning-budget", "3"]
     for p in configs:
         args += ["--site-config", str(p)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
@@ -114,3 +115,20 @@ def test_privacy_summary_gives_run_and_lifetime_epsilon_per_site(
         assert s["epsilon_remaining"] == pytest.approx(s["epsilon_budget"] - s["epsilon_lifetime"])
     # Simulation keeps its sites' ledgers inside the run folder: a new run starts a new budget.
     assert (federation["dir"] / "site-state" / "cleveland" / "ledger.sqlite").is_file()
+
+
+def test_baselines_report_covers_the_sites_that_trained(federation: dict[str, Any]) -> None:
+    report = _json(federation, "baselines.json")
+    assert report["budget"]["configurations_per_family"] == 3
+    for key, sec in report["families"].items():
+        assert set(sec["sites"]) == {"cleveland", "hungary"}, key
+        for entry in sec["sites"].values():
+            assert entry["status"] == "ok" and entry["panel"]["auroc"] is not None, key
+    assert (
+        report["verdict"] in federation["stdout"].replace("\n", " ")
+        or "Baselines:" in (federation["stdout"])
+    )
+    # The baselines' outputs are listed as non-DP outputs of the run.
+    privacy = _json(federation, "run_record.json")["privacy"]
+    assert any("baseline" in o for o in privacy["non_dp_outputs"])
+    assert (federation["dir"] / "baselines.md").is_file()

@@ -181,6 +181,7 @@ def test_a_central_dp_run_completes_and_records_the_site_level_epsilon(tmp_path:
         rounds=2,
         evaluation={"bootstrap": 20},
         privacy={"central": {"enabled": True, "noise_multiplier": 1.0}},
+        baselines={"enabled": False},
     )
     settings = CoordinatorSettings(run=run, run_dir=str(tmp_path / "run"), engine="simulation")
     folder = coordinate(LoopbackGrid(app, 4), server_context(), settings)
@@ -207,6 +208,7 @@ def test_a_refusing_site_makes_the_run_pay_more_than_planned(tmp_path: Path) -> 
         rounds=2,
         evaluation={"bootstrap": 0},
         privacy={"central": {"enabled": True}},
+        baselines={"enabled": False},
     )
     settings = CoordinatorSettings(
         run=run,
