@@ -576,6 +576,17 @@ def baselines(msg: Message, context: Context) -> Message:
     unknown = sorted(set(families) - set(BASELINE_FAMILIES))
     if unknown:
         raise PolicyError(site.name, f"unknown baseline families: {', '.join(unknown)}")
+    # The request must be what the (approved) run config asks for, no more.
+    if not run.baselines.enabled:
+        raise PolicyError(site.name, "the run config has baselines switched off")
+    outside = sorted(set(families) - set(run.baselines.families))
+    budget = int(spec.get("budget", run.tuning.budget))
+    if outside or budget > run.tuning.budget:
+        raise PolicyError(
+            site.name,
+            "the baselines request asks for more than the run config: "
+            + (f"families {', '.join(outside)}" if outside else f"a budget of {budget}"),
+        )
     _read_sealed_once(req, context, "baselines")
     transform = req.transform()
     x_train, y_train = req.features(transform, "train")
@@ -589,7 +600,7 @@ def baselines(msg: Message, context: Context) -> Message:
         y_tune,
         x_test.numpy(),
         families=families,
-        budget=int(spec.get("budget", run.tuning.budget)),
+        budget=budget,
         search=str(spec.get("search", run.tuning.search)),
         seed=_seed_for(run.seed, site.name, "baselines"),
     )

@@ -395,9 +395,10 @@ class RunConfig(BaseModel):
         """Hash of the canonical JSON form; a site approves a run by this value.
 
         The schema file's location differs between machines, so it is left out; every site checks
-        the schema's content against its own instead. The optional privacy modes, the label-shuffle
-        flag and the baselines/tuning/controls sections are left out while at their defaults, so
-        configs approved before they existed keep their hash; changing one changes it.
+        the schema's content against its own instead. The optional privacy modes and the
+        label-shuffle flag are left out while off, so configs approved before they existed keep
+        their hash. The baselines, tuning and controls sections are always in it: they ask the
+        sites for more work and more federations, which an older approval never covered.
         """
         data = self.model_dump(mode="json")
         data["task"]["schema_file"] = None
@@ -408,13 +409,6 @@ class RunConfig(BaseModel):
             del strategy["secure_aggregation"], strategy["secagg"]
         if not data["training"]["shuffle_labels"]:
             del data["training"]["shuffle_labels"]
-        for section, model in (
-            ("baselines", BaselinesConfig),
-            ("tuning", TuningConfig),
-            ("controls", ControlsConfig),
-        ):
-            if data[section] == model().model_dump(mode="json"):
-                del data[section]
         return canonical_hash(data)
 
     def to_json(self) -> str:

@@ -37,7 +37,7 @@ from fedward.server.baselines_report import (
     site_baselines,
     write_baselines_report,
 )
-from fedward.server.companions import run_companions, tune_run_model
+from fedward.server.companions import Companion, run_companions, tune_run_model
 from fedward.server.federation import (
     NODE_WAIT_S,
     ROUND_TIMEOUT_S,
@@ -132,6 +132,26 @@ _build_strategy = build_run_strategy
 _wait_for_nodes = wait_for_nodes
 
 
+def _after_companions(tracker: SiteTracking, companions: dict[str, Companion]) -> None:
+    """The sites' lifetime figures as of the last federation, and each companion's ε per site.
+
+    Companions run after the run itself and spend from the same budgets: the privacy summary
+    states the budget as it stands at the end, not as it stood after the run's last round.
+    """
+    for rec in tracker.sites.values():
+        for name, comp in companions.items():
+            for site in comp.summary.get("sites", []):
+                if site.get("site") != rec.label or site.get("epsilon") is None:
+                    continue
+                rec.companion_epsilon[name] = float(site["epsilon"])
+                lifetime = site.get("epsilon_lifetime")
+                if lifetime is not None and lifetime > (rec.epsilon_lifetime or 0.0):
+                    rec.epsilon_lifetime = float(lifetime)
+                    rec.delta_lifetime = site.get("delta_lifetime", rec.delta_lifetime)
+                    rec.epsilon_remaining = site.get("epsilon_remaining", rec.epsilon_remaining)
+                    rec.epsilon_tuning = site.get("epsilon_tuning", rec.epsilon_tuning)
+
+
 def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> RunFolder:
     """Run one federation end to end and leave a complete run folder.
 
@@ -219,6 +239,7 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         },
     )
     companions = run_companions(grid, main, result, schema, transform.n_outputs)
+    _after_companions(tracker, companions)
     if run.baselines.enabled or companions or search is not None:
         site_suites = (
             site_baselines(grid, main, result, companions) if run.baselines.enabled else {}
@@ -333,6 +354,7 @@ def privacy_summary(
                     "epsilon_budget",
                     "epsilon_remaining",
                     "epsilon_tuning",
+                    "companion_epsilon",
                     "noise_multiplier",
                     "sample_rate",
                     "privacy_unit",

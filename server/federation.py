@@ -143,7 +143,19 @@ class FederationResult:
             "tune_auroc": self.tune_auroc(),
             "test": self.test,
             "sites": [
-                {k: s[k] for k in ("site", "status", "reason", "epsilon", "epsilon_lifetime")}
+                {
+                    k: s[k]
+                    for k in (
+                        "site",
+                        "status",
+                        "reason",
+                        "epsilon",
+                        "epsilon_lifetime",
+                        "delta_lifetime",
+                        "epsilon_remaining",
+                        "epsilon_tuning",
+                    )
+                }
                 for s in self.tracker.site_summary()
             ],
         }

@@ -57,6 +57,8 @@ class SiteRecord:
     epsilon_budget: float | None = None
     epsilon_remaining: float | None = None
     epsilon_tuning: float | None = None
+    # ε each companion federation (federated baseline, controls) spent at this site, by name.
+    companion_epsilon: dict[str, float] = field(default_factory=dict)
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     dataset: str | None = None
@@ -87,6 +89,7 @@ class SiteRecord:
             "epsilon_budget": self.epsilon_budget,
             "epsilon_remaining": self.epsilon_remaining,
             "epsilon_tuning": self.epsilon_tuning,
+            "companion_epsilon": dict(self.companion_epsilon),
             "dataset": self.dataset,
             "accountant": self.accountant,
             "privacy_unit": self.privacy_unit,

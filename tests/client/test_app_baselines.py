@@ -203,3 +203,17 @@ def test_arrays_record_is_not_needed_for_the_suite_weights(tmp_path: Path) -> No
     )
     info = dict(app(make_message(content, MSG_BASELINES), make_context(NODE)).content[REPLY])
     assert info["status"] == "refused" and "no model weights" in info["reason"]
+
+
+def test_a_baselines_request_beyond_the_run_config_is_refused(tmp_path: Path) -> None:
+    off = RunConfig(rounds=2, baselines={"enabled": False})
+    info = dict(_baselines(off, make_context(NODE), tmp_path / "a").content[REPLY])
+    assert info["status"] == "refused" and "switched off" in info["reason"]
+    small = RunConfig(rounds=2, tuning={"budget": 1}, evaluation={"bootstrap": 20})
+    info = dict(_baselines(small, make_context(NODE), tmp_path / "b", budget=5).content[REPLY])
+    assert info["status"] == "refused" and "a budget of 5" in info["reason"]
+    only_lr = RunConfig(rounds=2, baselines={"families": ["logistic_regression"]})
+    info = dict(
+        _baselines(only_lr, make_context(NODE), tmp_path / "c", families=("knn",)).content[REPLY]
+    )
+    assert info["status"] == "refused" and "families knn" in info["reason"]

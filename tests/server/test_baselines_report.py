@@ -250,3 +250,16 @@ def test_a_family_that_failed_at_a_site_is_listed_and_the_report_still_renders()
     md = render_markdown(report)
     assert "not fitted: the training split has one class" in md
     assert "could not be fitted" in md
+
+
+def test_privacy_summary_states_the_budget_after_every_companion(full_run: Path) -> None:
+    summary = json.loads((full_run / "privacy_summary.json").read_text())
+    for site in summary["sites"]:
+        spent = site["companion_epsilon"]
+        own = "leave_out_" + site["site"].replace("-", "_")
+        assert {"federated_logistic", "label_shuffle"} <= set(spent), site["site"]
+        assert own not in spent  # trained without it
+        assert len([k for k in spent if k.startswith("leave_out_")]) == 3
+        # Lifetime ε covers the run and every companion, so it exceeds any one of them.
+        assert site["epsilon_lifetime"] > max([site["epsilon"], *spent.values()])
+        assert site["epsilon_tuning"] > 0
