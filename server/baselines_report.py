@@ -305,16 +305,17 @@ def verdict(run_model: str, best: dict[str, Any] | None, equal_budget: bool) -> 
         return f"The best baseline ({name}) could not be compared with the run's model on the same rows; no verdict."
     d, lo, hi = diff["difference"], diff["lo"], diff["hi"]
     ci = f"AUROC difference {_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+    if best.get("family") != FEDERATED_LOGISTIC:
+        name = f"{name} fitted at each site alone"
+    model = f"The federated model ({run_model})"
     if lo > 0:
-        text = f"The run's model ({run_model}) is better than {name} on this data: {ci}."
+        text = f"{model} is better than {name} on this data: {ci}."
     elif hi < 0:
-        text = (
-            f"The run's model ({run_model}) is worse than {name} on this data: {ci}; prefer {name}."
-        )
+        text = f"{model} is worse than {name} on this data: {ci}; prefer the baseline."
     else:
         text = (
-            f"The run's model ({run_model}) is not better than {name} on this data: {ci}, an "
-            "interval that includes 0; the simpler model does as well."
+            f"{model} is not better than {name} on this data: {ci}, an interval that "
+            "includes 0; the simpler model does as well."
         )
     if not equal_budget:
         text += (

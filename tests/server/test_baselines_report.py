@@ -82,7 +82,7 @@ def test_every_family_is_reported_per_site_and_pooled_with_a_difference(full_run
     best = report["best_baseline"]
     assert best["family"] in report["families"]
     assert "never the test split" in best["selected_on"]
-    assert report["verdict"].startswith("The run's model (mlp (")
+    assert report["verdict"].startswith("The federated model (mlp (")
 
 
 def test_tuning_trials_never_read_the_test_split_and_their_spend_is_separate(
