@@ -43,6 +43,7 @@ from fedward.common.protocol import (
     CONFIG,
     FEDERATED_LOGISTIC,
     KEY_ATTEMPT,
+    KEY_AUDIT_MODEL,
     KEY_BASELINES,
     KEY_LEDGER_HEADS,
     KEY_PARENT_RUN,
@@ -54,6 +55,7 @@ from fedward.common.protocol import (
     KEY_SIM_STATE,
     KEY_SPLIT,
     KEY_TRANSFORM,
+    MSG_AUDIT,
     MSG_BASELINES,
     PURPOSE_BASELINE,
     PURPOSE_CONTROL,
@@ -661,6 +663,54 @@ def baselines(msg: Message, context: Context) -> Message:
             seed=_seed_for(run.seed, site.name, FEDERATED_LOGISTIC, "paired"),
         )
         info.update(_difference_fields(f"{BASELINE_PREFIX}{FEDERATED_LOGISTIC}_", diff))
+    return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
+
+
+@app.evaluate(MSG_AUDIT.split(".", 1)[1])
+@_guarded
+def audit(msg: Message, context: Context) -> Message:
+    """Attack the model it is sent with this site's members and non-members; release aggregates.
+
+    The audit's own models (LiRA references, the canary model) are trained here as this site
+    trained for the run and never leave; they spend no release budget. The sealed test split is
+    not read.
+    """
+    from fedward.client.site_audit import AuditMechanism, record_latest, run_audit
+
+    req = _request(msg, context)
+    site, run = req.site, req.run
+    if not run.audit.enabled:
+        raise PolicyError(site.name, "the run config has the membership audit switched off")
+    transform = req.transform()
+    model = req.model(transform)
+    x_m, y_m = req.features(transform, "train")
+    x_n, y_n = req.features(transform, "audit")
+    budget = req.budget()
+    plan = budget.existing_plan(req.run_id) if run.privacy.dp else None
+    if run.privacy.dp and plan is None:
+        raise PolicyError(
+            site.name,
+            f"run {req.run_id} has no privacy plan in this site's ledger: nothing to audit",
+        )
+    mechanism = AuditMechanism(run, transform.n_outputs, site.schema.image_shape, plan)
+    name = str(req.cfg.get(KEY_AUDIT_MODEL, "run") or "run")
+    public = run_audit(
+        model,
+        mechanism,
+        (x_m.numpy(), y_m),
+        (x_n.numpy(), y_n),
+        delta=plan.run_delta if plan is not None else budget.run_delta(run),
+        min_cell=req.min_cell,
+        seed=_seed_for(run.seed, site.name, name, "audit"),
+    )
+    record_latest(_state_dir(site, req.cfg), req.run_id, name, public)
+    # A figure the site's size cannot support is absent (the notes say why), never a null.
+    info: dict[str, Any] = {k: v for k, v in public.items() if v is not None}
+    info["audit_model"] = name
+    info["non_dp_outputs"] = [
+        f"membership audit figures ({name} model): AUC, TPR at fixed FPR, advantage, "
+        "empirical ε lower bound, ROC as binned counts"
+    ]
     return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
 
 

@@ -13,6 +13,7 @@ Nothing here creates or writes a ledger: a missing ledger file is reported as "n
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -29,6 +30,8 @@ from prometheus_client.registry import Collector
 from fedward.client.accounting import default_delta
 from fedward.client.budget import SiteBudget
 from fedward.client.ledger import GENESIS, LEDGER_FILE, Ledger, LedgerEntry, VerifyResult, runs_in
+from fedward.client.site_audit import LATEST_AUDIT_FILE
+from fedward.common.audit_keys import ATTACKS
 from fedward.common.config import SiteConfig
 from fedward.common.datasource import load_table
 from fedward.common.errors import FedwardError
@@ -231,6 +234,22 @@ _GAUGES: dict[str, tuple[str, list[str]]] = {
         "1 when the ledger's hash chain verifies, 0 when it is broken or unreadable.",
         ["site"],
     ),
+    "audit_auc": (
+        "AUC of the latest membership-inference audit's attack on a released model.",
+        ["site", "model", "attack"],
+    ),
+    "audit_tpr_at_1pct_fpr": (
+        "TPR at 1% FPR of the latest audit's attack (absent when the audit split is too small).",
+        ["site", "model", "attack"],
+    ),
+    "audit_epsilon_lower_bound": (
+        "Empirical ε lower bound of the latest one-run canary audit.",
+        ["site", "model"],
+    ),
+    "audit_timestamp_seconds": (
+        "When the latest audit of the model ran (Unix time).",
+        ["site", "model"],
+    ),
 }
 
 
@@ -274,7 +293,36 @@ class SiteLedgerCollector(Collector):
                 fam["epsilon_remaining"].add_metric(labels, d.epsilon_remaining)
             if d.delta is not None:
                 fam["delta"].add_metric(labels, d.delta)
+        _audit_gauges(fam, self.site)
         yield from fam.values()
+
+
+def _audit_gauges(fam: dict[str, GaugeMetricFamily], site: SiteConfig) -> None:
+    """The latest audit's figures, as the site's audit handler left them beside the ledger."""
+    path = site.state_path / LATEST_AUDIT_FILE
+    if not path.exists():
+        return
+    try:
+        latest = json.loads(path.read_text(encoding="utf-8"))
+        models = dict(latest.get("models", {}))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("fedward site metrics: site '%s': unreadable %s: %s", site.name, path, exc)
+        return
+    for model, entry in sorted(models.items()):
+        figures = entry.get("figures", {}) if isinstance(entry, dict) else {}
+        if isinstance(entry, dict) and isinstance(entry.get("time"), int | float):
+            fam["audit_timestamp_seconds"].add_metric([site.name, model], float(entry["time"]))
+        for attack in ATTACKS:
+            for gauge, key in (
+                ("audit_auc", f"mia_{attack}_auc"),
+                ("audit_tpr_at_1pct_fpr", f"mia_{attack}_tpr_at_fpr_1"),
+            ):
+                value = figures.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    fam[gauge].add_metric([site.name, model, attack], float(value))
+        lb = figures.get("mia_canary_epsilon_lb")
+        if isinstance(lb, int | float) and not isinstance(lb, bool):
+            fam["audit_epsilon_lower_bound"].add_metric([site.name, model], float(lb))
 
 
 def metrics_registry(site: SiteConfig, rows: Callable[[], int] | None = None) -> CollectorRegistry:

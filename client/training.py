@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
+from scipy.special import expit
 from torch import nn
 
 from fedward.common.config import TrainingConfig
@@ -291,40 +292,24 @@ def _train_dp(
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
+    """The model's logit for every row, float64 (the membership audit scores on these)."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = [
+                model(x[s : s + batch_size].to(device, torch.float32)).reshape(-1)
+                for s in range(0, x.shape[0], batch_size)
+            ]
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros(0, dtype=np.float64)
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
 def predict_scores(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
     """Sigmoid probabilities of the positive class, one float64 per row."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        out = [
-            torch.sigmoid(model(x[s : s + batch_size].to(device, torch.float32)).reshape(-1))
-            for s in range(0, x.shape[0], batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    if not out:
-        return np.zeros(0, dtype=np.float64)
-    return torch.cat(out).cpu().numpy().astype(np.float64)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> np.ndarray:
-    """Raw logits, one float64 per row: what membership-inference audits score.
-
-    Unlike ``predict_scores``, nothing saturates: a logit of 40 stays 40 where its sigmoid would
-    round to 1.0 and lose the confidence an audit measures.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        out = [
-            model(x[s : s + batch_size].to(device, torch.float32)).reshape(-1)
-            for s in range(0, x.shape[0], batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    if not out:
-        return np.zeros(0, dtype=np.float64)
-    return torch.cat(out).cpu().numpy().astype(np.float64)
+    return np.asarray(expit(predict_logits(model, x, batch_size=batch_size)), dtype=np.float64)

@@ -234,7 +234,13 @@ class SplitConfig(BaseModel):
 
     tune: float = Field(default=0.15, gt=0, lt=0.5)
     test: float = Field(default=0.2, gt=0, lt=0.5)
-    audit: float = Field(default=0.0, ge=0, lt=0.5, description="0 when no audit runs.")
+    audit: float = Field(
+        default=0.1,
+        ge=0,
+        lt=0.5,
+        description="Rows set aside as the membership audit's non-members: never trained on, "
+        "never the sealed test split. 0 switches the audit's attacks off at every site.",
+    )
     min_per_class: int = Field(default=2, ge=1, le=1000)
     min_rows: int = Field(default=20, ge=4, le=10**7)
 
@@ -315,6 +321,38 @@ class TuningConfig(BaseModel):
     )
 
 
+class AuditConfig(BaseModel):
+    """Membership-inference audit of every model the run would release, run at each site."""
+
+    model_config = _Strict
+
+    enabled: bool = True
+    reference_models: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Reference models each site trains on its own data for LiRA (0: loss attack "
+        "and canaries only).",
+    )
+    canaries: int | None = Field(
+        default=None,
+        ge=0,
+        le=100000,
+        description="Canaries of the one-run audit; null: as many as each site's rows support.",
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    bins: int = Field(default=20, ge=2, le=200, description="ROC bins released per site.")
+    max_tpr_at_1pct_fpr: float = Field(
+        default=0.02,
+        gt=0,
+        le=1,
+        description="Verdict threshold: an attack's TPR at 1% FPR above this fails the audit.",
+    )
+    max_auc: float = Field(
+        default=0.6, gt=0.5, le=1, description="Verdict threshold on any attack's AUC."
+    )
+
+
 class ControlsConfig(BaseModel):
     """Opt-in controls; each is one or more extra federations that spend budget like any run."""
 
@@ -356,6 +394,7 @@ class RunConfig(BaseModel):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _privacy_modes_fit_the_strategy(self) -> RunConfig:

@@ -29,6 +29,7 @@ from typing import Literal
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedward.common.audit_keys import PUBLIC_KEYS as AUDIT_KEYS
 from fedward.common.config import BASELINE_FAMILIES
 from fedward.common.errors import FedwardError
 from fedward.common.metrics import PANEL_KEYS
@@ -133,17 +134,7 @@ _TRAINING_SCALARS = frozenset(
     }
 )
 
-_MIA_KEYS = frozenset(
-    {
-        "mia_auc",
-        "mia_advantage",
-        "mia_tpr_at_fpr_*",
-        "mia_epsilon_lb",
-        "mia_epsilon_lb_confidence",
-        "mia_roc_fpr",
-        "mia_roc_tpr",
-    }
-)
+_MIA_KEYS = frozenset(AUDIT_KEYS) | {"audit_model"}
 
 _FEDWARD_KEYS = frozenset(
     {

@@ -67,3 +67,8 @@ KEY_BASELINES = "fedward.baselines"  # JSON: {"families": [...], "budget": n, "s
 BASELINE_PREFIX = "baseline_"  # reply keys: baseline_<family>_<metric>
 FEDERATED_LOGISTIC = "federated_logistic"  # the federated baseline, compared at the site too
 ARRAYS_FEDERATED_LOGISTIC = "arrays.federated_logistic"  # its final weights, sent with the request
+
+# `evaluate.audit`: the site attacks the model it is sent (members: its training rows; non-members:
+# its audit split) and releases only the audit's aggregates (`mia_*` keys).
+MSG_AUDIT = "evaluate.audit"
+KEY_AUDIT_MODEL = "fedward.audit-model"  # which model is audited: "run" or a companion's name

@@ -31,6 +31,7 @@ from fedward.common.protocol import (
     PURPOSE_RUN,
 )
 from fedward.common.schema import DataSchema
+from fedward.server.audit_run import SIMULATION_FILE, audit_after_run, audit_run_folder
 from fedward.server.baselines_report import (
     baselines_report,
     pooled_reference,
@@ -67,6 +68,8 @@ class CoordinatorSettings:
     sim_state_dir: str | None = None
     # Where the coordinator remembers the sites' ledger heads across runs.
     coordinator_state_dir: str | None = None
+    # Audit the finished run in ``run_dir`` again instead of running a federation.
+    audit_only: bool = False
 
 
 def settings_from_context(context: Context) -> CoordinatorSettings:
@@ -187,6 +190,14 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
     if settings.engine == "simulation":
         state_root = Path(settings.sim_state_dir or folder.path / "site-state")
         shared[KEY_SIM_STATE] = str(state_root.resolve())
+        # What `fedward audit RUN_DIR` needs to reach the same simulated sites again.
+        folder.write_json(
+            SIMULATION_FILE,
+            {
+                "sim_site_configs": settings.sim_site_configs,
+                "sim_state_dir": str(state_root.resolve()),
+            },
+        )
         heads_path = Path(settings.coordinator_state_dir or state_root) / "ledger_heads.json"
     else:
         coord_dir = settings.coordinator_state_dir or str(
@@ -257,6 +268,8 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             run, result, companions, site_suites, pooled=pooled, search=search
         )
         write_baselines_report(folder, report)
+    if run.audit.enabled:
+        audit_after_run(grid, main, result, companions)
     return _finish(
         folder, run, run_id, schema, transform, tracker, result.test, time.time() - started, None
     )
@@ -414,6 +427,10 @@ def make_server_app(settings: CoordinatorSettings) -> ServerApp:
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
+        if settings.audit_only:
+            assert settings.run_dir is not None, "an audit needs the finished run's folder"
+            audit_run_folder(grid, context, settings.run_dir)
+            return
         folder = coordinate(grid, context, settings)
         settings.run_dir = str(folder.path)
 
@@ -425,6 +442,11 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    audit_dir = str(context.run_config.get("audit-run-dir", "") or "")
+    if audit_dir:
+        # `flwr run . FEDERATION --run-config "audit-run-dir='RUN_DIR'"`: audit a finished run.
+        audit_run_folder(grid, context, audit_dir)
+        return
     coordinate(grid, context, settings_from_context(context))
 
 

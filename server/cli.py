@@ -201,6 +201,12 @@ def simulate(
             "--leave-one-site-out", help="Add leave-one-site-out (one federation per site)."
         ),
     ] = False,
+    no_audit: Annotated[
+        bool,
+        typer.Option(
+            "--no-audit", help="Skip the membership-inference audit at the end (on by default)."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1)."""
@@ -239,6 +245,8 @@ def simulate(
         data["controls"]["label_shuffle"] = True
     if leave_one_site_out:
         data["controls"]["leave_one_site_out"] = True
+    if no_audit:
+        data["audit"]["enabled"] = False
     if secure_aggregation:
         data["strategy"]["secure_aggregation"] = True
     if central_dp:
@@ -279,7 +287,74 @@ def simulate(
         report = json.loads((run_dir / "baselines.json").read_text())
         console.print(f"[bold]Baselines:[/] {report['verdict']}")
         console.print(f"  details: fedward report baselines {run_dir}")
+    _print_audit(run_dir)
     console.print(f"run folder: [bold]{run_dir}[/]")
+
+
+def _print_audit(run_dir: Path) -> None:
+    if not (run_dir / "audit.json").exists():
+        return
+    report = json.loads((run_dir / "audit.json").read_text())
+    colour = "green" if report["verdict"].startswith("pass") else "red"
+    console.print(f"[bold]Membership audit:[/] [{colour}]{report['verdict']}[/]")
+    for model in report["models"].values():
+        for line in model["flags"] + model["failures"]:
+            console.print(f"  [red]{line}[/]")
+    console.print(f"  details: {run_dir / 'audit.html'}")
+
+
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    federation: Annotated[
+        str | None,
+        typer.Option(help="Deployment: the federation (SuperLink connection) to audit through."),
+    ] = None,
+    app_dir: Annotated[
+        Path, typer.Option(help="Deployment: the fedward Flower app directory for `flwr run`.")
+    ] = Path("."),
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Audit a finished run's released models at the sites again (membership inference)."""
+    manifest = _read_report(run_dir, "manifest.json", "not a fedward run folder")
+    run_data = _read_report(run_dir, "run_config.json", "not a fedward run folder")
+    if manifest.get("engine") == "simulation":
+        from fedward.server.app import CoordinatorSettings
+        from fedward.server.simulate import run_simulation
+
+        sim = _read_report(run_dir, "simulation.json", "the simulation's settings were not kept")
+        settings = CoordinatorSettings(
+            run=RunConfig.model_validate(run_data),
+            run_dir=str(run_dir),
+            engine="simulation",
+            sim_site_configs=list(sim["sim_site_configs"]),
+            sim_state_dir=str(sim["sim_state_dir"]),
+            audit_only=True,
+        )
+        with console.status("auditing at the simulated sites…"):
+            run_simulation(settings, verbose=verbose)
+    else:
+        if federation is None:
+            raise typer.BadParameter(
+                "a deployment run is audited through its SuperLink: give --federation NAME",
+                param_hint="--federation",
+            )
+        import subprocess
+        import sys
+
+        flwr = str(Path(sys.executable).parent / "flwr")
+        cmd = [
+            flwr,
+            "run",
+            str(app_dir),
+            federation,
+            "--stream",
+            "--run-config",
+            f"audit-run-dir='{run_dir.resolve()}'",
+        ]
+        done = subprocess.run(cmd, check=False)
+        if done.returncode != 0:
+            raise typer.Exit(done.returncode)
+    _print_audit(run_dir)
 
 
 report_app = typer.Typer(help="Reports of a finished run.", no_args_is_help=True)
@@ -371,4 +446,5 @@ def report_baselines(
 
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
+    app.command("audit")(audit)
     app.add_typer(report_app, name="report")

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedward.common.config import RunConfig
-from fedward.common.protocol import PURPOSE_CONTROL, PURPOSE_TUNING
+from fedward.common.protocol import PURPOSE_BASELINE, PURPOSE_CONTROL, PURPOSE_TUNING
 from fedward.common.run_plan import (
     companion_runs,
     tuned_run,
@@ -174,5 +174,8 @@ def run_companions(
         if test_nodes:
             extra["left_out"] = [result.tracker.sites[n].label for n in test_nodes]
         summary = _finished(main, name, res, extra)
+        if purpose == PURPOSE_BASELINE and not res.stopped:
+            # A shareable model: kept, so it can be audited (and released) like the run's own.
+            fed.folder.save_model(res.final_arrays, {"kind": companion_run.model.kind})
         out[name] = Companion(summary, None if res.stopped else res.final_arrays)
     return out

@@ -150,6 +150,7 @@ class FederationResult:
                         "status",
                         "reason",
                         "epsilon",
+                        "delta",
                         "epsilon_lifetime",
                         "delta_lifetime",
                         "epsilon_remaining",

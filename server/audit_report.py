@@ -1,0 +1,495 @@
+"""The privacy officer's audit report: what each site's membership-inference audit found, next to
+the accountant's ε, with a verdict against the run config's thresholds.
+
+A DP guarantee is a promise about the training code; the audit checks the released model. Each site
+attacks the model on its own members (training rows) and non-members (audit split) and sends only
+aggregates: AUCs, TPRs at fixed FPRs with Clopper-Pearson intervals, the advantage, an empirical ε
+lower bound from a one-run canary audit, and the ROC as coarsened binned counts. An empirical lower
+bound above the accountant's ε is flagged as a probable bug, never hidden.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping
+from logging import WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from jinja2 import Environment, select_autoescape
+
+from fedward.common.audit_keys import (
+    ATTACK_SUFFIXES,
+    ATTACKS,
+    CANARY_SUFFIXES,
+    FPR_LEVELS,
+    HISTOGRAM_FIELDS,
+    fpr_label,
+)
+from fedward.common.config import AuditConfig
+from fedward.common.metrics import CoarseHistogram, pooled_panel
+from fedward.common.protocol import ARRAYS, CONFIG, KEY_AUDIT_MODEL, MSG_AUDIT, STATUS_OK
+from fedward.server.run_folder import RunFolder
+from fedward.server.site_tracking import _reply_info
+
+REPORT_JSON = "audit.json"
+REPORT_MD = "audit.md"
+REPORT_HTML = "audit.html"
+ATTACK_NAMES = {
+    "loss": "loss threshold",
+    "lira_offline": "LiRA (offline)",
+    "lira_online": "LiRA (online)",
+}
+
+
+# ---- asking the sites -----------------------------------------------------------------------------
+
+
+def site_audits(
+    grid: Grid,
+    nodes: list[int],
+    config: Mapping[str, Any],
+    arrays: Any,
+    model_name: str,
+    timeout: float,
+    names: Mapping[int, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each site audits ``arrays``; returns the reply fields (or the refusal) by site."""
+    cfg = ConfigRecord({**config, KEY_AUDIT_MODEL: model_name})
+    messages = [
+        Message(
+            RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(dict(cfg))}),
+            dst_node_id=n,
+            message_type=MSG_AUDIT,
+        )
+        for n in nodes
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        label = (names or {}).get(node, f"node {node}")
+        if reply.has_error():
+            out[label] = {"status": "failed", "reason": reply.error.reason}
+            log(WARNING, "site %s failed its audit: %s", label, reply.error.reason)
+            continue
+        info = _reply_info(reply)
+        if node not in (names or {}):
+            label = str(info.get("site", label))
+        out[label] = dict(info)
+    return out
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+
+def _attack(info: Mapping[str, Any], attack: str) -> dict[str, Any] | None:
+    prefix = f"mia_{attack}_"
+    if prefix + "auc" not in info and prefix + "hist_bins" not in info:
+        return None
+    out: dict[str, Any] = {s: info.get(prefix + s) for s in ATTACK_SUFFIXES if "hist_" not in s}
+    hist = {f: info.get(f"{prefix}hist_{f}") for f in HISTOGRAM_FIELDS}
+    out["hist"] = hist if hist.get("bins") is not None else None
+    return out
+
+
+def _site_entry(
+    info: Mapping[str, Any], epsilon: float | None, audit: AuditConfig
+) -> dict[str, Any]:
+    if info.get("status") != STATUS_OK:
+        return {
+            "status": info.get("status", "error"),
+            "reason": info.get("reason", "no reason given"),
+            "verdict": "not audited",
+        }
+    attacks = {a: r for a in ATTACKS if (r := _attack(info, a)) is not None}
+    canary: dict[str, Any] | None = (
+        {s: info.get(f"mia_canary_{s}") for s in CANARY_SUFFIXES}
+        if "mia_canary_epsilon_lb" in info
+        else None
+    )
+    failures: list[str] = []
+    warnings: list[str] = []
+    flags: list[str] = []
+    one = fpr_label(0.01)
+    checks = [
+        ("TPR at 1% FPR", f"tpr_at_fpr_{one}", audit.max_tpr_at_1pct_fpr),
+        ("AUC", "auc", audit.max_auc),
+    ]
+    for name, r in attacks.items():
+        for what, key, limit in checks:
+            value, lo = r.get(key), r.get(key + "_lo")
+            if value is None or value <= limit:
+                continue
+            text = f"{ATTACK_NAMES[name]}: {what} {value:.3f} > {limit:g}"
+            # Leakage beyond the threshold is shown when the whole interval is above it; a point
+            # estimate above it on a small audit split is a warning, not a verdict.
+            if lo is not None and lo > limit:
+                failures.append(f"{text} (interval from {lo:.3f})")
+            else:
+                warnings.append(f"{text}, but its interval reaches below the threshold")
+    if canary is not None and canary.get("epsilon_lb") is not None:
+        # The canary model was trained with the site's DP mechanism for the run: its accountant ε
+        # is the claim the bound tests (the site's run ε when the site did not state it).
+        lb = float(canary["epsilon_lb"])
+        claimed_raw = canary.get("epsilon_claimed")
+        claimed = float(claimed_raw) if claimed_raw is not None else epsilon
+        confidence = canary.get("epsilon_lb_confidence") or audit.confidence
+        if claimed is not None and lb > claimed:
+            flags.append(
+                f"PROBABLE BUG: the empirical ε lower bound {lb:.2f} (at {float(confidence):.0%} "
+                f"confidence) exceeds the accountant's ε {claimed:.2f}: the training did not add "
+                "the noise it claims, or the accounting is wrong"
+            )
+    supported = any(
+        r.get(f"tpr_at_fpr_{fpr_label(f)}") is not None
+        for r in attacks.values()
+        for f in FPR_LEVELS
+    )
+    verdict = "fail" if failures or flags else ("pass" if attacks else "inconclusive")
+    if verdict == "pass" and warnings:
+        verdict = "pass with warnings"
+    if verdict == "pass" and not supported:
+        verdict = "inconclusive"
+    return {
+        "status": STATUS_OK,
+        "epsilon_accountant": epsilon,
+        "n_members": info.get("mia_n_members"),
+        "n_nonmembers": info.get("mia_n_nonmembers"),
+        "n_reference": info.get("mia_n_reference"),
+        "attacks": attacks,
+        "canary": canary,
+        "notes": list(info.get("mia_notes") or []),
+        "seconds": info.get("mia_seconds"),
+        "failures": failures,
+        "warnings": warnings,
+        "flags": flags,
+        "verdict": verdict,
+    }
+
+
+def _pooled(sites: Mapping[str, Mapping[str, Any]], bins: int) -> dict[str, Any]:
+    """Per attack, the AUC of the sites' pooled coarse histograms (members as positives)."""
+    out: dict[str, Any] = {}
+    for attack in ATTACKS:
+        hists = [
+            CoarseHistogram.from_record(s["attacks"][attack]["hist"])
+            for s in sites.values()
+            if s.get("status") == STATUS_OK
+            and attack in s.get("attacks", {})
+            and s["attacks"][attack].get("hist")
+        ]
+        if hists:
+            panel = pooled_panel(hists, bins) or {}
+            out[attack] = {"auc": panel.get("auroc"), "sites": len(hists)}
+    return out
+
+
+def audit_report(
+    audit: AuditConfig,
+    models: Mapping[str, Mapping[str, Any]],
+    *,
+    run_id: str,
+) -> dict[str, Any]:
+    """``models``: name -> {"description", "sites": {site: reply fields}, "epsilon": {site: ε}}."""
+    out_models: dict[str, Any] = {}
+    for name, model in models.items():
+        eps = model.get("epsilon") or {}
+        sites = {
+            site: _site_entry(info, eps.get(site), audit)
+            for site, info in sorted(model["sites"].items())
+        }
+        verdicts = {s["verdict"] for s in sites.values()}
+        passing = {v for v in verdicts if v.startswith("pass")}
+        if "fail" in verdicts:
+            verdict = "fail"
+        elif verdicts == {"pass"}:
+            verdict = "pass"
+        elif passing == verdicts:
+            verdict = "pass with warnings"
+        elif passing:
+            verdict = "pass (some sites could not be audited)"
+        else:
+            verdict = "inconclusive"
+        out_models[name] = {
+            "description": model.get("description", name),
+            "sites": sites,
+            "pooled": _pooled(sites, audit.bins),
+            "verdict": verdict,
+            "flags": [f"{site}: {f}" for site, s in sites.items() for f in s.get("flags", [])],
+            "failures": [
+                f"{site}: {f}" for site, s in sites.items() for f in s.get("failures", [])
+            ],
+            "warnings": [
+                f"{site}: {w}" for site, s in sites.items() for w in s.get("warnings", [])
+            ],
+        }
+    failed = [n for n, m in out_models.items() if m["verdict"] == "fail"]
+    flagged = [n for n, m in out_models.items() if m["flags"]]
+    if flagged:
+        verdict = "fail: probable privacy bug"
+    elif failed:
+        verdict = "fail"
+    elif all(m["verdict"].startswith("pass") for m in out_models.values()) and out_models:
+        verdict = "pass"
+    else:
+        verdict = "inconclusive"
+    return {
+        "run_id": run_id,
+        "verdict": verdict,
+        "thresholds": {
+            "max_tpr_at_1pct_fpr": audit.max_tpr_at_1pct_fpr,
+            "max_auc": audit.max_auc,
+            "confidence": audit.confidence,
+        },
+        "models": out_models,
+        "how": "Members are each site's training rows, non-members its audit split (never "
+        "trained on, never the sealed test split). Reference and canary models are trained at "
+        "the site as it trained for the run and never leave it.",
+        "non_dp": "The audit's figures are non-DP aggregates of the sites' rows, protected only by "
+        "the minimum cell size; they are listed in run_record.json's non_dp_outputs.",
+    }
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def roc_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) from a coarse members/non-members histogram of rank scores (high = member)."""
+    pos, neg = CoarseHistogram.from_record(hist).expand()
+    pos_r, neg_r = pos[::-1], neg[::-1]
+    tpr = np.concatenate([[0.0], np.cumsum(pos_r) / max(pos.sum(), 1e-12)])
+    fpr = np.concatenate([[0.0], np.cumsum(neg_r) / max(neg.sum(), 1e-12)])
+    return fpr, tpr
+
+
+def _plot(site: str, entry: Mapping[str, Any], delta: float | None) -> str:
+    """A log-log ROC per attack with the DP bound TPR <= e^ε FPR + δ; a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=100)
+    grid = np.logspace(-3, 0, 200)
+    ax.plot(grid, grid, color="0.6", linestyle=":", label="chance")
+    eps = entry.get("epsilon_accountant")
+    if eps is not None:
+        bound = np.minimum(1.0, math.exp(float(eps)) * grid + float(delta or 0.0))
+        ax.plot(grid, bound, color="tab:red", linestyle="--", label=f"DP bound, ε={float(eps):.2f}")
+    for attack, r in (entry.get("attacks") or {}).items():
+        if r.get("hist"):
+            fpr, tpr = roc_points(r["hist"])
+            keep = fpr > 0
+            ax.step(fpr[keep], tpr[keep], where="post", label=ATTACK_NAMES.get(attack, attack))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(1e-3, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(site)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _ci(value: Any, lo: Any, hi: Any) -> str:
+    if value is None:
+        return "–"
+    if lo is None or hi is None:
+        return _f(value)
+    return f"{_f(value)} [{_f(lo)}, {_f(hi)}]"
+
+
+def site_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per (model, site, attack): what the Markdown and HTML tables show."""
+    rows = []
+    for name, model in report["models"].items():
+        for site, entry in model["sites"].items():
+            if entry.get("status") != STATUS_OK:
+                rows.append(
+                    {
+                        "model": name,
+                        "site": site,
+                        "attack": "–",
+                        "verdict": entry["verdict"],
+                        "auc": "–",
+                        "tpr10": "–",
+                        "tpr1": "–",
+                        "tpr01": "–",
+                        "adv": "–",
+                        "eps_lb": "–",
+                        "eps": "–",
+                        "note": str(entry.get("reason")),
+                    }
+                )
+                continue
+            canary = entry.get("canary") or {}
+            for attack, r in entry["attacks"].items():
+                rows.append(
+                    {
+                        "model": name,
+                        "site": site,
+                        "attack": ATTACK_NAMES.get(attack, attack),
+                        "verdict": entry["verdict"],
+                        "auc": _ci(r.get("auc"), r.get("auc_lo"), r.get("auc_hi")),
+                        "tpr10": _ci(
+                            r.get("tpr_at_fpr_10"),
+                            r.get("tpr_at_fpr_10_lo"),
+                            r.get("tpr_at_fpr_10_hi"),
+                        ),
+                        "tpr1": _ci(
+                            r.get("tpr_at_fpr_1"),
+                            r.get("tpr_at_fpr_1_lo"),
+                            r.get("tpr_at_fpr_1_hi"),
+                        ),
+                        "tpr01": _ci(
+                            r.get("tpr_at_fpr_0_1"),
+                            r.get("tpr_at_fpr_0_1_lo"),
+                            r.get("tpr_at_fpr_0_1_hi"),
+                        ),
+                        "adv": _f(r.get("advantage")),
+                        "eps_lb": _f(canary.get("epsilon_lb"), 2),
+                        "eps": _f(entry.get("epsilon_accountant"), 2),
+                        "note": "",
+                    }
+                )
+    return rows
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    th = report["thresholds"]
+    lines = [
+        "# Membership-inference audit",
+        "",
+        f"**Verdict: {report['verdict'].upper()}** (thresholds: TPR at 1% FPR ≤ "
+        f"{th['max_tpr_at_1pct_fpr']:g}, AUC ≤ {th['max_auc']:g}, failed when an attack's whole "
+        f"{th['confidence']:.0%} interval is above them; an empirical ε lower bound above the "
+        "accountant's ε is a probable bug).",
+        "",
+        report["how"],
+        "",
+    ]
+    for name, model in report["models"].items():
+        lines += [f"## {model['description']}: {model['verdict']}", ""]
+        for flag in model["flags"]:
+            lines.append(f"- **{flag}**")
+        for failure in model["failures"]:
+            lines.append(f"- {failure}")
+        for warning in model["warnings"]:
+            lines.append(f"- warning: {warning}")
+        if model["flags"] or model["failures"] or model["warnings"]:
+            lines.append("")
+        lines += [
+            "| site | attack | AUC [CI] | TPR@10% FPR | TPR@1% FPR | TPR@0.1% FPR | advantage | "
+            "ε lower bound | accountant ε | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in (r for r in site_rows(report) if r["model"] == name):
+            lines.append(
+                f"| {row['site']} | {row['attack']} | {row['auc']} | {row['tpr10']} | "
+                f"{row['tpr1']} | {row['tpr01']} | {row['adv']} | {row['eps_lb']} | "
+                f"{row['eps']} | {row['verdict']}{(': ' + row['note']) if row['note'] else ''} |"
+            )
+        pooled = model.get("pooled") or {}
+        if pooled:
+            lines += [
+                "",
+                "Pooled over sites (from coarse histograms): "
+                + ", ".join(
+                    f"{ATTACK_NAMES[a]} AUC {_f(p['auc'])} ({p['sites']} sites)"
+                    for a, p in pooled.items()
+                ),
+            ]
+        notes = [
+            f"{site}: {n}" for site, s in model["sites"].items() for n in s.get("notes", []) or []
+        ]
+        if notes:
+            lines += ["", "What the sites' sizes cannot support:", ""]
+            lines += [f"- {n}" for n in notes]
+        lines.append("")
+    lines += ["## Privacy of this report", "", report["non_dp"], ""]
+    return "\n".join(lines)
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Membership-inference audit · {{ report.run_id }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.85rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: left; }
+.verdict { font-size: 1.3rem; padding: 0.6rem 1rem; border-radius: 0.3rem; display: inline-block; }
+.pass { background: #e3f4e3; } .fail { background: #fbe0e0; } .inconclusive { background: #fff4d6; }
+.flag { color: #a00; font-weight: bold; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; }
+</style></head><body>
+<h1>Membership-inference audit</h1>
+<p class="verdict {{ report.verdict.split(':')[0].split(' ')[0] }}" id="verdict">Verdict: {{ report.verdict }}</p>
+<p>Thresholds: TPR at 1% FPR ≤ {{ report.thresholds.max_tpr_at_1pct_fpr }}, AUC ≤ {{ report.thresholds.max_auc }};
+an empirical ε lower bound above the accountant's ε is flagged as a probable bug.</p>
+<p>{{ report.how }}</p>
+{% for name, model in report.models.items() %}
+<section id="model-{{ name }}">
+<h2>{{ model.description }}: {{ model.verdict }}</h2>
+{% for flag in model.flags %}<p class="flag">{{ flag }}</p>{% endfor %}
+{% for f in model.failures %}<p>{{ f }}</p>{% endfor %}
+{% for w in model.warnings %}<p>warning: {{ w }}</p>{% endfor %}
+<table><tr><th>site</th><th>attack</th><th>AUC [CI]</th><th>TPR@10% FPR</th><th>TPR@1% FPR</th>
+<th>TPR@0.1% FPR</th><th>advantage</th><th>ε lower bound</th><th>accountant ε</th><th>verdict</th></tr>
+{% for row in rows if row.model == name %}<tr><td>{{ row.site }}</td><td>{{ row.attack }}</td>
+<td>{{ row.auc }}</td><td>{{ row.tpr10 }}</td><td>{{ row.tpr1 }}</td><td>{{ row.tpr01 }}</td>
+<td>{{ row.adv }}</td><td>{{ row.eps_lb }}</td><td>{{ row.eps }}</td>
+<td>{{ row.verdict }}{% if row.note %}: {{ row.note }}{% endif %}</td></tr>{% endfor %}
+</table>
+<div class="plots">
+{% for site, png in plots[name].items() %}<figure><img alt="ROC of the audit at {{ site }}, log-log, with the DP bound" src="data:image/png;base64,{{ png }}"><figcaption>{{ site }}</figcaption></figure>{% endfor %}
+</div>
+{% set notes = [] %}
+<ul>{% for site, s in model.sites.items() %}{% for n in s.notes or [] %}<li>{{ site }}: {{ n }}</li>{% endfor %}{% endfor %}</ul>
+</section>
+{% endfor %}
+<h2>Privacy of this report</h2><p>{{ report.non_dp }}</p>
+</body></html>
+"""
+
+
+def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, float]]) -> str:
+    """One self-contained page: tables and every site's ROC plot inline, nothing fetched."""
+    plots = {
+        name: {
+            site: _plot(site, entry, (deltas.get(name) or {}).get(site))
+            for site, entry in model["sites"].items()
+            if entry.get("status") == STATUS_OK
+        }
+        for name, model in report["models"].items()
+    }
+    env = Environment(autoescape=select_autoescape(default=True))
+    return env.from_string(_HTML).render(report=report, rows=site_rows(report), plots=plots)
+
+
+def write_audit_report(
+    folder: RunFolder, report: dict[str, Any], deltas: Mapping[str, Mapping[str, float]]
+) -> None:
+    folder.write_json(REPORT_JSON, report)
+    (folder.path / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    (folder.path / REPORT_HTML).write_text(render_html(report, deltas), encoding="utf-8")
+    folder.event("audit-report", verdict=report["verdict"])
