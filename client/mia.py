@@ -44,19 +44,61 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 from scipy import special, stats
 
-from fedward.common.audit_keys import ATTACKS, FPR_LEVELS, PUBLIC_KEYS
-from fedward.common.audit_keys import ATTACK_SUFFIXES as ATTACK_SUFFIXES
-from fedward.common.audit_keys import CANARY_SUFFIXES as CANARY_SUFFIXES
-from fedward.common.audit_keys import PUBLIC_SUFFIXES as PUBLIC_SUFFIXES
-from fedward.common.audit_keys import SITE_SUFFIXES as SITE_SUFFIXES
-from fedward.common.audit_keys import fpr_label
+from fedward.common.audit_keys import (
+    ATTACK_SUFFIXES,
+    ATTACKS,
+    CANARY_SUFFIXES,
+    FPR_LEVELS,
+    PUBLIC_KEYS,
+    PUBLIC_SUFFIXES,
+    SITE_SUFFIXES,
+    fpr_label,
+)
 from fedward.common.metrics import CoarseHistogram, ScoreHistogram, score_histogram
+
+__all__ = [
+    "ATTACKS",
+    "ATTACK_SUFFIXES",
+    "CANARY_SUFFIXES",
+    "FPR_LEVELS",
+    "PUBLIC_KEYS",
+    "PUBLIC_SUFFIXES",
+    "SITE_SUFFIXES",
+    "AuditNote",
+    "CanaryAudit",
+    "LiraScores",
+    "Logits",
+    "RocSummary",
+    "SiteAudit",
+    "TprAtFpr",
+    "TrainFn",
+    "auc_delong",
+    "audit_site",
+    "canary_audit",
+    "canary_epsilon_max",
+    "canary_guess_grid",
+    "clopper_pearson",
+    "default_canary_count",
+    "lira_from_confidences",
+    "lira_scores",
+    "logit_confidence",
+    "nonmembers_needed",
+    "one_run_audit",
+    "one_run_epsilon_lower_bound",
+    "one_run_p_value",
+    "public_keys",
+    "reference_split",
+    "roc_summary",
+]
+"""The vocabulary (``ATTACKS`` ... ``PUBLIC_KEYS``) lives in ``fedward.common.audit_keys``, shared
+with the egress allow-list and the coordinator's report; it is re-exported here."""
 
 Logits = Callable[[np.ndarray], np.ndarray]
 """A model's logits: features (n, d) -> one logit per row (n,)."""
@@ -432,6 +474,7 @@ def canary_guess_grid(m: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, min(m // 2, round(f * m))) for f in CANARY_GUESS_FRACTIONS}))
 
 
+@lru_cache(maxsize=256)
 def canary_epsilon_max(m: int, delta: float, confidence: float) -> float:
     """The largest ε lower bound an m-canary audit can show: every guess correct, best k."""
     grid = canary_guess_grid(m)

@@ -136,3 +136,12 @@ def test_each_supernode_ran_the_baseline_suite_and_only_metrics_came_back(
         assert sec["pooled"] is not None, key
     assert report["verdict"]
     assert (deployed_run / "baselines.md").is_file()
+
+
+def test_each_supernode_audited_the_released_model(deployed_run: Path) -> None:
+    report = json.loads((deployed_run / "audit.json").read_text())
+    sites = report["models"]["run"]["sites"]
+    assert set(sites) == {"cleveland", "hungary", "switzerland", "va-long-beach"}
+    for site, entry in sites.items():
+        assert entry["status"] == "ok", (site, entry)
+        assert entry["canary"] is not None and entry["attacks"]["loss"]["auc"] is not None

@@ -132,3 +132,30 @@ def test_baselines_report_covers_the_sites_that_trained(federation: dict[str, An
     privacy = _json(federation, "run_record.json")["privacy"]
     assert any("baseline" in o for o in privacy["non_dp_outputs"])
     assert (federation["dir"] / "baselines.md").is_file()
+
+
+def test_the_run_ends_with_a_membership_audit_of_what_it_would_release(
+    federation: dict[str, Any],
+) -> None:
+    report = _json(federation, "audit.json")
+    sites = report["models"]["run"]["sites"]
+    assert {s for s, e in sites.items() if e["status"] == "ok"} == {"cleveland", "hungary"}
+    assert "Membership audit:" in federation["stdout"]
+    assert (federation["dir"] / "audit.html").is_file()
+
+
+def test_fedward_audit_audits_a_finished_run_again(federation: dict[str, Any]) -> None:
+    path = federation["dir"] / "audit.json"
+    before = path.stat().st_mtime
+    done = subprocess.run(
+        [str(BIN / "fedward"), "audit", str(federation["dir"])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert path.stat().st_mtime > before
+    assert "Membership audit:" in done.stdout
+    report = _json(federation, "audit.json")
+    assert report["models"]["run"]["sites"]["cleveland"]["status"] == "ok"
