@@ -190,7 +190,9 @@ class LiraScores:
     """LiRA scores for every pool row; ``online`` is None when some row lacks IN or OUT models."""
 
     offline: np.ndarray = field(repr=False)
+    """z = (φ − μ_out) / σ_out: the one-sided test's statistic (its p-value ranks rows alike)."""
     online: np.ndarray | None = field(repr=False)
+    """log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²): the likelihood ratio test."""
     n_reference: int
     global_variance: bool
 
@@ -227,7 +229,9 @@ def lira_from_confidences(
         return mean, np.sqrt(np.maximum(var, MIN_VARIANCE)), not per_example
 
     mu_out, sd_out, global_out = fit(~inside, n_out)
-    offline = stats.norm.logcdf((phi - mu_out) / sd_out)
+    # The one-sided test's statistic: Φ(z) ranks rows exactly as z does, and z does not round
+    # to 1 (or log Φ to 0) for the very memorised rows, where ties would hide them.
+    offline = (phi - mu_out) / sd_out
     online = None
     global_in = True
     if n_in.min() >= 1:

@@ -172,6 +172,11 @@ def _site_entry(
     }
 
 
+def nonmembers_for(fpr: float) -> int:
+    """Non-members needed before a TPR at FPR ``fpr`` means anything (one false positive)."""
+    return math.ceil(1.0 / fpr - 1e-9)
+
+
 def _pooled(sites: Mapping[str, Mapping[str, Any]], bins: int) -> dict[str, Any]:
     """Per attack, the AUC of the sites' pooled coarse histograms (members as positives)."""
     out: dict[str, Any] = {}
@@ -228,6 +233,20 @@ def audit_report(
                 f"{site}: {w}" for site, s in sites.items() for w in s.get("warnings", [])
             ],
         }
+    one = f"tpr_at_fpr_{fpr_label(0.01)}"
+    measured = any(
+        r.get(one) is not None
+        for m in out_models.values()
+        for site in m["sites"].values()
+        for r in (site.get("attacks") or {}).values()
+    )
+    caveats = []
+    if out_models and not measured:
+        caveats.append(
+            "TPR at 1% FPR could not be measured at any site (each audit split has fewer than "
+            f"{nonmembers_for(0.01)} rows), so the threshold on it was not tested; the verdict "
+            "rests on AUC, TPR at 10% FPR and the canary bound"
+        )
     failed = [n for n, m in out_models.items() if m["verdict"] == "fail"]
     flagged = [n for n, m in out_models.items() if m["flags"]]
     if flagged:
@@ -247,6 +266,7 @@ def audit_report(
             "confidence": audit.confidence,
         },
         "models": out_models,
+        "caveats": caveats,
         "how": "Members are each site's training rows, non-members its audit split (never "
         "trained on, never the sealed test split). Reference and canary models are trained at "
         "the site as it trained for the run and never leave it.",
@@ -385,6 +405,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{th['confidence']:.0%} interval is above them; an empirical ε lower bound above the "
         "accountant's ε is a probable bug).",
         "",
+        *[f"*Caveat:* {c}." for c in report.get("caveats", [])],
+        "",
         report["how"],
         "",
     ]
@@ -446,6 +468,7 @@ th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: left; }
 <p class="verdict {{ report.verdict.split(':')[0].split(' ')[0] }}" id="verdict">Verdict: {{ report.verdict }}</p>
 <p>Thresholds: TPR at 1% FPR ≤ {{ report.thresholds.max_tpr_at_1pct_fpr }}, AUC ≤ {{ report.thresholds.max_auc }};
 an empirical ε lower bound above the accountant's ε is flagged as a probable bug.</p>
+{% for c in report.caveats %}<p class="caveat">Caveat: {{ c }}.</p>{% endfor %}
 <p>{{ report.how }}</p>
 {% for name, model in report.models.items() %}
 <section id="model-{{ name }}">

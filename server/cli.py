@@ -300,6 +300,8 @@ def _print_audit(run_dir: Path) -> None:
     for model in report["models"].values():
         for line in model["flags"] + model["failures"]:
             console.print(f"  [red]{line}[/]")
+    for caveat in report.get("caveats", []):
+        console.print(f"  [yellow]caveat: {caveat}[/]")
     console.print(f"  details: {run_dir / 'audit.html'}")
 
 
