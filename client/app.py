@@ -57,6 +57,7 @@ from fedward.common.protocol import (
     KEY_TRANSFORM,
     MSG_AUDIT,
     MSG_BASELINES,
+    MSG_PROFILE,
     PURPOSE_BASELINE,
     PURPOSE_CONTROL,
     PURPOSE_RUN,
@@ -68,6 +69,7 @@ from fedward.common.protocol import (
     STATUS_REFUSED,
 )
 from fedward.common.schema import DataSchema
+from fedward.common.splits import SPLIT_NAMES
 
 app = ClientApp(mods=[egress_mod])
 
@@ -711,6 +713,27 @@ def audit(msg: Message, context: Context) -> Message:
         f"membership audit figures ({name} model): AUC, TPR at fixed FPR, advantage, "
         "empirical ε lower bound, ROC as binned counts"
     ]
+    return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
+
+
+@app.query(MSG_PROFILE.split(".", 1)[1])
+@_guarded
+def profile(msg: Message, context: Context) -> Message:
+    """The training split's profile for the model card: sizes, prevalence, missingness, summaries."""
+    from fedward.client.profile import site_profile
+
+    req = _request(msg, context)
+    site = req.site
+    frame, labels = req.prepared.rows("train")
+    sizes = {name: len(getattr(req.prepared.splits, name)) for name in SPLIT_NAMES}
+    summary = site_profile(frame, labels, sizes, site.schema, req.min_cell)
+    info: dict[str, Any] = {
+        "training_profile": json.dumps(summary, sort_keys=True),
+        "non_dp_outputs": [
+            "training-data profile: split sizes, prevalence, missingness, feature means and "
+            "standard deviations, category counts (small cells suppressed)"
+        ],
+    }
     return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
 
 

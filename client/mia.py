@@ -775,6 +775,8 @@ def audit_site(
         raise ValueError(f"bins and min_cell must be >= 1, got {bins} and {min_cell}")
     if n_reference < 0 or (n_canaries is not None and n_canaries < 0):
         raise ValueError("n_reference and n_canaries must be >= 0")
+    if epsilon_claimed is not None and not epsilon_claimed >= 0:
+        raise ValueError(f"epsilon_claimed must be >= 0 or None, got {epsilon_claimed}")
     started = time.perf_counter()
     notes: list[AuditNote] = []
     attacks: dict[str, RocSummary] = {}
@@ -944,9 +946,17 @@ def _run_canary(
 ) -> CanaryAudit | None:
     xm, ym, xn, yn = rows
     n_pool = ym.size + yn.size
-    m = default_canary_count(n_pool) if n_canaries is None else min(n_canaries, n_pool // 2)
     if n_canaries == 0:
         return None
+    m = default_canary_count(n_pool) if n_canaries is None else min(n_canaries, n_pool // 2)
+    if n_canaries is not None and n_canaries > m:
+        notes.append(
+            AuditNote(
+                f"{n_canaries} canaries were asked for; canaries come from at most half of the "
+                "site's rows, so the audit uses {m}.",
+                {"m": m},
+            )
+        )
     needed = max(MIN_CANARIES, min_cell)
     if m < needed:
         notes.append(
@@ -983,15 +993,17 @@ def _run_canary(
     pct = f"{confidence:.0%}"
     notes.append(
         AuditNote(
-            f"The canary audit gives a lower bound on ε at {pct} confidence: with {m} canaries it "
-            f"cannot show an ε above {canary.epsilon_max:.2f}, whatever the model leaks."
+            f"The canary audit gives a lower bound on ε at {pct} confidence: with {{m}} canaries "
+            f"it cannot show an ε above {canary.epsilon_max:.2f}, whatever the model leaks.",
+            {"m": m},
         )
     )
     if epsilon_claimed is not None and canary.epsilon_max < epsilon_claimed:
         notes.append(
             AuditNote(
-                f"The claimed ε = {epsilon_claimed:g} is above what this site's canary audit can "
-                f"show ({canary.epsilon_max:.2f}): it can neither contradict nor approach the claim."
+                f"The claimed ε = {epsilon_claimed:g} is beyond this site's canary audit: even a "
+                f"model that leaked everything would show at most ε ≥ {canary.epsilon_max:.2f}, "
+                "so the audit cannot refute the claim at this size."
             )
         )
     if canary.exceeds_claim:

@@ -353,6 +353,59 @@ class AuditConfig(BaseModel):
     )
 
 
+class EthicsEntry(BaseModel):
+    """One concern of the run's ethics register: what it is, where it stands, what was done."""
+
+    model_config = _Strict
+
+    concern: str = Field(min_length=1, max_length=2000)
+    status: Literal["open", "mitigated", "accepted", "not applicable"] = "open"
+    mitigation: str = Field(default="", max_length=2000)
+
+
+class CardConfig(BaseModel):
+    """What a model card says that no measurement can: intended use, limits, the ethics register."""
+
+    model_config = _Strict
+
+    intended_use: str = Field(
+        default="Research and comparison of privacy-preserving training methods on the "
+        "configured data. Not validated for clinical decisions.",
+        max_length=4000,
+    )
+    intended_users: list[str] = Field(
+        default_factory=lambda: ["researchers", "data scientists at the participating sites"],
+        max_length=50,
+    )
+    out_of_scope_uses: list[str] = Field(
+        default_factory=lambda: [
+            "diagnosis or treatment decisions for individual patients",
+            "populations or sites the model was not evaluated on",
+            "causal conclusions: the model's predictions are associations",
+        ],
+        max_length=50,
+    )
+    owners: list[str] = Field(default_factory=list, max_length=50)
+    ethics: list[EthicsEntry] = Field(
+        default_factory=lambda: [
+            EthicsEntry(
+                concern="Training on sensitive patient records",
+                status="mitigated",
+                mitigation="Raw data never leave the sites; sample-level DP-SGD at each site; "
+                "only aggregates leave, through the egress guard.",
+            ),
+            EthicsEntry(
+                concern="Performance may differ between hospitals and patient groups",
+                status="open",
+                mitigation="Per-site metrics and leave-one-site-out evaluation are reported; "
+                "subgroup metrics are not computed in this version.",
+            ),
+        ],
+        max_length=200,
+    )
+    caveats: list[str] = Field(default_factory=list, max_length=50)
+
+
 class ControlsConfig(BaseModel):
     """Opt-in controls; each is one or more extra federations that spend budget like any run."""
 
@@ -395,6 +448,7 @@ class RunConfig(BaseModel):
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    card: CardConfig = Field(default_factory=CardConfig)
 
     @model_validator(mode="after")
     def _privacy_modes_fit_the_strategy(self) -> RunConfig:
@@ -448,6 +502,8 @@ class RunConfig(BaseModel):
             del strategy["secure_aggregation"], strategy["secagg"]
         if not data["training"]["shuffle_labels"]:
             del data["training"]["shuffle_labels"]
+        # The model card's text asks nothing of the sites: editing it needs no new approval.
+        del data["card"]
         return canonical_hash(data)
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ count is itself the thing being protected).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -170,6 +171,7 @@ _FEDWARD_KEYS = frozenset(
         "fedward_version",
         REPLY_MIN_CELL_KEY,
         "preprocessing_aggregates",  # JSON string, DP-released (noisy sums/counts)
+        "training_profile",  # JSON string, counts checked inside (see _check_profile)
         # Structured refusals: what is wrong and where, never a cell value (SiteDataError.public()).
         "error_kind",
         "file",
@@ -251,7 +253,9 @@ class EgressPolicy:
     max_str_len: int = 4000
     # DP-released payloads may be longer than free text (one entry per feature of a wide schema).
     long_text_keys: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType({"preprocessing_aggregates": 1_000_000})
+        default_factory=lambda: MappingProxyType(
+            {"preprocessing_aggregates": 1_000_000, "training_profile": 1_000_000}
+        )
     )
     allow_list: AllowList = DEFAULT_ALLOW_LIST
     count_patterns: tuple[str, ...] = COUNT_PATTERNS
@@ -374,6 +378,29 @@ class EgressGuard:
                             f"a count is below the minimum cell size {policy.min_cell_size}",
                         )
         self._check_implied_counts(name, record, site)
+        if "training_profile" in record:
+            self._check_profile(name, str(record["training_profile"]), site)
+
+    def _check_profile(self, name: str, text: str, site: str) -> None:
+        """A profile is JSON: hold its counts (rows, split sizes, category counts) to the minimum."""
+        try:
+            profile = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EgressViolation(site, name, "training_profile", "not valid JSON") from exc
+        if not isinstance(profile, dict):
+            raise EgressViolation(site, name, "training_profile", "not a JSON object")
+        counts: list[object] = [profile.get("n_rows")]
+        counts += list((profile.get("splits") or {}).values())
+        for feature in (profile.get("features") or {}).values():
+            if isinstance(feature, dict):
+                counts += list((feature.get("categories") or {}).values())
+        if any(_is_small(v, self.policy.min_cell_size) for v in counts):
+            raise EgressViolation(
+                site,
+                name,
+                "training_profile",
+                f"a count is below the minimum cell size {self.policy.min_cell_size}",
+            )
 
     def _check_implied_counts(
         self, name: str, record: MetricRecord | ConfigRecord, site: str

@@ -72,3 +72,6 @@ ARRAYS_FEDERATED_LOGISTIC = "arrays.federated_logistic"  # its final weights, se
 # its audit split) and releases only the audit's aggregates (`mia_*` keys).
 MSG_AUDIT = "evaluate.audit"
 KEY_AUDIT_MODEL = "fedward.audit-model"  # which model is audited: "run" or a companion's name
+
+# `query.profile`: the site's training-data profile for the model card (non-DP, small cells suppressed).
+MSG_PROFILE = "query.profile"

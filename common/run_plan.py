@@ -18,7 +18,7 @@ from fedward.common.protocol import FEDERATED_LOGISTIC, PURPOSE_BASELINE, PURPOS
 from fedward.common.tuning import sample_configurations
 
 LABEL_SHUFFLE = "label_shuffle"
-ORCHESTRATION_SECTIONS = ("baselines", "tuning", "controls", "audit")
+ORCHESTRATION_SECTIONS = ("baselines", "tuning", "controls", "audit", "card")
 
 
 def derived_run(run: RunConfig, name: str, **changes: Any) -> RunConfig:

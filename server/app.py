@@ -39,6 +39,7 @@ from fedward.server.baselines_report import (
     write_baselines_report,
 )
 from fedward.server.companions import Companion, run_companions, tune_run_model
+from fedward.server.data_profiles import collect_profiles
 from fedward.server.federation import (
     NODE_WAIT_S,
     ROUND_TIMEOUT_S,
@@ -249,6 +250,7 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             "transform_fingerprint": transform.fingerprint(),
         },
     )
+    collect_profiles(grid, main, result)
     companions = run_companions(grid, main, result, schema, transform.n_outputs)
     _after_companions(tracker, companions)
     if run.baselines.enabled or companions or search is not None:

@@ -117,10 +117,17 @@ def record_evaluation(
     per_site: dict[str, Any],
     hists: list[CoarseHistogram],
     bins: int,
+    site_hists: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Pool the sites' histograms (never raw scores), keep the round's entry and announce it."""
+    """Pool the sites' histograms (never raw scores), keep the round's entry and announce it.
+
+    The sealed test entry also keeps each site's coarse histogram: the model card draws its ROC,
+    PR and calibration curves from them.
+    """
     pooled = pooled_panel(hists, bins) if hists else None
     entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
+    if split == "test" and site_hists is not None:
+        entry["histograms"] = site_hists
     history[split].append(entry)
     folder.event("evaluated", round=server_round, split=split, sites=per_site, pooled=pooled)
     return entry
@@ -363,6 +370,7 @@ class SiteTracking(Strategy):
         ok = self._classify(server_round, replies, f"evaluate ({split})")
         per_site: dict[str, Any] = {}
         hists: list[CoarseHistogram] = []
+        site_hists: dict[str, dict[str, Any]] = {}
         for msg in ok:
             info = _reply_info(msg)
             rec = self._site(msg.metadata.src_node_id)
@@ -376,8 +384,9 @@ class SiteTracking(Strategy):
             hist_rec = {k[len("hist_") :]: v for k, v in info.items() if k.startswith("hist_")}
             if hist_rec:
                 hists.append(CoarseHistogram.from_record(hist_rec))
+                site_hists[rec.label] = hist_rec
         return record_evaluation(
-            self.history, self.folder, server_round, split, per_site, hists, self.bins
+            self.history, self.folder, server_round, split, per_site, hists, self.bins, site_hists
         )
 
     def aggregate_evaluate(

@@ -391,6 +391,19 @@ def test_counts_below_the_minimum_cell_are_never_written_out() -> None:
     assert public["mia_loss_hist_neg_counts"] == []  # the class is suppressed, not shown small
 
 
+def test_a_small_site_says_what_its_canary_audit_cannot_show() -> None:
+    audit = _audit(_rows(60), _rows(40, seed=1), n_reference=0, n_canaries=500, epsilon_claimed=8.0)
+    assert audit.canary is not None and audit.canary.m == 50
+    eps_max = audit.canary.epsilon_max
+    assert eps_max == pytest.approx(canary_epsilon_max(50, DELTA, 0.95)) and eps_max < 8.0
+    assert (
+        "500 canaries were asked for; canaries come from at most half of the site's rows, so the audit uses 50."
+        in audit.notes
+    )
+    assert any(f"at most ε ≥ {eps_max:.2f}" in n and "cannot refute" in n for n in audit.notes)
+    assert audit.public()["mia_canary_epsilon_max"] == pytest.approx(eps_max, abs=1e-6)
+
+
 def test_public_output_is_flat_aggregates_only_and_passes_the_egress_guard() -> None:
     audit = _audit(_rows(400), _rows(300, seed=1), n_reference=4, bins=20)
     public = audit.public(10)

@@ -1,0 +1,75 @@
+"""The site's training-data profile: what the model card may say about the data, and nothing more."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import RecordDict
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedward.client.app import app
+from fedward.client.profile import site_profile, suppress
+from fedward.common.config import RunConfig, run_schema
+from fedward.common.egress import EgressGuard, EgressPolicy, EgressViolation
+from fedward.common.protocol import MSG_PROFILE, REPLY
+from tests.conftest import make_context, make_message, wire_config
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=5), st.integers(0, 60), max_size=8))
+def test_no_hidden_cell_can_be_recovered_by_subtraction(counts: dict[str, int]) -> None:
+    out = suppress(counts, 10)
+    hidden = [k for k, v in out.items() if v is None]
+    for v in out.values():
+        assert v is None or v == 0 or v >= 10
+    if hidden:
+        # Knowing the total and every shown cell gives only the hidden cells' sum: never small.
+        assert sum(counts[k] for k in hidden) >= 10 or all(
+            out[k] is None or out[k] == 0 for k in counts
+        )
+
+
+def test_profile_of_a_table_suppresses_small_cells_and_sends_no_extremes() -> None:
+    run = RunConfig()
+    schema = run_schema(run)
+    rng = np.random.default_rng(0)
+    n = 40
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(30, 80, n).astype(float),
+            "sex": ["male"] * 35 + ["female"] * 5,
+            "chol": [np.nan] * 3 + list(rng.integers(150, 300, n - 3).astype(float)),
+        }
+    )
+    labels = np.array([1] * 20 + [0] * 20)
+    out = site_profile(frame, labels, {"train": 40, "tune": 12, "test": 12, "audit": 4}, schema, 10)
+    assert out["n_rows"] == 68 and out["prevalence"] == 0.5
+    # 4 audit rows are hidden, and one more split with them, or 68 − 40 − 12 − 12 would tell.
+    assert out["splits"]["audit"] is None and out["splits"]["train"] == 40
+    assert [out["splits"]["tune"], out["splits"]["test"]].count(None) == 1
+    assert out["features"]["sex"]["categories"] == {"male": None, "female": None}
+    assert out["features"]["chol"]["missing_fraction"] is None  # 3 missing rows
+    assert out["features"]["age"]["mean"] == pytest.approx(frame["age"].mean())
+    assert "min" not in out["features"]["age"] and "max" not in out["features"]["age"]
+
+
+def test_the_profile_reply_passes_the_guard_and_a_small_count_would_not(tmp_path: Path) -> None:
+    run = RunConfig(rounds=1)
+    content = RecordDict({"config": wire_config(run, state_dir=str(tmp_path))})
+    reply = app(
+        make_message(content, MSG_PROFILE), make_context({"partition-id": 2, "num-partitions": 4})
+    )
+    info = dict(reply.content[REPLY])
+    assert info["status"] == "ok", info
+    guard = EgressGuard(EgressPolicy(min_cell_size=10))
+    guard.check(reply.content, site="switzerland")
+    profile = json.loads(info["training_profile"])
+    assert profile["n_rows"] >= 100
+    profile["features"]["sex"]["categories"]["female"] = 3
+    reply.content[REPLY]["training_profile"] = json.dumps(profile)
+    with pytest.raises(EgressViolation, match="training_profile"):
+        guard.check(reply.content, site="switzerland")
