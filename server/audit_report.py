@@ -287,7 +287,7 @@ def roc_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def _plot(site: str, entry: Mapping[str, Any], delta: float | None) -> str:
+def audit_roc_png(site: str, entry: Mapping[str, Any], delta: float | None) -> str:
     """A log-log ROC per attack with the DP bound TPR <= e^ε FPR + δ; a base64 PNG."""
     import matplotlib
 
@@ -499,7 +499,7 @@ def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, flo
     """One self-contained page: tables and every site's ROC plot inline, nothing fetched."""
     plots = {
         name: {
-            site: _plot(site, entry, (deltas.get(name) or {}).get(site))
+            site: audit_roc_png(site, entry, (deltas.get(name) or {}).get(site))
             for site, entry in model["sites"].items()
             if entry.get("status") == STATUS_OK
         }

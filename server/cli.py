@@ -449,4 +449,7 @@ def report_baselines(
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
     app.command("audit")(audit)
+    from fedward.server.release_cli import release_app
+
+    app.add_typer(release_app, name="release")
     app.add_typer(report_app, name="report")
