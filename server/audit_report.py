@@ -254,7 +254,8 @@ def audit_report(
     elif failed:
         verdict = "fail"
     elif all(m["verdict"].startswith("pass") for m in out_models.values()) and out_models:
-        verdict = "pass"
+        clean = all(m["verdict"] == "pass" for m in out_models.values())
+        verdict = "pass" if clean else "pass with warnings"
     else:
         verdict = "inconclusive"
     return {
