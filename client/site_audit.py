@@ -54,7 +54,9 @@ class AuditMechanism:
                     dp = DPSettings(
                         noise_multiplier=self.plan.noise_multiplier,
                         max_grad_norm=run.privacy.max_grad_norm,
-                        sample_rate=min(1.0, run.training.batch_size / max(1, len(y))),
+                        # The run's sampling rate, whatever this model's row count: the audited
+                        # mechanism is then exactly the site's (σ, q, steps), and so is its ε.
+                        sample_rate=self.plan.sample_rate,
                         # These models never leave the site: seeding their noise only makes the
                         # audit repeatable.
                         noise_seed=seed * 1009 + r,
@@ -68,13 +70,15 @@ class AuditMechanism:
 
         return train
 
-    def claimed_epsilon(self, n_rows: int) -> float | None:
-        """The accountant's ε of one audit model's training on ``n_rows`` rows (None without DP)."""
+    def claimed_epsilon(self) -> float | None:
+        """The accountant's ε of one audit model's training (None without DP): the site's run
+        mechanism, σ and q from its plan, over the run's rounds."""
         if self.plan is None:
             return None
-        q = min(1.0, self.run.training.batch_size / max(1, n_rows))
-        steps = self.run.rounds * self.run.training.local_epochs * max(1, round(1.0 / q))
-        return epsilon_of([(self.plan.noise_multiplier, q, steps)], self.plan.run_delta)
+        steps = self.run.rounds * self.plan.steps_per_round
+        return epsilon_of(
+            [(self.plan.noise_multiplier, self.plan.sample_rate, steps)], self.plan.run_delta
+        )
 
 
 def run_audit(
@@ -99,7 +103,7 @@ def run_audit(
         nonmembers[1],
         n_reference=audit.reference_models,
         n_canaries=audit.canaries,
-        epsilon_claimed=mechanism.claimed_epsilon(len(members[1])),
+        epsilon_claimed=mechanism.claimed_epsilon(),
         delta=delta,
         confidence=audit.confidence,
         bins=audit.bins,
