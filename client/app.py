@@ -681,7 +681,10 @@ def audit(msg: Message, context: Context) -> Message:
 
     req = _request(msg, context)
     site, run = req.site, req.run
-    if not run.audit.enabled:
+    # A companion's config resets its [audit] section: the approved parent's settings govern.
+    parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
+    settings = RunConfig.from_json(parent_text).audit if parent_text else run.audit
+    if not settings.enabled:
         raise PolicyError(site.name, "the run config has the membership audit switched off")
     transform = req.transform()
     model = req.model(transform)
@@ -694,7 +697,9 @@ def audit(msg: Message, context: Context) -> Message:
             site.name,
             f"run {req.run_id} has no privacy plan in this site's ledger: nothing to audit",
         )
-    mechanism = AuditMechanism(run, transform.n_outputs, site.schema.image_shape, plan)
+    mechanism = AuditMechanism(
+        run, transform.n_outputs, site.schema.image_shape, plan, settings=settings
+    )
     name = str(req.cfg.get(KEY_AUDIT_MODEL, "run") or "run")
     public = run_audit(
         model,

@@ -24,7 +24,7 @@ from fedward.client.accounting import epsilon_of
 from fedward.client.budget import RunPlan
 from fedward.client.mia import audit_site
 from fedward.client.training import DPSettings, predict_logits, train_local
-from fedward.common.config import RunConfig
+from fedward.common.config import AuditConfig, RunConfig
 from fedward.common.models import build_model, select_device
 
 LATEST_AUDIT_FILE = "audit_latest.json"  # the exporter's gauges read it (fedward site metrics)
@@ -40,6 +40,11 @@ class AuditMechanism:
     n_inputs: int
     image_shape: list[int] | None
     plan: RunPlan | None  # None: the run trained without DP
+    settings: AuditConfig | None = None  # the approved run config's [audit]; default: run's
+
+    @property
+    def audit(self) -> AuditConfig:
+        return self.settings if self.settings is not None else self.run.audit
 
     def train_fn(self) -> TrainFn:
         run = self.run
@@ -92,7 +97,7 @@ def run_audit(
     seed: int,
 ) -> dict[str, Any]:
     """The audit's public aggregates (``mia_*`` keys) for ``model``."""
-    audit = mechanism.run.audit
+    audit = mechanism.audit
     started = time.perf_counter()
     result = audit_site(
         lambda rows: predict_logits(model, torch.from_numpy(np.asarray(rows, np.float32))),

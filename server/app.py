@@ -11,10 +11,12 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedward.common.config import RunConfig, load_run_config, run_schema
@@ -272,9 +274,24 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         write_baselines_report(folder, report)
     if run.audit.enabled:
         audit_after_run(grid, main, result, companions)
-    return _finish(
+    _finish(
         folder, run, run_id, schema, transform, tracker, result.test, time.time() - started, None
     )
+    _write_card(folder)
+    return folder
+
+
+def _write_card(folder: RunFolder) -> None:
+    """Every finished run gets its model card; a card that cannot be drawn never loses the run."""
+    from fedward.server.model_card import write_card
+
+    try:
+        write_card(folder.path)
+    except Exception as exc:  # the run's results are already on disk: report, do not crash
+        log(WARNING, "model card not written: %s", exc)
+        folder.event("card-failed", reason=f"{type(exc).__name__}: {exc}")
+    else:
+        folder.event("card-written", file="model_card.html")
 
 
 def _finish(

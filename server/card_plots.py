@@ -222,10 +222,12 @@ def _privacy_utility(card: Mapping[str, Any]) -> str:
         for m in metrics
         if m["type"] == "auroc" and m["slice"].startswith("site=")
     }
+    xs: list[float] = []
     for site, m in sorted(auroc.items()):
         e = eps.get(site)
         if e is None:
             continue
+        xs.append(float(e))
         ci = m.get("confidence_interval")
         yerr = (
             [[m["value"] - ci["lower_bound"]], [ci["upper_bound"] - m["value"]]]
@@ -246,10 +248,11 @@ def _privacy_utility(card: Mapping[str, Any]) -> str:
                 best["pooled_auroc"],
                 color="tab:gray",
                 linestyle="--",
-                label=f"best baseline ({best.get('name')}, pooled)",
+                label=f"best baseline ({best.get('name')}), pooled",
             )
         ref = baselines.get("pooled_reference") or {}
         if ref.get("auroc") is not None and ref.get("epsilon") is not None:
+            xs.append(float(ref["epsilon"]))
             ax.plot(
                 [ref["epsilon"]],
                 [ref["auroc"]],
@@ -262,7 +265,7 @@ def _privacy_utility(card: Mapping[str, Any]) -> str:
     ax.set_xlabel("ε this run (smaller = more private)")
     ax.set_ylabel("test AUROC")
     ax.set_ylim(0, 1.02)
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, 1.25 * max(xs, default=1.0))
     ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
 

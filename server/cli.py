@@ -288,6 +288,8 @@ def simulate(
         console.print(f"[bold]Baselines:[/] {report['verdict']}")
         console.print(f"  details: fedward report baselines {run_dir}")
     _print_audit(run_dir)
+    if (run_dir / "model_card.html").exists():
+        console.print(f"[bold]Model card:[/] {run_dir / 'model_card.html'}")
     console.print(f"run folder: [bold]{run_dir}[/]")
 
 
@@ -319,6 +321,12 @@ def audit(
     """Audit a finished run's released models at the sites again (membership inference)."""
     manifest = _read_report(run_dir, "manifest.json", "not a fedward run folder")
     run_data = _read_report(run_dir, "run_config.json", "not a fedward run folder")
+    if (run_data.get("strategy") or {}).get("secure_aggregation"):
+        raise typer.BadParameter(
+            f"{run_dir} is a SecAgg+ run: its sites run the legacy SecAgg+ client, which does not "
+            "answer audits in this version",
+            param_hint="RUN_DIR",
+        )
     if manifest.get("engine") == "simulation":
         from fedward.server.app import CoordinatorSettings
         from fedward.server.simulate import run_simulation
@@ -449,6 +457,9 @@ def report_baselines(
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
     app.command("audit")(audit)
+    from fedward.server.card_cli import card
+
+    app.command("card")(card)
     from fedward.server.release_cli import release_app
 
     app.add_typer(release_app, name="release")

@@ -21,11 +21,11 @@ import math
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from jinja2 import Environment, select_autoescape
 
-from fedward.common.config import CardConfig, RunConfig, run_schema
+from fedward.common.config import CardConfig, RunConfig, run_schema, validate_config
 from fedward.common.errors import FedwardError
 from fedward.server import card_plots
 from fedward.server.run_folder import atomic_write_bytes
@@ -80,6 +80,11 @@ PANEL_METRICS = {
     "n": "test rows",
 }
 THRESHOLDED = {"balanced_accuracy", "accuracy"}
+POOLED_LOCAL_NOTE = (
+    "A local baseline is a separate model at each site: its pooled AUROC mixes scores that no "
+    "single model gave, so it reads low. Δ compares the run's model and the baseline on the same "
+    "test rows at each site, and is the comparison to read."
+)
 ATTACK_FIGURES = (
     "auc",
     "auc_lo",
@@ -175,20 +180,24 @@ def load_run(run_dir: str | Path) -> dict[str, dict[str, Any] | None]:
                     f" (run_record.json says the run {data.get('status')}: "
                     f"{data.get('stopped_reason') or 'no reason given'})"
                 )
-        listing = "; ".join(f"{path / n} is missing: {REQUIRED_FILES[n]}" for n in missing)
-        raise RunNotFinished(f"no model card for an unfinished run{status}: {listing}")
+        listing = "; ".join(f"{n} is missing ({REQUIRED_FILES[n]})" for n in missing)
+        raise RunNotFinished(f"{path}: no model card for an unfinished run{status}: {listing}")
     out: dict[str, dict[str, Any] | None] = {n: _read(path / n) for n in REQUIRED_FILES}
     for name in (*OPTIONAL_FILES, ENCRYPTED_INFERENCE_FILE):
         out[name] = _read(path / name) if (path / name).is_file() else None
     return out
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[int | float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _not_done(name: str) -> dict[str, Any]:
-    return {"done": False, "status": NOT_DONE, "reason": f"{name} is missing: {OPTIONAL_FILES[name]}"}
+    return {
+        "done": False,
+        "status": NOT_DONE,
+        "reason": f"{name} is missing: {OPTIONAL_FILES[name]}",
+    }
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -206,20 +215,28 @@ def _architecture(model: Mapping[str, Any]) -> str:
     return f"multilayer perceptron {n_in}-{hidden}-1 ({act} activations) → 1 logit"
 
 
+def _model_name(model: Mapping[str, Any]) -> str:
+    kind = model.get("kind")
+    if kind == "logistic":
+        return "logistic regression"
+    if kind == "cnn":
+        return "convolutional network"
+    hidden = ", ".join(str(h) for h in model.get("hidden") or [])
+    return f"multilayer perceptron ({hidden}; {model.get('activation', 'relu')})"
+
+
 def _label_text(config: Mapping[str, Any]) -> str | None:
-    """The positive class in words, from the run's data schema when it can be loaded."""
+    """The positive class as a rule on the label column, from the run's data schema."""
     try:
         schema = run_schema(RunConfig.model_validate(config))
     except (ValueError, FedwardError, OSError):
         return None
     label = schema.label
     if label.positive_above is not None:
-        rule = f"{label.column} > {label.positive_above:g}"
-    elif label.positive_values:
-        rule = f"{label.column} in {{{', '.join(str(v) for v in label.positive_values)}}}"
-    else:
-        rule = f"{label.column} = 1"
-    return f"{schema.name}: positive class {rule}"
+        return f"{label.column} > {label.positive_above:g}"
+    if label.positive_values:
+        return f"{label.column} in {{{', '.join(str(v) for v in label.positive_values)}}}"
+    return f"{label.column} = 1"
 
 
 def _input_format(transform: Mapping[str, Any]) -> str:
@@ -305,6 +322,7 @@ def _train_rows(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def _data(
     files_: Mapping[str, Any], test: Mapping[str, Any], datasets: Mapping[str, str]
 ) -> dict[str, Any]:
+    """MCT's train and eval datasets: which split at which site, and how many rows."""
     profiles = files_["profiles.json"]
     name = files_["run_config.json"].get("task", {}).get("dataset") or "each site's own table"
     train_sites = _sites_rows(profiles, "train", _train_rows(files_["metrics.json"]))
@@ -340,6 +358,7 @@ def _data(
 
 
 def _audit(audit: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The audit's verdicts and per-site figures, with the ROC histograms the card plots."""
     if audit is None:
         return _not_done("audit.json")
     models = {}
@@ -396,6 +415,7 @@ def _audit(audit: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _privacy(files_: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+    """The privacy extension: the figures exactly as privacy_summary.json states them."""
     summary = files_["privacy_summary.json"]
     record = files_["run_record.json"].get("privacy") or {}
     he = files_[ENCRYPTED_INFERENCE_FILE] or {}
@@ -442,6 +462,7 @@ def _privacy(files_: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, A
 
 
 def _baselines(report: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Whether the model earns its complexity: the baselines report's verdict and table."""
     if report is None:
         return _not_done("baselines.json")
     run_model = report.get("run_model") or {}
@@ -496,6 +517,7 @@ def _baselines(report: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _profiles(profiles: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The training data as the coordinator may know it: per-site aggregates, cells suppressed."""
     if profiles is None:
         return _not_done("profiles.json")
     return {
@@ -507,6 +529,7 @@ def _profiles(profiles: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _provenance(files_: Mapping[str, Any]) -> dict[str, Any]:
+    """What it takes to reproduce the run or to tell two runs apart."""
     manifest, record = files_["manifest.json"], files_["run_record.json"]
     model_fp = files_["model.json"].get("transform_fingerprint")
     return {
@@ -597,6 +620,7 @@ def _caveats(
     test: Mapping[str, Any],
     privacy: Mapping[str, Any],
 ) -> list[str]:
+    """The run config's caveats, then what the run itself shows the model cannot claim."""
     record = files_["run_record.json"]
     out = list(card_cfg.caveats)
     out.append(
@@ -650,6 +674,7 @@ def _caveats(
 
 
 def _tradeoffs(privacy: Mapping[str, Any], baselines: Mapping[str, Any]) -> list[str]:
+    """What was given up for what: privacy for accuracy, federation for pooling."""
     out = []
     eps = [s.get("epsilon") for s in privacy["sites"] if _finite(s.get("epsilon"))]
     if privacy["dp"] and eps:
@@ -689,7 +714,9 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     transform = files_["transform.json"]
     assert config is not None and manifest is not None and record is not None
     assert metrics is not None and model is not None and transform is not None
-    card_cfg = CardConfig.model_validate(config.get("card") or {})
+    card_cfg = validate_config(
+        CardConfig, config.get("card") or {}, f"{Path(run_dir) / 'run_config.json'} [card]"
+    )
     test = metrics.get("test") or {}
     privacy = _privacy(files_, model)
     baselines = _baselines(files_["baselines.json"])
@@ -701,9 +728,10 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     label = _label_text(config)
     run_id = str(record.get("run_id") or manifest.get("run_id"))
     overview = (
-        f"A {arch.split(':')[0]} trained by federated learning (Flower) across {len(sites)} "
+        f"A {_model_name(model)} trained by federated learning (Flower) across {len(sites)} "
         f"site(s) ({', '.join(sites)})"
         + (f" to predict {label}" if label else "")
+        + (f" ({dataset})" if dataset else "")
         + (
             f", with sample-level differential privacy at each site (target ε "
             f"{privacy['target_epsilon']})."
@@ -726,7 +754,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "warnings": warnings,
         "schema_version": SCHEMA_VERSION,
         "model_details": {
-            "name": f"{manifest.get('name') or 'fedward run'}: {arch.split(':')[0]}",
+            "name": f"{manifest.get('name') or 'fedward run'}: {_model_name(model)}",
             "overview": overview,
             "documentation": card_cfg.intended_use,
             "version": {
@@ -752,15 +780,13 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
             "data": _data(files_, test, datasets),
             "input_format": _input_format(transform),
             "output_format": str(model.get("output") or "one logit per row")
-            + (f"; the positive class is {label.split(': ', 1)[-1]}" if label else ""),
+            + (f"; the positive class is {label}" if label else ""),
         },
         "considerations": {
             "users": [{"description": u} for u in card_cfg.intended_users],
             "use_cases": [{"description": card_cfg.intended_use}],
             "out_of_scope_uses": [{"description": u} for u in card_cfg.out_of_scope_uses],
-            "limitations": [
-                {"description": c} for c in _caveats(card_cfg, files_, test, privacy)
-            ],
+            "limitations": [{"description": c} for c in _caveats(card_cfg, files_, test, privacy)],
             "tradeoffs": [{"description": t} for t in _tradeoffs(privacy, baselines)],
             "ethical_considerations": [
                 {"name": e.concern, "mitigation_strategy": e.mitigation, "status": e.status}
@@ -840,6 +866,10 @@ def _n(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _delta(x: Any) -> str:
+    return f"{x:.2g}" if _finite(x) else _n(x)
+
+
 def _yes_no_none(x: bool | None, none: str = NOT_DONE) -> str:
     return none if x is None else ("yes" if x else "no")
 
@@ -878,11 +908,9 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
             "site": s["site"],
             "status": s.get("status") or "–",
             "eps": _n(s.get("epsilon"), 2),
-            "delta": _n(s.get("delta"), 6) if isinstance(s.get("delta"), float) else _n(s.get("delta")),
+            "delta": _delta(s.get("delta")),
             "eps_life": _n(s.get("epsilon_lifetime"), 2),
-            "delta_life": _n(s.get("delta_lifetime"), 6)
-            if isinstance(s.get("delta_lifetime"), float)
-            else _n(s.get("delta_lifetime")),
+            "delta_life": _delta(s.get("delta_lifetime")),
             "eps_tuning": _n(s.get("epsilon_tuning"), 2),
             "noise": _n(s.get("noise_multiplier"), 3),
             "rate": _n(s.get("sample_rate"), 3),
@@ -896,9 +924,7 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
         for name, model in audit["models"].items():
             for site, e in model["sites"].items():
                 attacks = e.get("attacks") or {}
-                aucs = [
-                    (a, r["auc"]) for a, r in attacks.items() if _finite(r.get("auc"))
-                ]
+                aucs = [(a, r["auc"]) for a, r in attacks.items() if _finite(r.get("auc"))]
                 top = max(aucs, key=lambda t: t[1]) if aucs else None
                 audit_rows.append(
                     {
@@ -1054,9 +1080,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "|---|" + "---|" * len(v["cols"]),
     ]
     for row in v["rows"]:
-        lines.append(
-            f"| {row['slice']} | " + " | ".join(row.get(c, "–") for c in v["cols"]) + " |"
-        )
+        lines.append(f"| {row['slice']} | " + " | ".join(row.get(c, "–") for c in v["cols"]) + " |")
     lines += [
         "",
         "Figures (in model_card.html): "
@@ -1117,7 +1141,12 @@ def render_markdown(card: Mapping[str, Any]) -> str:
                 for c in base["comparison"]
             ],
             "",
-            *[f"- {name.replace('_', ' ')}: {c.get('reading')}" for name, c in base["controls"].items()],
+            POOLED_LOCAL_NOTE,
+            "",
+            *[
+                f"- {name.replace('_', ' ')}: {c.get('reading')}"
+                for name, c in base["controls"].items()
+            ],
             "",
         ]
     else:
@@ -1258,6 +1287,7 @@ dt { font-weight: bold; } dd { margin: 0 0 0.4rem 1rem; }
 <table><tr><th>model</th><th>where</th><th>pooled test AUROC</th><th>Δ run − baseline [CI]</th><th>mean tune AUROC</th></tr>
 {% for c in base.comparison %}<tr><td>{{ c.model }}</td><td>{{ c.where }}</td><td>{{ v.n(c.pooled_auroc) }}</td><td>{{ v.diff(c.difference) }}</td><td>{{ v.n(c.mean_tune_auroc) }}</td></tr>{% endfor %}
 </table>
+<p>{{ pooled_local_note }}</p>
 <ul>{% for name, c in base.controls.items() %}<li>{{ name.replace('_', ' ') }}: {{ c.reading }}</li>{% endfor %}</ul>
 {% else %}<p class="notdone">Baselines: {{ base.status }} ({{ base.reason }}).</p>{% endif %}
 </section>
@@ -1284,7 +1314,9 @@ def render_html(card: Mapping[str, Any], figures: Mapping[str, str] | None = Non
     """One self-contained page: the banner first, tables, every figure inline, nothing fetched."""
     figs = card_plots.render(card) if figures is None else figures
     env = Environment(autoescape=select_autoescape(default=True))
-    return env.from_string(_HTML).render(card=card, v=_view(card), figures=figs)
+    return env.from_string(_HTML).render(
+        card=card, v=_view(card), figures=figs, pooled_local_note=POOLED_LOCAL_NOTE
+    )
 
 
 def write_card(run_dir: str | Path) -> list[Path]:

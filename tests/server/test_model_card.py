@@ -1,0 +1,292 @@
+"""The model card of a finished run (in-process federation, no Ray): its schema, its sections, its
+privacy statement, and what it says first when something is wrong or was not done."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedward.client.app import app
+from fedward.common.config import RunConfig
+from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.server.card_cli import card
+from fedward.server.model_card import (
+    CARD_HTML,
+    CARD_JSON,
+    CARD_MD,
+    MITCHELL_SECTIONS,
+    PRIVACY_SITE_KEYS,
+    RunNotFinished,
+    build_card,
+    card_schema,
+    mitchell_section,
+    write_card,
+)
+from tests.server.loopback import LoopbackGrid, server_context
+
+SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = RunConfig(
+        rounds=2,
+        evaluation={"bootstrap": 20},
+        baselines={"families": ["naive_bayes"]},
+        tuning={"budget": 1},
+        audit={"reference_models": 2},
+    )
+    root = tmp_path_factory.mktemp("card")
+    settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
+    folder = coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    write_card(folder)
+    return folder
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run's folder that a test may edit."""
+    return Path(
+        shutil.copytree(
+            finished_run,
+            tmp_path / "run",
+            ignore=shutil.ignore_patterns("site-state", "checkpoints"),
+        )
+    )
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _edit(path: Path, **changes: Any) -> None:
+    data = _json(path)
+    data.update(changes)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _validate(card_data: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator(card_schema()).validate(card_data)
+
+
+def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
+    schema = card_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_the_written_card_validates_against_its_schema(finished_run: Path) -> None:
+    written = _json(finished_run / CARD_JSON)
+    _validate(written)
+    assert written == json.loads(json.dumps(build_card(finished_run)))
+
+
+def test_the_schema_rejects_a_card_without_its_privacy_section(finished_run: Path) -> None:
+    broken = _json(finished_run / CARD_JSON)
+    del broken["privacy"]
+    with pytest.raises(jsonschema.ValidationError, match="privacy"):
+        _validate(broken)
+
+
+def test_every_mitchell_section_is_in_the_json_the_markdown_and_the_html(
+    finished_run: Path,
+) -> None:
+    written = _json(finished_run / CARD_JSON)
+    md = (finished_run / CARD_MD).read_text(encoding="utf-8")
+    html = (finished_run / CARD_HTML).read_text(encoding="utf-8")
+    assert len(MITCHELL_SECTIONS) == 9
+    for title in MITCHELL_SECTIONS:
+        assert mitchell_section(written, title), title
+        assert f"\n## {title}\n" in md, title
+        assert f"<h2>{title}</h2>" in html, title
+
+
+def test_the_card_is_shaped_like_model_card_toolkit(finished_run: Path) -> None:
+    written = _json(finished_run / CARD_JSON)
+    details = written["model_details"]
+    assert {"name", "overview", "version", "owners", "references", "licenses", "citations"} <= set(
+        details
+    )
+    assert details["version"]["name"] == written["provenance"]["run_id"]
+    assert set(written["model_parameters"]["data"]) == {"train", "eval"}
+    assert {s["site"] for s in written["model_parameters"]["data"]["eval"]["sites"]} == SITES
+    ethics = written["considerations"]["ethical_considerations"]
+    config = _json(finished_run / "run_config.json")["card"]["ethics"]
+    assert [(e["name"], e["mitigation_strategy"]) for e in ethics] == [
+        (e["concern"], e["mitigation"]) for e in config
+    ]
+
+
+def test_the_metrics_are_the_test_panels_with_their_intervals(finished_run: Path) -> None:
+    written = _json(finished_run / CARD_JSON)
+    test = _json(finished_run / "metrics.json")["test"]
+    metrics = {
+        (m["slice"], m["type"]): m for m in written["quantitative_analysis"]["performance_metrics"]
+    }
+    for site in SITES:
+        panel = test["sites"][site]
+        auroc = metrics[(f"site={site}", "auroc")]
+        assert auroc["value"] == panel["auroc"]
+        assert auroc["confidence_interval"] == {
+            "lower_bound": panel["auroc_lo"],
+            "upper_bound": panel["auroc_hi"],
+        }
+        assert metrics[(f"site={site}", "balanced_accuracy")]["threshold"] == 0.5
+    assert metrics[("pooled", "auroc")]["value"] == test["pooled"]["auroc"]
+    assert "confidence_interval" not in metrics[("pooled", "auroc")]
+    assert written["quantitative_analysis"]["score_histograms"] == test["histograms"]
+
+
+def test_the_privacy_section_states_the_privacy_summary(finished_run: Path) -> None:
+    privacy = _json(finished_run / CARD_JSON)["privacy"]
+    summary = _json(finished_run / "privacy_summary.json")
+    record = _json(finished_run / "run_record.json")["privacy"]
+    assert privacy["dp"] is summary["dp"] is True
+    assert privacy["privacy_unit"] == summary["privacy_unit"]
+    assert privacy["target_epsilon"] == summary["target_epsilon"]
+    assert privacy["clipping_norm"] == summary["max_grad_norm"]
+    assert privacy["central_dp"] == summary["central_dp"] and privacy["central_dp_used"] is False
+    assert privacy["secure_aggregation"] == summary["secure_aggregation"]
+    assert privacy["secure_aggregation_used"] is False
+    assert privacy["sites"] == [{k: s.get(k) for k in PRIVACY_SITE_KEYS} for s in summary["sites"]]
+    for site in privacy["sites"]:
+        for key in ("epsilon", "delta", "epsilon_lifetime", "delta_lifetime"):
+            assert site[key] is not None and site[key] > 0, (site["site"], key)
+        assert site["noise_multiplier"] > 0 and 0 < site["sample_rate"] <= 1
+        assert privacy["tuning_epsilon"][site["site"]] == site["epsilon_tuning"]
+    assert privacy["non_dp_outputs"] == record["non_dp_outputs"]
+    assert privacy["encrypted_inference"]["offered"] is False
+    audit = _json(finished_run / "audit.json")
+    assert privacy["audit"]["done"] and privacy["audit"]["verdict"] == audit["verdict"]
+    for site, entry in privacy["audit"]["models"]["run"]["sites"].items():
+        source = audit["models"]["run"]["sites"][site]
+        assert entry["epsilon_accountant"] == source["epsilon_accountant"]
+        assert entry["epsilon_lower_bound"] == source["canary"]["epsilon_lb"]
+
+
+def test_the_verdicts_agree_with_the_run(finished_run: Path) -> None:
+    written = _json(finished_run / CARD_JSON)
+    verdicts = written["verdicts"]
+    passed = _json(finished_run / "audit.json")["verdict"].startswith("pass")
+    assert verdicts["dp_guarantee"] is True
+    assert verdicts["audit_passed"] is passed
+    assert verdicts["release_ready"] is passed and (verdicts["problems"] == []) is passed
+    assert (written["warnings"] == []) is passed
+
+
+def test_the_html_is_one_self_contained_page_with_its_plots(finished_run: Path) -> None:
+    html = (finished_run / CARD_HTML).read_text(encoding="utf-8")
+    written = _json(finished_run / CARD_JSON)
+    names = [g["name"] for g in written["quantitative_analysis"]["graphics"]["collection"]]
+    assert {"roc", "precision_recall", "calibration", "privacy_utility"} <= set(names)
+    assert {f"audit_roc_{s}" for s in SITES} <= set(names)
+    images = re.findall(
+        r'<img class="plot" id="plot-([^"]+)" alt="[^"]+" src="data:image/png;base64,', html
+    )
+    assert images and sorted(images) == sorted(names)
+    assert re.search(r'<section id="privacy">', html)
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
+    assert "default-src 'none'" in html
+
+
+def test_regenerating_the_card_gives_the_same_bytes(finished_run: Path, run_copy: Path) -> None:
+    again = write_card(run_copy)
+    # A regenerated card does not void a sign-off by itself (release.py hashes the card files).
+    assert [p.read_bytes() for p in again] == [(finished_run / p.name).read_bytes() for p in again]
+
+
+def test_a_failed_audit_is_said_first_in_json_markdown_and_html(run_copy: Path) -> None:
+    _edit(run_copy / "audit.json", verdict="fail: probable privacy bug")
+    json_path, md_path, html_path = write_card(run_copy)
+    text = json_path.read_text(encoding="utf-8")
+    written = json.loads(text)
+    _validate(written)
+    assert text.lstrip("{ \n").startswith('"warnings"')
+    assert "fail: probable privacy bug" in written["warnings"][0]
+    assert written["verdicts"]["audit_passed"] is False
+    assert written["verdicts"]["release_ready"] is False
+    md = md_path.read_text(encoding="utf-8")
+    first = md.splitlines()[0]
+    assert first.startswith("> **⚠ WARNING") and "fail: probable privacy bug" in first
+    html = html_path.read_text(encoding="utf-8")
+    banner = re.search(r'<body>\s*<div class="banner" id="warnings" role="alert">(.*?)</div>', html)
+    assert banner and "fail: probable privacy bug" in banner.group(1)
+
+
+def test_a_run_without_dp_is_said_first(run_copy: Path) -> None:
+    _edit(run_copy / "privacy_summary.json", dp=False)
+    written = json.loads(write_card(run_copy)[0].read_text(encoding="utf-8"))
+    _validate(written)
+    assert written["warnings"][0].startswith("NO DIFFERENTIAL PRIVACY")
+    assert written["verdicts"]["dp_guarantee"] is False
+    assert written["verdicts"]["release_ready"] is False
+    assert (
+        (run_copy / CARD_MD)
+        .read_text(encoding="utf-8")
+        .startswith("> **⚠ WARNING: NO DIFFERENTIAL PRIVACY")
+    )
+
+
+def test_missing_reports_are_said_not_done_and_the_card_is_still_written(run_copy: Path) -> None:
+    for name in ("baselines.json", "audit.json", "profiles.json"):
+        (run_copy / name).unlink()
+    json_path, md_path, html_path = write_card(run_copy)
+    written = _json(json_path)
+    _validate(written)
+    for section in (
+        written["baselines"],
+        written["privacy"]["audit"],
+        written["training_data_profiles"],
+    ):
+        assert section["done"] is False and section["status"] == "not done"
+    assert "baselines.json is missing" in written["baselines"]["reason"]
+    assert written["verdicts"]["audit_passed"] is None
+    assert written["verdicts"]["release_ready"] is False
+    assert any("NOT AUDITED" in w for w in written["warnings"])
+    assert not any(
+        g["name"].startswith("audit_roc_")
+        for g in written["quantitative_analysis"]["graphics"]["collection"]
+    )
+    md = md_path.read_text(encoding="utf-8")
+    html = html_path.read_text(encoding="utf-8")
+    for what in (
+        "Baselines: not done",
+        "Membership-inference audit: not done",
+        "Training-data profiles: not done",
+    ):
+        assert what in md and what in html, what
+
+
+def test_an_unfinished_run_folder_is_refused_naming_the_missing_file(
+    run_copy: Path, tmp_path: Path
+) -> None:
+    (run_copy / "model.json").unlink()
+    with pytest.raises(RunNotFinished, match=r"model\.json is missing"):
+        build_card(run_copy)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is missing"):
+        build_card(empty)
+
+
+def test_the_card_command_prints_the_warnings_and_the_paths(run_copy: Path) -> None:
+    cli = typer.Typer()
+    cli.command()(card)
+    _edit(run_copy / "audit.json", verdict="fail")
+    result = CliRunner().invoke(cli, [str(run_copy)])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: AUDIT FAILED" in " ".join(result.output.split())
+    for name in (CARD_JSON, CARD_MD, CARD_HTML):
+        assert name in result.output
+    (run_copy / "metrics.json").unlink()
+    refused = CliRunner().invoke(cli, [str(run_copy)], env={"COLUMNS": "200"})
+    assert refused.exit_code != 0
+    assert "metrics.json is missing" in " ".join(re.sub(r"[│╭╮╰╯─]", " ", refused.output).split())
