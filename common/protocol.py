@@ -75,3 +75,25 @@ KEY_AUDIT_MODEL = "fedward.audit-model"  # which model is audited: "run" or a co
 
 # `query.profile`: the site's training-data profile for the model card (non-DP, small cells suppressed).
 MSG_PROFILE = "query.profile"
+
+# Per site, what privacy_summary.json states (and the model card copies as it is).
+PRIVACY_SUMMARY_KEYS = (
+    "site",
+    "status",
+    "reason",
+    "dataset",
+    "accountant",
+    "privacy_unit",
+    "epsilon",
+    "delta",
+    "epsilon_lifetime",
+    "delta_lifetime",
+    "epsilon_budget",
+    "epsilon_remaining",
+    "epsilon_tuning",
+    "companion_epsilon",
+    "noise_multiplier",
+    "sample_rate",
+    "multi_row_patients",
+    "refusals",
+)

@@ -30,6 +30,7 @@ from fedward.common.protocol import (
     KEY_SIM_SITES,
     KEY_SIM_STATE,
     KEY_TRANSFORM,
+    PRIVACY_SUMMARY_KEYS,
     PURPOSE_RUN,
 )
 from fedward.common.schema import DataSchema
@@ -370,32 +371,7 @@ def privacy_summary(
         "retried round, within min(run target, its per-run cap, its remaining lifetime budget)",
         "central_dp": central_dp or {"enabled": False},
         "secure_aggregation": secure_aggregation or {"enabled": False},
-        "sites": [
-            {
-                key: s.get(key)
-                for key in (
-                    "site",
-                    "status",
-                    "reason",
-                    "dataset",
-                    "accountant",
-                    "epsilon",
-                    "delta",
-                    "epsilon_lifetime",
-                    "delta_lifetime",
-                    "epsilon_budget",
-                    "epsilon_remaining",
-                    "epsilon_tuning",
-                    "companion_epsilon",
-                    "noise_multiplier",
-                    "sample_rate",
-                    "privacy_unit",
-                    "multi_row_patients",
-                    "refusals",
-                )
-            }
-            for s in sites
-        ],
+        "sites": [{key: s.get(key) for key in PRIVACY_SUMMARY_KEYS} for s in sites],
     }
 
 

@@ -322,7 +322,8 @@ def audit_roc_png(site: str, entry: Mapping[str, Any], delta: float | None) -> s
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _f(x: Any, digits: int = 3) -> str:
+def fmt_value(x: Any, digits: int = 3) -> str:
+    """A figure for a table: '–' for missing, yes/no, fixed decimals."""
     if x is None:
         return "–"
     if isinstance(x, bool):
@@ -330,6 +331,9 @@ def _f(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}"
     return str(x)
+
+
+_f = fmt_value
 
 
 def _ci(value: Any, lo: Any, hi: Any) -> str:

@@ -27,7 +27,9 @@ from jinja2 import Environment, select_autoescape
 
 from fedward.common.config import CardConfig, RunConfig, run_schema, validate_config
 from fedward.common.errors import FedwardError
+from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
 from fedward.server import card_plots
+from fedward.server.audit_report import fmt_value
 from fedward.server.run_folder import atomic_write_bytes
 
 CARD_JSON = "model_card.json"
@@ -98,25 +100,7 @@ ATTACK_FIGURES = (
     "tpr_at_fpr_0_1",
     "advantage",
 )
-PRIVACY_SITE_KEYS = (
-    "site",
-    "status",
-    "reason",
-    "dataset",
-    "accountant",
-    "privacy_unit",
-    "epsilon",
-    "delta",
-    "epsilon_lifetime",
-    "delta_lifetime",
-    "epsilon_budget",
-    "epsilon_remaining",
-    "epsilon_tuning",
-    "companion_epsilon",
-    "noise_multiplier",
-    "sample_rate",
-    "multi_row_patients",
-)
+PRIVACY_SITE_KEYS = tuple(k for k in PRIVACY_SUMMARY_KEYS if k != "refusals")
 REFERENCES = (
     "https://doi.org/10.1145/3287560.3287596",  # Mitchell et al. 2019, model cards
     "https://github.com/tensorflow/model-card-toolkit",
@@ -856,14 +840,7 @@ def card_schema() -> dict[str, Any]:
 # ---- rendering ----------------------------------------------------------------------------------
 
 
-def _n(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
+_n = fmt_value
 
 
 def _delta(x: Any) -> str:
