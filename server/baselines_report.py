@@ -38,7 +38,6 @@ from fedward.common.run_plan import LABEL_SHUFFLE
 from fedward.server.companions import LOSO_PREFIX, Companion, TuningSearch
 from fedward.server.federation import ROUND_TIMEOUT_S, Federation, FederationResult, describe_model
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import _reply_info
 
 REPORT_JSON = "baselines.json"
 REPORT_MD = "baselines.md"
@@ -82,22 +81,10 @@ def site_baselines(
         Message(RecordDict(dict(content)), dst_node_id=n, message_type=MSG_BASELINES) for n in nodes
     ]
     main.folder.event("baselines-started", sites=len(nodes), **spec)
-    out: dict[str, dict[str, Any]] = {}
-    for reply in grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_S):
-        rec = result.tracker._site(reply.metadata.src_node_id)
-        if reply.has_error():
-            out[rec.label] = {"status": "failed", "reason": reply.error.reason}
-            log(WARNING, "site %s failed its baselines: %s", rec.label, reply.error.reason)
-            continue
-        info = _reply_info(reply)
-        if str(info.get("status")) != STATUS_OK:
-            out[rec.label] = {
-                "status": str(info.get("status", "error")),
-                "reason": str(info.get("reason", "no reason given")),
-            }
-            continue
-        rec.non_dp_outputs.update(str(x) for x in info.get("non_dp_outputs", []))
-        out[rec.label] = {"status": STATUS_OK, **_unflatten(info)}
+    out = {
+        site: {"status": STATUS_OK, **_unflatten(info)} if info.get("status") == STATUS_OK else info
+        for site, info in result.tracker.ask(grid, messages, "baselines", ROUND_TIMEOUT_S).items()
+    }
     main.folder.event("baselines-finished", sites=sorted(out))
     return out
 

@@ -8,16 +8,13 @@ coordinator only files them: ``profiles.json`` in the run folder.
 from __future__ import annotations
 
 import json
-from logging import WARNING
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedward.common.protocol import CONFIG, MSG_PROFILE, STATUS_OK
 from fedward.server.federation import ROUND_TIMEOUT_S, Federation, FederationResult
-from fedward.server.site_tracking import _reply_info
 
 PROFILES_FILE = "profiles.json"
 
@@ -35,19 +32,12 @@ def collect_profiles(grid: Grid, main: Federation, result: FederationResult) -> 
     ]
     sites: dict[str, Any] = {}
     min_cell = 0
-    for reply in grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_S):
-        rec = result.tracker._site(reply.metadata.src_node_id)
-        if reply.has_error():
-            sites[rec.label] = {"status": "failed", "reason": reply.error.reason}
-            log(WARNING, "site %s failed its profile: %s", rec.label, reply.error.reason)
+    for site, info in result.tracker.ask(grid, messages, "profile", ROUND_TIMEOUT_S).items():
+        if info.get("status") != STATUS_OK:
+            sites[site] = info
             continue
-        info = _reply_info(reply)
-        if str(info.get("status")) != STATUS_OK:
-            sites[rec.label] = {"status": info.get("status"), "reason": info.get("reason")}
-            continue
-        rec.non_dp_outputs.update(str(x) for x in info.get("non_dp_outputs", []))
         min_cell = max(min_cell, int(info.get("min_cell_size", 0)))
-        sites[rec.label] = {"status": STATUS_OK, **json.loads(str(info["training_profile"]))}
+        sites[site] = {"status": STATUS_OK, **json.loads(str(info["training_profile"]))}
     profiles = {
         "sites": dict(sorted(sites.items())),
         "min_cell_size": min_cell,

@@ -427,6 +427,32 @@ class SiteTracking(Strategy):
         replies = grid.send_and_receive(messages, timeout=timeout)
         return self._evaluation(server_round, replies, "test")
 
+    def ask(
+        self, grid: Grid, messages: list[Message], what: str, timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        """Send a one-off request (baselines, profile) and file each site's answer by name.
+
+        A failed or refusing site gets ``{"status", "reason"}`` and leaves the run's own record
+        untouched; an answering site's non-DP outputs join the run record's list.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            rec = self._site(reply.metadata.src_node_id)
+            if reply.has_error():
+                out[rec.label] = {"status": "failed", "reason": reply.error.reason}
+                log(WARNING, "site %s failed its %s: %s", rec.label, what, reply.error.reason)
+                continue
+            info = _reply_info(reply)
+            if str(info.get("status")) != STATUS_OK:
+                out[rec.label] = {
+                    "status": str(info.get("status", "error")),
+                    "reason": str(info.get("reason", "no reason given")),
+                }
+                continue
+            rec.non_dp_outputs.update(str(x) for x in info.get("non_dp_outputs", []))
+            out[rec.label] = info
+        return out
+
     def site_summary(self) -> list[dict[str, Any]]:
         return [rec.to_dict() for rec in sorted(self.sites.values(), key=lambda r: r.label)]
 
