@@ -356,3 +356,6 @@ def metrics(
 def register(app: typer.Typer) -> None:
     """Entry point of the ``fedward.cli`` group: adds `fedward site`."""
     app.add_typer(site_app, name="site")
+    from fedward.client.he_cli import register_he
+
+    register_he(app)

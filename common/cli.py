@@ -61,6 +61,20 @@ def config_check(
         raise typer.BadParameter("kind must be 'run' or 'site'")
 
 
+def command_group(parent: typer.Typer, name: str, help: str) -> typer.Typer:
+    """The sub-command group ``name``, made on first use: the coordinator and the site may both
+    add commands to one group (``fedward he serve`` and ``fedward he predict``)."""
+    for info in parent.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    group = typer.Typer(help=help, no_args_is_help=True)
+    parent.add_typer(group, name=name)
+    return group
+
+
+HE_HELP = "Encrypted inference: a CKKS (TenSEAL) prediction service and its client."
+
+
 def _register_plugins() -> None:
     for ep in entry_points(group="fedward.cli"):
         register = ep.load()

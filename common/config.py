@@ -48,11 +48,34 @@ class ModelConfig(BaseModel):
     kind: Literal["logistic", "mlp", "cnn"] = "logistic"
     hidden: list[int] = Field(default_factory=lambda: [32], max_length=8)
     activation: Literal["relu", "tanh", "square"] = "relu"
+    he_compatible: bool = Field(
+        default=False,
+        description="Train a model the encrypted-inference service can evaluate on CKKS "
+        "ciphertexts: logistic regression, or an MLP with square activations (chosen for you "
+        "when activation is not set) and at most 3 hidden layers.",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> ModelConfig:
         if any(h < 1 or h > 4096 for h in self.hidden):
             raise ValueError("hidden layer sizes must be between 1 and 4096")
+        if self.he_compatible:
+            if self.kind == "cnn":
+                raise ValueError(
+                    "he_compatible: a CNN cannot be evaluated on CKKS ciphertexts here; "
+                    "use kind = 'logistic' or 'mlp'"
+                )
+            if self.kind == "mlp" and self.activation != "square":
+                if "activation" in self.model_fields_set:
+                    raise ValueError(
+                        f"he_compatible: activation '{self.activation}' is not a polynomial and "
+                        "cannot be evaluated on ciphertexts; use 'square' (or leave it unset)"
+                    )
+                self.activation = "square"
+            if self.kind == "mlp" and len(self.hidden) > 3:
+                raise ValueError(
+                    "he_compatible: at most 3 hidden layers (each costs two CKKS levels)"
+                )
         return self
 
 
@@ -502,6 +525,8 @@ class RunConfig(BaseModel):
             del strategy["secure_aggregation"], strategy["secagg"]
         if not data["training"]["shuffle_labels"]:
             del data["training"]["shuffle_labels"]
+        if not data["model"]["he_compatible"]:
+            del data["model"]["he_compatible"]
         # The model card's text asks nothing of the sites: editing it needs no new approval.
         del data["card"]
         return canonical_hash(data)

@@ -171,6 +171,14 @@ def simulate(
     model: Annotated[
         str | None, typer.Option(help="The run's model: logistic, mlp or cnn.")
     ] = None,
+    he_compatible: Annotated[
+        bool,
+        typer.Option(
+            "--he-compatible",
+            help="Train a model the encrypted-inference service can evaluate (logistic, or an "
+            "MLP with square activations).",
+        ),
+    ] = False,
     no_baselines: Annotated[
         bool,
         typer.Option(
@@ -235,6 +243,10 @@ def simulate(
         data["model"]["kind"] = "cnn"
     if model is not None:
         data["model"]["kind"] = model
+    if he_compatible:
+        data["model"]["he_compatible"] = True
+        if model == "mlp" and data["model"]["activation"] != "square":
+            data["model"]["activation"] = "square"
     if no_baselines:
         data["baselines"]["enabled"] = False
     if tune_deep:
@@ -464,3 +476,6 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(release_app, name="release")
     app.add_typer(report_app, name="report")
+    from fedward.server.he_cli import register_he
+
+    register_he(app)

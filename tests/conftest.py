@@ -89,3 +89,30 @@ def initial_arrays(run: RunConfig) -> ArrayRecord:
 @pytest.fixture
 def heart_run() -> RunConfig:
     return RunConfig(rounds=3, evaluation={"bootstrap": 50})
+
+
+# ---- encrypted inference: trained models, made once per session and only when asked for ----
+
+
+@pytest.fixture(scope="session")
+def he_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Finished heart-disease DP federations with HE-compatible models: logistic and MLP 16²."""
+    from tests.server.he_support import train_run
+
+    root = tmp_path_factory.mktemp("he-runs")
+    return {kind: train_run(kind, root / kind) for kind in ("logistic", "mlp")}
+
+
+@pytest.fixture(scope="session")
+def he_release(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A logistic model that went through the release gate: audit, card, sign-off, export."""
+    from tests.server.he_support import released_logistic
+
+    return released_logistic(tmp_path_factory.mktemp("he-release"))
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.server.he_support import make_tls
+
+    return make_tls(tmp_path_factory.mktemp("tls"))
