@@ -125,7 +125,9 @@ class EncryptedInferenceService(pb_grpc.EncryptedInferenceServicer):
         self.settings = settings or ServiceSettings()
         self.params = model.parameters
         self.max_batch = min(self.settings.max_batch or self.params.slots, self.params.slots)
-        self._expected_parms = parms_id(new_secret_context(self.params))
+        reference = new_secret_context(self.params)
+        self._expected_parms = parms_id(reference)
+        self._fresh_parms = list(reference.seal_context().data.first_parms_id())
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
         self.metrics = _Metrics()
@@ -327,12 +329,18 @@ class EncryptedInferenceService(pb_grpc.EncryptedInferenceServicer):
             raise HEInputError(
                 f"feature {index} ('{name}'): holds {vector.size()} values, n_patients is {n}"
             )
-        scale = vector.scale()
-        expected = 2.0**self.params.scale_bits
-        if abs(scale - expected) > 1e-6 * expected:
+        parts = vector.data.ciphertext()
+        fresh = (
+            len(parts) == 1
+            and list(parts[0].parms_id()) == self._fresh_parms
+            and parts[0].size() == 2
+            and abs(parts[0].scale - 2.0**self.params.scale_bits)
+            <= 1e-6 * 2.0**self.params.scale_bits
+        )
+        if not fresh:
             raise HEInputError(
-                f"feature {index} ('{name}'): ciphertext scale is not the context's 2^"
-                f"{self.params.scale_bits}; encrypt fresh ciphertexts"
+                f"feature {index} ('{name}'): not a fresh ciphertext at the context's first level "
+                f"and scale 2^{self.params.scale_bits}; encrypt each feature anew"
             )
         return vector
 
