@@ -25,6 +25,8 @@ class TLS:
     ca: Path
     cert: Path
     key: Path
+    client_cert: Path
+    client_key: Path
 
 
 def _name(cn: str) -> x509.Name:
@@ -47,10 +49,31 @@ def make_tls(folder: Path) -> TLS:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+    tls = TLS(
+        folder / "ca.pem",
+        folder / "server.pem",
+        folder / "server.key",
+        folder / "client.pem",
+        folder / "client.key",
+    )
+    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _issue(ca_cert, ca_key, "localhost", tls.cert, tls.key, now)
+    _issue(ca_cert, ca_key, "clinic-north", tls.client_cert, tls.client_key, now)
+    return tls
+
+
+def _issue(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    cert_path: Path,
+    key_path: Path,
+    now: dt.datetime,
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name(cn))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -64,17 +87,14 @@ def make_tls(folder: Path) -> TLS:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    tls = TLS(folder / "ca.pem", folder / "server.pem", folder / "server.key")
-    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return tls
 
 
 def he_run_config(kind: str, rounds: int = 4) -> RunConfig:

@@ -114,7 +114,10 @@ def test_a_relu_mlp_or_a_cnn_is_refused_with_the_fix_named() -> None:
         layers_from_state({"kind": "cnn"}, state)
     square = build_model(ModelConfig(kind="mlp", hidden=[8], activation="square"), 5).state_dict()
     layers = layers_from_state({"kind": "mlp", "activation": "square"}, square)
-    assert [(l.weight.shape, l.square_after) for l in layers] == [((8, 5), True), ((1, 8), False)]
+    assert [(lay.weight.shape, lay.square_after) for lay in layers] == [
+        ((8, 5), True),
+        ((1, 8), False),
+    ]
 
 
 def test_he_compatible_configs_train_square_mlps_and_refuse_the_rest() -> None:

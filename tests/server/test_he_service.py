@@ -401,3 +401,64 @@ def test_a_bad_clients_file_is_refused_naming_the_field(tmp_path: Path) -> None:
         load_clients(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_clients(tmp_path / "missing.toml")
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(
+    lr_model: HEModel, tls_files: TLS, tmp_path: Path
+) -> None:
+    access = Access.open({}, tmp_path / "state")
+    service = EncryptedInferenceService(lr_model, access, ServiceSettings(require_token=False))
+    server, port = start_server(
+        service,
+        "127.0.0.1:0",
+        tls=TLSFiles(tls_files.cert, tls_files.key, client_ca=tls_files.ca),
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        with pytest.raises(HEServiceError, match="UNAVAILABLE"):
+            EncryptedPredictor(channel(address, ca_certificate=tls_files.ca), timeout_s=10)
+        with_cert = channel(
+            address,
+            ca_certificate=tls_files.ca,
+            client_certificate=(tls_files.client_cert, tls_files.client_key),
+        )
+        x = _x(lr_model, 7)
+        with EncryptedPredictor(with_cert) as p:
+            np.testing.assert_allclose(p.logits(x), lr_model.plaintext_logits(x), atol=1e-4)
+    finally:
+        server.stop(None).wait()
+
+
+def test_a_csv_is_streamed_in_batches_with_ids_rounding_and_threshold(
+    served: Served, he_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    import csv
+
+    import pandas as pd
+
+    from fedward.common.config import RunConfig
+    from tests.server.he_support import heart_disease_test_rows
+
+    run = RunConfig.model_validate_json((he_runs["logistic"] / "run_config.json").read_text())
+    table = pd.concat(heart_disease_test_rows(run).values(), ignore_index=True)
+    table.insert(0, "mrn", [f"p{i}" for i in range(len(table))])
+    data = tmp_path / "patients.csv"
+    table.to_csv(data, index=False)
+    seen: list[int] = []
+    with served.predictor() as p:
+        n = p.predict_csv(
+            data,
+            tmp_path / "out.csv",
+            id_column="mrn",
+            round_digits=2,
+            chunk_rows=50,
+            threshold=0.3,
+            progress=seen.append,
+        )
+        exact = p.predict_proba(table)
+    assert n == len(table) and sum(seen) == n and max(seen) == 50
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["mrn"] for r in rows] == table["mrn"].tolist()
+    probs = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(probs, np.round(exact, 2), atol=1e-9)
+    assert all(int(r["predicted_class"]) == int(float(r["probability"]) >= 0.3) for r in rows)

@@ -1,0 +1,209 @@
+"""End to end: `fedward he serve` as a real process with TLS and API tokens, serving a model that
+passed the release gate, and `fedward he predict` against it from a CSV of patients."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedward.client.he_predict import preprocess
+from fedward.common.config import RunConfig
+from fedward.common.preprocessing import SharedTransform
+from tests.e2e.processes import BIN, ProcessGroup, flower_env, free_port, wait_for_port
+from tests.server.he_support import TLS, heart_disease_test_rows
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated"),
+]
+FEDWARD = str(BIN / "fedward")
+
+
+def _fedward(
+    *args: str, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FEDWARD, *args], env=env, capture_output=True, text=True, timeout=300, check=check
+    )
+
+
+def test_a_clinic_gets_encrypted_predictions_from_a_released_model(
+    he_release: Path, tls_files: TLS, tmp_path: Path
+) -> None:
+    env = flower_env(tmp_path / "flwr")
+    clients = tmp_path / "clients.toml"
+    added = _fedward(
+        "he",
+        "add-client",
+        "clinic-north",
+        "--clients",
+        str(clients),
+        "--query-budget",
+        "1000",
+        env=env,
+    )
+    token = added.stdout.strip().splitlines()[-1]
+    assert len(token) > 30 and token not in clients.read_text()  # stored only as a hash
+    (tmp_path / "token.txt").write_text(token)
+
+    # The clinic's patients: every hospital's sealed test split, raw, with an id column.
+    run = RunConfig.model_validate_json(
+        (he_release.parent.parent / "run" / "run_config.json").read_text()
+    )
+    frames = heart_disease_test_rows(run)
+    patients = []
+    for site, frame in frames.items():
+        frame = frame.copy()
+        frame.insert(0, "patient_id", [f"{site}-{i}" for i in range(len(frame))])
+        patients.append(frame)
+    table = pd.concat(patients, ignore_index=True)
+    data = tmp_path / "patients.csv"
+    table.to_csv(data, index=False)
+
+    port, metrics = free_port(), free_port()
+    group = ProcessGroup()
+    try:
+        server = group.start(
+            [
+                FEDWARD,
+                "he",
+                "serve",
+                "--model",
+                str(he_release),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--tls-cert",
+                str(tls_files.cert),
+                "--tls-key",
+                str(tls_files.key),
+                "--clients",
+                str(clients),
+                "--state",
+                str(tmp_path / "he-state"),
+                "--max-batch",
+                "100",
+                "--metrics-port",
+                str(metrics),
+            ],
+            env=env,
+            log=tmp_path / "serve.log",
+        )
+        wait_for_port(port, timeout=120)
+        out = tmp_path / "predictions.csv"
+        result = _fedward(
+            "he",
+            "predict",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--ca-cert",
+            str(tls_files.ca),
+            "--token-file",
+            str(tmp_path / "token.txt"),
+            "--id-column",
+            "patient_id",
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"{len(table)} predictions written" in result.stderr
+        with out.open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["patient_id"] for r in rows] == table["patient_id"].tolist()
+
+        # The same model in plaintext, from the release's own TorchScript file.
+        transform = SharedTransform.from_json((he_release / "transform.json").read_text())
+        x = preprocess(transform, table, source="patients")
+        module = torch.jit.load(str(he_release / "model.ts"))
+        with torch.no_grad():
+            reference = torch.sigmoid(module(torch.from_numpy(x))).double().numpy()[:, 0]
+        encrypted = np.array([float(r["probability"]) for r in rows])
+        assert np.abs(encrypted - reference).max() <= 1e-3
+        clear = np.abs(reference - 0.5) > 1e-3
+        predicted = np.array([int(r["predicted_class"]) for r in rows])
+        assert (predicted == (reference >= 0.5))[clear].all()
+
+        # A CSV without a model column is refused naming it; the server serves on.
+        broken = tmp_path / "broken.csv"
+        table.drop(columns=["age"]).to_csv(broken, index=False)
+        refused = _fedward(
+            "he",
+            "predict",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(broken),
+            "--out",
+            str(tmp_path / "never.csv"),
+            "--ca-cert",
+            str(tls_files.ca),
+            "--token-file",
+            str(tmp_path / "token.txt"),
+            env=env,
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert "missing column(s) age" in refused.stderr
+        assert not (tmp_path / "never.csv").exists()
+
+        # A wrong token is refused by the running server with its gRPC status.
+        (tmp_path / "bad.txt").write_text("not-the-token")
+        denied = _fedward(
+            "he",
+            "predict",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "never.csv"),
+            "--ca-cert",
+            str(tls_files.ca),
+            "--token-file",
+            str(tmp_path / "bad.txt"),
+            env=env,
+            check=False,
+        )
+        assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr
+
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read()
+        text = scraped.decode()
+        assert f"fedward_he_predictions_total {float(len(table))}" in text
+        assert 'fedward_he_errors_total{code="UNAUTHENTICATED",method="GetModelInfo"} 1.0' in text
+        assert server.poll() is None
+    finally:
+        group.stop()
+    log = (tmp_path / "serve.log").read_text()
+    assert "with TLS" in log and "model.ts" not in log
+    lines = (tmp_path / "he-state" / "he_requests.jsonl").read_text().splitlines()
+    assert any(
+        '"method": "Predict"' in line and '"client": "clinic-north"' in line for line in lines
+    )
+
+
+def test_serving_refuses_an_unreleased_folder_passed_as_a_release(
+    he_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    env = flower_env(tmp_path / "flwr")
+    result = _fedward(
+        "he",
+        "serve",
+        "--model",
+        str(he_runs["logistic"]),
+        "--insecure",
+        "--no-auth",
+        env=env,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "not a release" in result.stderr and "--unreleased-run" in result.stderr
