@@ -71,6 +71,11 @@ def predict(
         raise FedwardError(f"{data}: file not found")
     if (client_cert is None) != (client_key is None):
         raise typer.BadParameter("mutual TLS needs both --client-cert and --client-key")
+    if insecure:
+        console.print(
+            "[bold yellow]warning:[/] --insecure: no TLS, the token and ciphertexts travel in "
+            "the clear"
+        )
     chan = channel(
         server,
         ca_certificate=ca_cert,

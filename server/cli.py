@@ -245,7 +245,8 @@ def simulate(
         data["model"]["kind"] = model
     if he_compatible:
         data["model"]["he_compatible"] = True
-        if model == "mlp" and data["model"]["activation"] != "square":
+        # An activation the config left unset becomes square; one it chose is checked as given.
+        if "activation" not in run.model.model_fields_set or model == "mlp":
             data["model"]["activation"] = "square"
     if no_baselines:
         data["baselines"]["enabled"] = False

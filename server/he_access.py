@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,13 +49,17 @@ class HEClient(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    query_budget: int | None = Field(
+    query_budget: Annotated[int, Field(ge=0)] | Literal["unlimited"] = Field(
         default=100_000,
-        ge=0,
-        description="Predictions (patients) this client may ask for over its lifetime; "
-        "omit for no limit.",
+        description="Predictions (patients) this client may ask for over its lifetime, or "
+        '"unlimited".',
     )
     requests_per_minute: int = Field(default=120, ge=1, le=1_000_000)
+
+    @property
+    def budget(self) -> int | None:
+        """The lifetime budget; None when unlimited."""
+        return None if self.query_budget == "unlimited" else int(self.query_budget)
 
 
 class HEClientsFile(BaseModel):
@@ -102,12 +106,12 @@ def add_client(
     entry = HEClient(
         name=name,
         token_sha256=hash_token(token),
-        query_budget=query_budget,
+        query_budget="unlimited" if query_budget is None else query_budget,
         requests_per_minute=requests_per_minute,
     )
+    budget = '"unlimited"' if entry.budget is None else str(entry.budget)
     lines = ["", "[[client]]", f'name = "{entry.name}"', f'token_sha256 = "{entry.token_sha256}"']
-    if entry.query_budget is not None:
-        lines.append(f"query_budget = {entry.query_budget}")
+    lines.append(f"query_budget = {budget}")
     lines.append(f"requests_per_minute = {entry.requests_per_minute}")
     file.parent.mkdir(parents=True, exist_ok=True)
     with file.open("a", encoding="utf-8") as fh:
@@ -188,9 +192,9 @@ class UsageLedger:
         return int(row[0])
 
     def remaining(self, client: HEClient) -> int | None:
-        if client.query_budget is None:
+        if client.budget is None:
             return None
-        return max(client.query_budget - self.spent(client.name), 0)
+        return max(client.budget - self.spent(client.name), 0)
 
     def charge(self, client: HEClient, n_patients: int, request_id: str) -> int | None:
         """Record ``n_patients`` predictions or refuse; returns what is left (None: no limit)."""
@@ -202,7 +206,7 @@ class UsageLedger:
                     "SELECT COALESCE(SUM(n_patients), 0) FROM usage WHERE client = ?",
                     (client.name,),
                 ).fetchone()
-                budget = client.query_budget
+                budget = client.budget
                 if budget is not None and spent + n_patients > budget:
                     db.execute("ROLLBACK")
                     raise LimitReached(

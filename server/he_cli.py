@@ -93,6 +93,10 @@ def serve(
             "gate: for simulation and tests only"
         )
         he_model = load_run_model(unreleased_run)
+    if insecure and (tls_cert or tls_key or client_ca):
+        raise typer.BadParameter(
+            "--insecure turns TLS off: leave out --tls-cert, --tls-key, --client-ca"
+        )
     if insecure:
         console.print(
             "[bold yellow]warning:[/] --insecure: no TLS, ciphertexts and tokens travel in the clear"
@@ -137,7 +141,7 @@ def serve(
     print(
         f"serving {he_model.description} ({he_model.model_id}) on {host}:{port} "
         f"{'with TLS' if tls else 'WITHOUT TLS'}; CKKS N={p.poly_modulus_degree} "
-        f"{list(p.coeff_mod_bit_sizes)}, {p.slots} patients per request",
+        f"{list(p.coeff_mod_bit_sizes)}, at most {service.max_batch} patients per request",
         flush=True,
     )
     stop = threading.Event()
@@ -151,8 +155,11 @@ def add_client(
     name: Annotated[str, typer.Argument(help="The client's name, as the logs will show it.")],
     clients: Annotated[Path, typer.Option(help="Clients file (TOML), created if missing.")],
     query_budget: Annotated[
-        int, typer.Option(help="Lifetime predictions (patients) for this client; 0: no limit.")
+        int, typer.Option(min=0, help="Lifetime predictions (patients) for this client.")
     ] = 100_000,
+    unlimited: Annotated[
+        bool, typer.Option("--unlimited", help="No lifetime budget (a rate limit still applies).")
+    ] = False,
     requests_per_minute: Annotated[int, typer.Option(help="Rate limit.")] = 120,
 ) -> None:
     """Add a client and print its API token: it is shown once and stored only as a hash."""
@@ -161,7 +168,7 @@ def add_client(
     token = add(
         clients,
         name,
-        query_budget=query_budget or None,
+        query_budget=None if unlimited else query_budget,
         requests_per_minute=requests_per_minute,
     )
     console.print(f"client '{name}' added to {clients}; its token (shown once):")

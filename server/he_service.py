@@ -46,7 +46,7 @@ log = logging.getLogger("fedward.he")
 MiB = 1 << 20
 DEFAULT_MAX_REQUEST_BYTES = 64 * MiB
 ANONYMOUS = HEClient(
-    name="anonymous", token_sha256="0" * 64, query_budget=None, requests_per_minute=1_000_000
+    name="anonymous", token_sha256="0" * 64, query_budget="unlimited", requests_per_minute=1_000_000
 )
 _METHODS = ("GetModelInfo", "OpenSession", "Predict", "CloseSession")
 _Reply = TypeVar("_Reply")

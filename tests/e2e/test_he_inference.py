@@ -97,24 +97,19 @@ def test_a_clinic_gets_encrypted_predictions_from_a_released_model(
         )
         wait_for_port(port, timeout=120)
         out = tmp_path / "predictions.csv"
-        result = _fedward(
-            "he",
-            "predict",
-            "--server",
-            f"127.0.0.1:{port}",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--ca-cert",
-            str(tls_files.ca),
-            "--token-file",
-            str(tmp_path / "token.txt"),
-            "--id-column",
-            "patient_id",
-            env=env,
-            check=False,
-        )
+
+        def predict(
+            data: Path, out: Path, token: Path, *extra: str
+        ) -> subprocess.CompletedProcess[str]:
+            return _fedward(
+                *("he", "predict", "--server", f"127.0.0.1:{port}", "--data", str(data)),
+                *("--out", str(out), "--ca-cert", str(tls_files.ca), "--token-file", str(token)),
+                *extra,
+                env=env,
+                check=False,
+            )
+
+        result = predict(data, out, tmp_path / "token.txt", "--id-column", "patient_id")
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"{len(table)} predictions written" in result.stderr
         with out.open() as fh:
@@ -136,44 +131,14 @@ def test_a_clinic_gets_encrypted_predictions_from_a_released_model(
         # A CSV without a model column is refused naming it; the server serves on.
         broken = tmp_path / "broken.csv"
         table.drop(columns=["age"]).to_csv(broken, index=False)
-        refused = _fedward(
-            "he",
-            "predict",
-            "--server",
-            f"127.0.0.1:{port}",
-            "--data",
-            str(broken),
-            "--out",
-            str(tmp_path / "never.csv"),
-            "--ca-cert",
-            str(tls_files.ca),
-            "--token-file",
-            str(tmp_path / "token.txt"),
-            env=env,
-            check=False,
-        )
+        refused = predict(broken, tmp_path / "never.csv", tmp_path / "token.txt")
         assert refused.returncode != 0
         assert "missing column(s) age" in refused.stderr
         assert not (tmp_path / "never.csv").exists()
 
         # A wrong token is refused by the running server with its gRPC status.
         (tmp_path / "bad.txt").write_text("not-the-token")
-        denied = _fedward(
-            "he",
-            "predict",
-            "--server",
-            f"127.0.0.1:{port}",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "never.csv"),
-            "--ca-cert",
-            str(tls_files.ca),
-            "--token-file",
-            str(tmp_path / "bad.txt"),
-            env=env,
-            check=False,
-        )
+        denied = predict(data, tmp_path / "never.csv", tmp_path / "bad.txt")
         assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr
 
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read()

@@ -20,7 +20,7 @@ from fedward.common import he_inference_pb2_grpc as pb_grpc
 from fedward.common.errors import ConfigError
 from fedward.common.he_context import new_secret_context, public_context_bytes
 from fedward.common.he_params import CKKSParameters, parameters_for_depth
-from fedward.server.he_access import Access, add_client, load_clients
+from fedward.server.he_access import Access, LimitReached, add_client, load_clients
 from fedward.server.he_model import HEModel, load_run_model
 from fedward.server.he_service import (
     EncryptedInferenceService,
@@ -462,3 +462,18 @@ def test_a_csv_is_streamed_in_batches_with_ids_rounding_and_threshold(
     probs = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(probs, np.round(exact, 2), atol=1e-9)
     assert all(int(r["predicted_class"]) == int(float(r["probability"]) >= 0.3) for r in rows)
+
+
+def test_a_budget_can_be_unlimited_or_zero_and_survives_the_clients_file(tmp_path: Path) -> None:
+    file = tmp_path / "clients.toml"
+    open_token = add_client(file, "open", query_budget=None, requests_per_minute=60)
+    frozen_token = add_client(file, "frozen", query_budget=0, requests_per_minute=60)
+    clients = {c.name: c for c in load_clients(file).values()}
+    assert clients["open"].budget is None and clients["frozen"].budget == 0
+    assert open_token not in file.read_text() and frozen_token not in file.read_text()
+    with pytest.raises(ConfigError, match="already exists"):
+        add_client(file, "open", query_budget=1, requests_per_minute=1)
+    access = Access.open(load_clients(file), tmp_path / "state")
+    with pytest.raises(LimitReached, match="0 of 0"):
+        access.usage.charge(clients["frozen"], 1, "r1")
+    assert access.usage.charge(clients["open"], 10**6, "r2") is None
