@@ -29,6 +29,7 @@ from fedward.client.budget import BudgetRefusal, SiteBudget
 from fedward.client.ledger import Ledger, LedgerError
 from fedward.client.site import PreparedSite, Site, open_site, prepare
 from fedward.client.training import DPSettings, predict_scores, train_local
+from fedward.client.withdrawal import refuse_if_withdrawn
 from fedward.common.code_identity import code_hash
 from fedward.common.config import BASELINE_FAMILIES, ModelConfig, RunConfig
 from fedward.common.egress import egress_mod
@@ -243,6 +244,10 @@ def build_request(
     except LedgerError as exc:
         exc.site = site.name  # so the coordinator's records name the site, not a node id
         raise
+    # A run the site withdrew from is refused like an unapproved one, whatever its approval says.
+    refuse_if_withdrawn(
+        ledger.dir, site=site.name, run_id=run_id, run=run, cfg=cfg, config_file=site.config_file
+    )
     _check_approval(req)
     return req
 

@@ -1,9 +1,12 @@
-"""The site operator's commands: `fedward site approve | ledger | verify | metrics`.
+"""The site operator's commands: `fedward site init | check | approve | ledger | verify | metrics |
+withdraw | withdrawals`.
 
-Registered on the root `fedward` command through the ``fedward.cli`` entry point. The site approves
-what it runs (run configs by hash, its fedward code by hash), shows its privacy ledger and budget to an
-auditor, checks the ledger's hash chain, and serves its budget to Prometheus. Every command reads the
-site config's own ``state_dir``; only ``approve`` writes to the ledger (its approvals table).
+Registered on the root `fedward` command through the ``fedward.cli`` entry point. The site writes its
+config (``init``) and checks it without training (``check``), approves what it runs (run configs by
+hash, its fedward code by hash), shows its privacy ledger and budget to an auditor, checks the
+ledger's hash chain, serves its budget to Prometheus, and withdraws from runs. Every command reads
+the site config's own ``state_dir``; only ``approve`` writes to the ledger (its approvals table),
+and ``withdraw`` appends to the withdrawals file beside it.
 
 The accounting modules (Opacus, torch) are imported inside the commands that need them, so other
 `fedward` commands do not pay for them.
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
 console = Console(soft_wrap=True)
 
 site_app = typer.Typer(
-    help="Site operator: approve runs and code, show and verify the privacy ledger, serve metrics.",
+    help="Site operator: set up and check the site, approve runs and code, show and verify the "
+    "privacy ledger, serve metrics, withdraw from runs.",
     no_args_is_help=True,
 )
 
@@ -351,6 +355,361 @@ def metrics(
 
     serve_metrics(site, host, port, rows=rows, on_ready=ready)
     console.print("metrics server stopped")
+
+
+# ---- init ------------------------------------------------------------------------------------
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stdin.isatty()
+
+
+@site_app.command("init")
+def init(
+    config: Annotated[
+        Path, typer.Argument(help="The site config TOML to write.", metavar="SITE.toml")
+    ] = Path("site.toml"),
+    name: Annotated[
+        str | None, typer.Option("--name", help="The site's name, e.g. st-mary.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The data file (CSV or Parquet).", metavar="FILE")
+    ] = None,
+    data_format: Annotated[
+        str, typer.Option("--format", help="auto (by suffix), csv or parquet.")
+    ] = "auto",
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--schema",
+            help="The data schema TOML; default: schema.toml next to the site config.",
+            metavar="FILE",
+        ),
+    ] = None,
+    infer_schema: Annotated[
+        bool | None,
+        typer.Option(
+            "--infer-schema/--no-infer-schema",
+            help="Write a schema skeleton inferred from the data file's header and types.",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="With --infer-schema: the outcome column.")
+    ] = None,
+    positive: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--positive", help="With --infer-schema: a label value meaning positive (repeatable)."
+        ),
+    ] = None,
+    positive_above: Annotated[
+        float | None,
+        typer.Option("--positive-above", help="With --infer-schema: labels above it are positive."),
+    ] = None,
+    patient_id: Annotated[
+        str | None,
+        typer.Option("--patient-id", help="With --infer-schema: the patient id column, if any."),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The state folder (privacy ledger); default: state/ next to the site config.",
+            metavar="DIR",
+        ),
+    ] = None,
+    dataset_id: Annotated[
+        str | None,
+        typer.Option("--dataset-id", help="The budget's key in the ledger; default: the name."),
+    ] = None,
+    total_epsilon: Annotated[
+        float | None, typer.Option("--total-epsilon", help="Lifetime ε (default 10).")
+    ] = None,
+    total_delta: Annotated[
+        float | None,
+        typer.Option("--total-delta", help="Lifetime δ (default: below 1/(10 × rows))."),
+    ] = None,
+    max_epsilon_per_run: Annotated[
+        float | None,
+        typer.Option(
+            "--max-epsilon-per-run", help="The most ε one run may spend (default: no cap)."
+        ),
+    ] = None,
+    allow_non_dp: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-non-dp/--no-allow-non-dp", help="Ever allow non-DP training (default: no)."
+        ),
+    ] = None,
+    min_cell_size: Annotated[
+        int | None, typer.Option("--min-cell-size", help="Minimum cell size (default 10).")
+    ] = None,
+    superlink: Annotated[
+        str | None,
+        typer.Option("--superlink", help="For the printed SuperNode command: HOST:PORT."),
+    ] = None,
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-certificates",
+            help="For the printed SuperNode command: the CA that verifies the SuperLink.",
+            metavar="CA.pem",
+        ),
+    ] = None,
+    auth_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--auth-supernode-private-key",
+            help="For the printed SuperNode command: this node's private key (node auth).",
+            metavar="KEY",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing site config or schema.")
+    ] = False,
+    interactive: Annotated[
+        bool | None,
+        typer.Option(
+            "--interactive/--no-input",
+            help="Prompt for what the flags leave out (default: when run in a terminal).",
+        ),
+    ] = None,
+) -> None:
+    """Write a new site config (and a schema skeleton) and print its flower-supernode command.
+
+    Values the flags leave out are asked for in a terminal; nothing existing is overwritten without
+    --force.
+    """
+    from fedward.client.site_check import parse_superlink
+    from fedward.client.site_init import (
+        InitOptions,
+        complete,
+        describe,
+        supernode_command,
+        write_site,
+    )
+
+    if superlink is not None:
+        parse_superlink(superlink)  # a malformed address is an error before anything is written
+    opts = InitOptions(
+        config=config,
+        name=name,
+        data=data,
+        data_format=data_format,
+        schema=schema,
+        infer_schema=infer_schema,
+        label=label,
+        positive=list(positive or []),
+        positive_above=positive_above,
+        patient_id=patient_id,
+        state_dir=state_dir,
+        dataset_id=dataset_id,
+        total_epsilon=total_epsilon,
+        total_delta=total_delta,
+        max_epsilon_per_run=max_epsilon_per_run,
+        allow_non_dp=allow_non_dp,
+        min_cell_size=min_cell_size,
+        force=force,
+    )
+    if config.exists() and not force:  # before any question is asked
+        raise SiteCommandError(f"{config} exists; pass --force to overwrite it")
+    opts = complete(opts, interactive=_interactive() if interactive is None else interactive)
+    result = write_site(opts)
+    for line in describe(result):
+        console.print(escape(line))
+    for note in result.notes:
+        console.print(f"[yellow]note: {escape(note)}[/]")
+    console.print(
+        "\nThe site config holds no connection settings. Start this site's SuperNode with:\n"
+    )
+    console.print(
+        escape(
+            "export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1\n"
+            + supernode_command(
+                config,
+                superlink=superlink,
+                root_certificates=root_certificates,
+                auth_key=auth_key,
+            )
+        ),
+        highlight=False,
+    )
+    console.print(
+        f"\nNext: `fedward site check --site-config {escape(str(config))}"
+        + (f" --superlink {escape(superlink)}" if superlink else "")
+        + (f" --root-certificates {escape(str(root_certificates))}" if root_certificates else "")
+        + "`, then approve runs with `fedward site approve`.",
+        highlight=False,
+    )
+
+
+# ---- check -----------------------------------------------------------------------------------
+
+_STATUS_STYLE = {"ok": "green", "warning": "yellow", "FAILED": "bold red", "skipped": "dim"}
+
+
+@site_app.command("check")
+def check(
+    site_config: SiteConfigOption,
+    superlink: Annotated[
+        str | None,
+        typer.Option(
+            "--superlink",
+            help="Also test TCP and TLS to the SuperLink at HOST:PORT.",
+            metavar="HOST:PORT",
+        ),
+    ] = None,
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-certificates",
+            help="The CA that verifies the SuperLink (default: the system's trusted CAs).",
+            metavar="CA.pem",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=120, help="Seconds for the connection test.")
+    ] = 5.0,
+) -> None:
+    """Check config, schema, data, state folder, ledger and SuperLink; exit 1 if any check failed.
+
+    Nothing is trained and no data is sent: the SuperLink test is a TCP connect and a TLS handshake.
+    """
+    from fedward.client.site_check import run_checks
+
+    results = run_checks(
+        site_config, superlink=superlink, root_certificates=root_certificates, timeout=timeout
+    )
+    table = Table(title=f"Site check of {escape(str(site_config))}", header_style="bold")
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for r in results:
+        table.add_row(r.name, f"[{_STATUS_STYLE[r.status]}]{r.status}[/]", escape(r.detail))
+    console.print(table)
+    failed = [r.name for r in results if r.failed]
+    if failed:
+        console.print(f"[bold red]FAILED[/]: {escape(', '.join(failed))}")
+        raise typer.Exit(1)
+    console.print(
+        "[green]all checks passed[/]"
+        + (" (with warnings)" if any(r.status == "warning" for r in results) else "")
+    )
+
+
+# ---- withdraw --------------------------------------------------------------------------------
+
+
+@site_app.command("withdraw")
+def withdraw(
+    site_config: SiteConfigOption,
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            help="fedward's run id (it also covers the run's companion federations) or a run "
+            "config's full hash.",
+            metavar="RUN",
+        ),
+    ] = None,
+    run_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--run-config",
+            help="Withdraw from a run config (by its hash) instead of RUN.",
+            metavar="RUN.toml",
+        ),
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who withdraws; default: the OS user name.")
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why; kept at the site, never sent.")
+    ] = "",
+) -> None:
+    """Withdraw this site from a run: the ClientApp refuses every further message of it.
+
+    Nothing already in the privacy ledger changes.
+    """
+    from fedward.client.withdrawal import read_withdrawals, record_withdrawal, withdrawals_path
+
+    if (run is None) == (run_config is None):
+        raise SiteCommandError("give exactly one of RUN or --run-config RUN.toml")
+    site = load_site_config(site_config)
+    target = run if run is not None else load_run_config(run_config).config_hash()
+    target = target.strip()
+    who = (by if by is not None else _os_user()).strip()
+    if not who:
+        raise SiteCommandError("--by is empty: name the person who withdraws")
+    state = site.state_path
+    earlier = next((w for w in read_withdrawals(state) if w.run == target), None)
+    if earlier is not None:
+        console.print(
+            f"site [bold]{escape(site.name)}[/] already withdrew from {escape(earlier.describe())} "
+            f"at {earlier.withdrawn_at} (by {escape(earlier.withdrawn_by)}); nothing recorded"
+        )
+        return
+    done = record_withdrawal(state, run=target, site=site.name, by=who, reason=reason)
+    console.print(
+        f"site [bold]{escape(site.name)}[/] withdrew from {escape(done.describe())} at "
+        f"{done.withdrawn_at} by {escape(done.withdrawn_by)}"
+        + (f", reason: {escape(done.reason)}" if done.reason else "")
+        + f"\n  recorded in {escape(str(withdrawals_path(state)))}; every further message of "
+        "it is refused. The privacy ledger is unchanged: what was spent stays spent."
+    )
+    for warning in _withdrawal_warnings(site, done.run, done.match):
+        console.print(f"[yellow]note: {escape(warning)}[/]")
+
+
+def _withdrawal_warnings(site: SiteConfig, run: str, match: str) -> list[str]:
+    """A run this site never saw may be a typo: say so, without refusing (a site may withdraw early)."""
+    path = site.state_path / LEDGER_FILE
+    if not path.is_file():
+        return [f"no ledger at {path} yet: check the run id ({run}) with the coordinator"]
+    ledger = Ledger(site.state_path)
+    if match == "config-hash":
+        seen = ledger.is_approved("run-config", run) or any(
+            e.config_hash == run for e in ledger.entries()
+        )
+        return [] if seen else [f"run config {run[:12]}… was never approved or run at this site"]
+    runs = {e.run_id for e in ledger.entries()}
+    if any(r == run or r.startswith(run + "-") for r in runs):
+        return []
+    notes = [f"no ledger entry names run {run} yet (`fedward site ledger` lists the runs)"]
+    prefix = run.lower()
+    for a in ledger.approvals():
+        if a["kind"] == "run-config" and len(prefix) >= 8 and a["value"].startswith(prefix):
+            notes.append(
+                f"{run} is the start of the approved run config hash {a['value']}: to withdraw "
+                "from that config, give the full hash or --run-config RUN.toml"
+            )
+    return notes
+
+
+@site_app.command("withdrawals")
+def withdrawals(site_config: SiteConfigOption) -> None:
+    """List this site's withdrawals from runs: what, when, by whom and why."""
+    from fedward.client.withdrawal import read_withdrawals, withdrawals_path
+
+    site = load_site_config(site_config)
+    path = withdrawals_path(site.state_path)
+    found = read_withdrawals(site.state_path)
+    if not found:
+        console.print(f"site {escape(site.name)}: no withdrawals recorded ({escape(str(path))})")
+        return
+    table = Table(
+        title=f"Withdrawals of site '{escape(site.name)}' ({escape(str(path))})",
+        header_style="bold",
+    )
+    for col in ("time (UTC)", "withdrawn from", "matches", "by", "reason"):
+        table.add_column(col)
+    for w in found:
+        matches = "run config hash" if w.match == "config-hash" else "run id and its companions"
+        table.add_row(
+            _time(w.withdrawn_at), escape(w.run), matches, escape(w.withdrawn_by), escape(w.reason)
+        )
+    _print_whole(table)
 
 
 def register(app: typer.Typer) -> None:
