@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Entrypoint of the fedward coordinator and HE images (deploy/Dockerfile.coordinator, Dockerfile.he).
+#
+#   (no argument) or `superlink`   start the Flower SuperLink (TLS, SuperNode authentication, state in
+#                                  a database on the volume) and the coordinator's Prometheus metrics
+#                                  beside it (`fedward coordinator metrics`); SIGTERM stops both
+#   `he`                           serve encrypted predictions of the released model
+#                                  (`fedward he serve`); waits until a release and a clients file exist
+#   anything else                  run it as a command, e.g. `flwr supernode list fedward`
+#
+# Settings (environment; the defaults are the images' mount points, see docker-compose.yml):
+#   FEDWARD_STATE_DIR        coordinator state: superlink.db, runs/       /var/lib/fedward
+#   FEDWARD_SSL_CA_CERT, FEDWARD_SSL_CERT, FEDWARD_SSL_KEY               /etc/fedward/certs/{ca,superlink}.*
+#   FEDWARD_SUPERLINK_HOST, FEDWARD_SUPERLINK_PORT                       0.0.0.0, 8000
+#   FEDWARD_FEDERATION       name of the connection written to $FLWR_HOME/config.toml, for `flwr` and
+#                            `fedward run` inside this container                      fedward
+#   FEDWARD_METRICS          1: serve the metrics (default); 0: no metrics process
+#   FEDWARD_METRICS_HOST, FEDWARD_METRICS_PORT       0.0.0.0, 9400 (superlink) or 9103 (he)
+#   FEDWARD_HE_MODEL         release folder served                                     /models/release
+#   FEDWARD_HE_LISTEN        HOST:PORT of the HE service                               0.0.0.0:50051
+#   FEDWARD_HE_CERT, FEDWARD_HE_KEY                  /etc/fedward/certs/he.pem, he.key
+#   FEDWARD_HE_CLIENTS       clients file (tokens, budgets)                /etc/fedward/he/clients.toml
+#   FEDWARD_HE_STATE         usage ledger and request log                             /var/lib/fedward/he
+#   FEDWARD_HE_ARGS          more `fedward he serve` options, e.g. "--workers 8 --logit-noise 0.05"
+#   FEDWARD_INSECURE         1: no TLS (local trials only; prints a warning)
+set -euo pipefail
+
+MODE="${1:-superlink}"
+INSECURE="${FEDWARD_INSECURE:-0}"
+METRICS="${FEDWARD_METRICS:-1}"
+METRICS_HOST="${FEDWARD_METRICS_HOST:-0.0.0.0}"
+
+say() { echo "fedward-$MODE: $*" >&2; }
+fail() {
+  say "error: $*"
+  exit 2
+}
+
+# A file the processes need: present, a file (Docker mounts an empty folder when a bind-mounted file
+# is missing on the host) and readable by this user.
+need_file() { # PATH WHAT
+  if [ ! -e "$1" ]; then
+    fail "$2 $1 does not exist; mount it (see docs/deployment.md)"
+  elif [ -d "$1" ]; then
+    fail "$2 $1 is a folder, not a file: the file was missing on the host when the container started"
+  elif [ ! -r "$1" ]; then
+    fail "$2 $1 is not readable by uid $(id -u) (owner uid $(stat -c %u "$1"), mode $(stat -c %a "$1")); make it owned by uid $(id -u), or rebuild the images with FEDWARD_UID=$(stat -c %u "$1")"
+  fi
+}
+
+warn_insecure() {
+  say "WARNING: FEDWARD_INSECURE=1: no TLS; $1 travel unencrypted."
+  say "WARNING: For a local trial only, never across a hospital network."
+}
+
+superlink() {
+  local state="${FEDWARD_STATE_DIR:-/var/lib/fedward}"
+  local host="${FEDWARD_SUPERLINK_HOST:-0.0.0.0}"
+  local port="${FEDWARD_SUPERLINK_PORT:-8000}"
+  local ca="${FEDWARD_SSL_CA_CERT:-/etc/fedward/certs/ca.pem}"
+  local cert="${FEDWARD_SSL_CERT:-/etc/fedward/certs/superlink.pem}"
+  local key="${FEDWARD_SSL_KEY:-/etc/fedward/certs/superlink.key}"
+  local federation="${FEDWARD_FEDERATION:-fedward}"
+  local metrics_port="${FEDWARD_METRICS_PORT:-9400}"
+  mkdir -p "$state/runs"
+
+  local link=(flower-superlink --host "$host" --port "$port" --database "$state/superlink.db"
+    --enable-supernode-auth --disable-runtime-dependency-installation)
+  # The connection `flwr run`, `flwr supernode register` and `fedward run` use inside this container.
+  local home="${FLWR_HOME:-$HOME/.flwr}"
+  mkdir -p "$home"
+  {
+    echo "[superlink]"
+    echo "default = \"$federation\""
+    echo
+    echo "[superlink.$federation]"
+    echo "address = \"127.0.0.1:$port\""
+    if [ "$INSECURE" = 1 ]; then
+      echo "insecure = true"
+    else
+      echo "root-certificates = \"$ca\""
+    fi
+  } >"$home/config.toml"
+
+  if [ "$INSECURE" = 1 ]; then
+    warn_insecure "model updates, run configs and node registrations"
+    link+=(--insecure)
+  else
+    need_file "$ca" "CA certificate"
+    need_file "$cert" "SuperLink certificate"
+    need_file "$key" "SuperLink private key"
+    link+=(--ssl-ca-certfile "$ca" --ssl-certfile "$cert" --ssl-keyfile "$key")
+  fi
+
+  PIDS=()
+  STOPPING=0
+  trap 'STOPPING=1; say "stopping"; stop_all' TERM INT
+  say "starting: ${link[*]}"
+  "${link[@]}" &
+  PIDS+=("$!")
+  if [ "$METRICS" = 1 ]; then
+    local metrics=(fedward coordinator metrics --runs "$state/runs" --host "$METRICS_HOST"
+      --port "$metrics_port")
+    say "starting: ${metrics[*]}"
+    "${metrics[@]}" &
+    PIDS+=("$!")
+  fi
+  supervise
+}
+
+stop_all() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+}
+
+# Whichever process stops first (or a signal) stops the others: the container then exits and its
+# restart policy decides what happens next.
+supervise() {
+  local status pid
+  set +e
+  wait -n "${PIDS[@]}"
+  status=$?
+  if [ "$STOPPING" = 0 ]; then
+    say "a process exited with status $status; stopping the others"
+    stop_all
+  fi
+  for pid in "${PIDS[@]}"; do
+    wait "$pid"
+  done
+  if [ "$STOPPING" = 1 ]; then
+    exit 0
+  fi
+  exit "$status"
+}
+
+he() {
+  local model="${FEDWARD_HE_MODEL:-/models/release}"
+  local clients="${FEDWARD_HE_CLIENTS:-/etc/fedward/he/clients.toml}"
+  local cert="${FEDWARD_HE_CERT:-/etc/fedward/certs/he.pem}"
+  local key="${FEDWARD_HE_KEY:-/etc/fedward/certs/he.key}"
+  local serve=(fedward he serve --model "$model" --listen "${FEDWARD_HE_LISTEN:-0.0.0.0:50051}"
+    --clients "$clients" --state "${FEDWARD_HE_STATE:-/var/lib/fedward/he}")
+  if [ "$INSECURE" = 1 ]; then
+    warn_insecure "API tokens and ciphertexts"
+    serve+=(--insecure)
+  else
+    need_file "$cert" "HE service certificate"
+    need_file "$key" "HE service private key"
+    serve+=(--tls-cert "$cert" --tls-key "$key")
+  fi
+  if [ "$METRICS" = 1 ]; then
+    serve+=(--metrics-port "${FEDWARD_METRICS_PORT:-9103}" --metrics-host "$METRICS_HOST")
+  fi
+  if [ -n "${FEDWARD_HE_ARGS:-}" ]; then
+    # shellcheck disable=SC2206 # split on purpose: a list of options
+    serve+=(${FEDWARD_HE_ARGS})
+  fi
+
+  # Nothing to serve until a model passed the release gate and a clinic has a token: wait, saying
+  # what is missing, instead of restarting in a loop.
+  NAP=""
+  trap 'say "stopping"; [ -z "$NAP" ] || kill "$NAP" 2>/dev/null; exit 0' TERM INT
+  local waited=0
+  while [ ! -f "$model/MANIFEST.json" ] || [ ! -f "$clients" ]; do
+    if [ $((waited % 300)) = 0 ]; then
+      [ -f "$model/MANIFEST.json" ] ||
+        say "waiting for a release at $model (export one and link it, see docs/deployment.md)"
+      [ -f "$clients" ] ||
+        say "waiting for the clients file $clients (fedward he add-client NAME --clients $clients)"
+    fi
+    sleep 5 &
+    NAP=$!
+    wait "$NAP" || true
+    waited=$((waited + 5))
+  done
+  trap - TERM INT
+  say "starting: ${serve[*]}"
+  exec "${serve[@]}"
+}
+
+case "$MODE" in
+  superlink) superlink ;;
+  he) he ;;
+  *) exec "$@" ;;
+esac

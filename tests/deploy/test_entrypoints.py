@@ -1,0 +1,300 @@
+"""The images' entrypoints, run here with stand-ins for flower-supernode, flower-superlink and fedward
+that record their arguments: the flags each process gets, TLS unless FEDWARD_INSECURE=1 (with a
+warning), early errors naming a missing file, and SIGTERM stopping every process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import REPO
+
+SITE_ENTRYPOINT = REPO / "deploy" / "site-entrypoint.sh"
+COORDINATOR_ENTRYPOINT = REPO / "deploy" / "coordinator-entrypoint.sh"
+
+# Records its arguments (one a line) as <command>[-<sub>-<subsub>].<pid>.args, then runs until SIGTERM;
+# `fedward config check` succeeds at once; the command named by STUB_EXIT exits 3 as soon as another
+# stand-in is running.
+STUB = r"""#!/usr/bin/env bash
+key=$(basename "$0")
+if [ "$key" = fedward ]; then key="$key-$1-$2"; fi
+printf '%s\n' "$@" > "$STUB_LOG/$key.$$.args"
+[ "$key" = fedward-config-check ] && exit 0
+if [ "$key" = "${STUB_EXIT:-}" ]; then
+  for _ in $(seq 400); do
+    if compgen -G "$STUB_LOG/*.ready" >/dev/null; then exit 3; fi
+    sleep 0.05
+  done
+  exit 3
+fi
+trap 'touch "$STUB_LOG/$key.$$.stopped"; exit 0' TERM
+touch "$STUB_LOG/$key.$$.ready"
+while :; do sleep 0.05; done
+"""
+
+
+@dataclass
+class Started:
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def args(self, key: str) -> list[str]:
+        (found,) = self.log.glob(f"{key}.*.args")
+        return found.read_text().splitlines()
+
+    def wait_ready(self, *keys: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(list(self.log.glob(f"{k}.*.ready")) for k in keys):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"entrypoint exited {self.proc.returncode}: {self.stderr()}")
+            time.sleep(0.05)
+        raise AssertionError(f"not started after {timeout} s: {keys}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def stopped(self, key: str) -> bool:
+        return bool(list(self.log.glob(f"{key}.*.stopped")))
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        if self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def run_entrypoint(tmp_path: Path) -> Iterator:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("flower-supernode", "flower-superlink", "fedward"):
+        (bin_dir / name).write_text(STUB)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "log"
+    log.mkdir()
+    started: list[Started] = []
+
+    def start(script: Path, env: dict[str, str], *args: str) -> Started:
+        full = {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "HOME": str(tmp_path / "home"),
+            "STUB_LOG": str(log),
+            **env,
+        }
+        proc = subprocess.Popen(
+            ["bash", str(script), *args], env=full, stderr=subprocess.PIPE, text=True
+        )
+        started.append(Started(proc, log))
+        return started[-1]
+
+    yield start
+    for s in started:  # only what this test started, by pid
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+    for ready in log.glob("*.ready"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(ready.name.split(".")[-2]), signal.SIGKILL)
+
+
+def files(tmp_path: Path, *names: str) -> dict[str, Path]:
+    out = {}
+    for name in names:
+        path = tmp_path / "mnt" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        out[name] = path
+    return out
+
+
+def site_env(tmp_path: Path) -> dict[str, str]:
+    f = files(tmp_path, "site.toml", "ca.pem", "node")
+    return {
+        "FEDWARD_SITE_CONFIG": str(f["site.toml"]),
+        "FEDWARD_CA_CERT": str(f["ca.pem"]),
+        "FEDWARD_NODE_KEY": str(f["node"]),
+    }
+
+
+def coordinator_env(tmp_path: Path) -> dict[str, str]:
+    f = files(tmp_path, "ca.pem", "superlink.pem", "superlink.key")
+    return {
+        "FEDWARD_STATE_DIR": str(tmp_path / "state"),
+        "FEDWARD_SSL_CA_CERT": str(f["ca.pem"]),
+        "FEDWARD_SSL_CERT": str(f["superlink.pem"]),
+        "FEDWARD_SSL_KEY": str(f["superlink.key"]),
+        "FLWR_HOME": str(tmp_path / "flwr"),
+    }
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_site_starts_supernode_with_tls_node_auth_and_site_config(
+    run_entrypoint, tmp_path: Path
+) -> None:
+    env = site_env(tmp_path)
+    site = run_entrypoint(SITE_ENTRYPOINT, env)
+    site.wait_ready("flower-supernode", "fedward-site-metrics")
+    node = site.args("flower-supernode")
+    assert flag(node, "--superlink") == "superlink:8000"
+    assert flag(node, "--root-certificates") == env["FEDWARD_CA_CERT"]
+    assert flag(node, "--auth-supernode-private-key") == env["FEDWARD_NODE_KEY"]
+    assert flag(node, "--node-config") == f"site-config='{env['FEDWARD_SITE_CONFIG']}'"
+    assert "--insecure" not in node
+    metrics = site.args("fedward-site-metrics")
+    assert flag(metrics, "--site-config") == env["FEDWARD_SITE_CONFIG"]
+    assert (flag(metrics, "--host"), flag(metrics, "--port")) == ("0.0.0.0", "9101")
+    assert site.args("fedward-config-check")[2:] == [env["FEDWARD_SITE_CONFIG"], "--kind", "site"]
+
+
+def test_sigterm_stops_the_supernode_and_the_metrics(run_entrypoint, tmp_path: Path) -> None:
+    site = run_entrypoint(SITE_ENTRYPOINT, site_env(tmp_path))
+    site.wait_ready("flower-supernode", "fedward-site-metrics")
+    assert site.stop() == 0
+    assert site.stopped("flower-supernode") and site.stopped("fedward-site-metrics")
+
+
+def test_when_one_process_dies_the_other_is_stopped_and_the_container_fails(
+    run_entrypoint, tmp_path: Path
+) -> None:
+    env = {**site_env(tmp_path), "STUB_EXIT": "fedward-site-metrics"}
+    site = run_entrypoint(SITE_ENTRYPOINT, env)
+    assert site.proc.wait(timeout=20) == 3
+    assert site.stopped("flower-supernode")
+    assert "exited with status 3" in site.stderr()
+
+
+def test_site_insecure_only_with_the_flag_and_says_so(run_entrypoint, tmp_path: Path) -> None:
+    env = {**site_env(tmp_path), "FEDWARD_INSECURE": "1"}
+    Path(env.pop("FEDWARD_CA_CERT")).unlink()  # no CA needed without TLS
+    site = run_entrypoint(SITE_ENTRYPOINT, env)
+    site.wait_ready("flower-supernode")
+    node = site.args("flower-supernode")
+    assert "--insecure" in node and "--root-certificates" not in node
+    assert "--auth-supernode-private-key" in node  # node authentication stays on
+    assert site.stop() == 0
+    assert "WARNING: FEDWARD_INSECURE=1" in site.stderr()
+
+
+def test_site_refuses_to_start_without_its_ca_naming_the_file(
+    run_entrypoint, tmp_path: Path
+) -> None:
+    env = site_env(tmp_path)
+    Path(env["FEDWARD_CA_CERT"]).unlink()
+    site = run_entrypoint(SITE_ENTRYPOINT, env)
+    assert site.proc.wait(timeout=20) == 2
+    assert env["FEDWARD_CA_CERT"] in site.stderr()
+    assert not list(site.log.glob("flower-supernode.*"))
+
+
+def test_site_says_when_a_mounted_file_arrived_as_a_folder(run_entrypoint, tmp_path: Path) -> None:
+    env = site_env(tmp_path)
+    Path(env["FEDWARD_NODE_KEY"]).unlink()
+    Path(env["FEDWARD_NODE_KEY"]).mkdir()  # what Docker makes of a missing bind-mounted file
+    site = run_entrypoint(SITE_ENTRYPOINT, env)
+    assert site.proc.wait(timeout=20) == 2
+    assert "is a folder, not a file" in site.stderr()
+
+
+def test_site_entrypoint_runs_other_commands_as_given(run_entrypoint, tmp_path: Path) -> None:
+    done = run_entrypoint(SITE_ENTRYPOINT, {}, "bash", "-c", "echo ran >&2")
+    assert done.proc.wait(timeout=20) == 0
+    assert done.stderr().strip() == "ran"
+
+
+def test_coordinator_starts_superlink_with_tls_auth_database_and_metrics(
+    run_entrypoint, tmp_path: Path
+) -> None:
+    env = coordinator_env(tmp_path)
+    coordinator = run_entrypoint(COORDINATOR_ENTRYPOINT, env)
+    coordinator.wait_ready("flower-superlink", "fedward-coordinator-metrics")
+    link = coordinator.args("flower-superlink")
+    assert flag(link, "--ssl-ca-certfile") == env["FEDWARD_SSL_CA_CERT"]
+    assert flag(link, "--ssl-certfile") == env["FEDWARD_SSL_CERT"]
+    assert flag(link, "--ssl-keyfile") == env["FEDWARD_SSL_KEY"]
+    assert flag(link, "--database") == f"{env['FEDWARD_STATE_DIR']}/superlink.db"
+    assert (flag(link, "--host"), flag(link, "--port")) == ("0.0.0.0", "8000")
+    assert "--enable-supernode-auth" in link
+    assert "--disable-runtime-dependency-installation" in link
+    assert "--insecure" not in link
+    metrics = coordinator.args("fedward-coordinator-metrics")
+    assert flag(metrics, "--runs") == f"{env['FEDWARD_STATE_DIR']}/runs"
+    assert (flag(metrics, "--host"), flag(metrics, "--port")) == ("0.0.0.0", "9400")
+    # The connection `flwr run`, `flwr supernode register` and `fedward run` use in the container.
+    config = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())
+    assert config["superlink"]["default"] == "fedward"
+    assert config["superlink"]["fedward"] == {
+        "address": "127.0.0.1:8000",
+        "root-certificates": env["FEDWARD_SSL_CA_CERT"],
+    }
+    assert coordinator.stop() == 0
+    assert coordinator.stopped("flower-superlink")
+    assert coordinator.stopped("fedward-coordinator-metrics")
+
+
+def test_coordinator_insecure_only_with_the_flag_and_says_so(
+    run_entrypoint, tmp_path: Path
+) -> None:
+    env = {**coordinator_env(tmp_path), "FEDWARD_INSECURE": "1"}
+    coordinator = run_entrypoint(COORDINATOR_ENTRYPOINT, env)
+    coordinator.wait_ready("flower-superlink")
+    link = coordinator.args("flower-superlink")
+    assert "--insecure" in link and "--ssl-certfile" not in link
+    config = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())
+    assert config["superlink"]["fedward"]["insecure"] is True
+    assert coordinator.stop() == 0
+    assert "WARNING: FEDWARD_INSECURE=1" in coordinator.stderr()
+
+
+def he_env(tmp_path: Path) -> dict[str, str]:
+    f = files(tmp_path, "he.pem", "he.key", "clients.toml")
+    return {
+        "FEDWARD_HE_MODEL": str(tmp_path / "release"),
+        "FEDWARD_HE_CERT": str(f["he.pem"]),
+        "FEDWARD_HE_KEY": str(f["he.key"]),
+        "FEDWARD_HE_CLIENTS": str(f["clients.toml"]),
+        "FEDWARD_HE_STATE": str(tmp_path / "he-state"),
+    }
+
+
+def test_he_waits_for_a_release_and_stops_on_sigterm(run_entrypoint, tmp_path: Path) -> None:
+    he = run_entrypoint(COORDINATOR_ENTRYPOINT, he_env(tmp_path), "he")
+    time.sleep(0.5)
+    assert he.proc.poll() is None and not list(he.log.glob("fedward-he-serve.*"))
+    assert he.stop() == 0
+    assert f"waiting for a release at {tmp_path / 'release'}" in he.stderr()
+
+
+def test_he_serves_the_release_with_tls_tokens_state_and_metrics(
+    run_entrypoint, tmp_path: Path
+) -> None:
+    env = he_env(tmp_path)
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "MANIFEST.json").write_text("{}")
+    he = run_entrypoint(COORDINATOR_ENTRYPOINT, env, "he")
+    he.wait_ready("fedward-he-serve")
+    serve = he.args("fedward-he-serve")
+    assert flag(serve, "--model") == env["FEDWARD_HE_MODEL"]
+    assert flag(serve, "--listen") == "0.0.0.0:50051"
+    assert flag(serve, "--tls-cert") == env["FEDWARD_HE_CERT"]
+    assert flag(serve, "--tls-key") == env["FEDWARD_HE_KEY"]
+    assert flag(serve, "--clients") == env["FEDWARD_HE_CLIENTS"]
+    assert flag(serve, "--state") == env["FEDWARD_HE_STATE"]
+    assert (flag(serve, "--metrics-host"), flag(serve, "--metrics-port")) == ("0.0.0.0", "9103")
+    assert "--insecure" not in serve and "--no-auth" not in serve
+    assert he.stop() == 0
+    assert he.stopped("fedward-he-serve")
