@@ -480,3 +480,7 @@ def register(app: typer.Typer) -> None:
     from fedward.server.he_cli import register_he
 
     register_he(app)
+    from fedward.server.run_cli import coordinator_app, run
+
+    app.command("run")(run)
+    app.add_typer(coordinator_app, name="coordinator")
