@@ -89,8 +89,10 @@ def settings_from_context(context: Context) -> CoordinatorSettings:
     if str(rc.get("run-name", "")):
         updates["name"] = str(rc["run-name"])
     privacy: dict[str, Any] = {}
-    if str(rc.get("dp", "")) in ("true", "false"):
-        privacy["dp"] = str(rc["dp"]) == "true"
+    # `flwr run -c dp=false` arrives as a bool, a TOML file's dp = "false" as a string.
+    dp = rc.get("dp", "")
+    if isinstance(dp, bool) or str(dp).lower() in ("true", "false"):
+        privacy["dp"] = dp if isinstance(dp, bool) else str(dp).lower() == "true"
     if float(rc.get("target-epsilon", -1.0)) > 0:
         privacy["target_epsilon"] = float(rc["target-epsilon"])
     data = run.model_dump(mode="json")

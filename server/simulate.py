@@ -110,7 +110,12 @@ def follow_progress(
                     if not line.endswith("\n"):
                         break
                     offset += len(line.encode())
-                    state.apply(json.loads(line))
+                    try:
+                        event = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a damaged line must not end the live view of a run
+                    if isinstance(event, dict):
+                        state.apply(event)
             on_update(state)
         if stop.is_set():
             return state

@@ -43,3 +43,5 @@ def test_every_command_group_is_registered() -> None:
     done = fedward("--help")
     assert done.returncode == 0
     assert "simulate" in done.stdout and "config" in done.stdout
+    for group in ("run", "coordinator", "site", "he", "release", "audit", "card"):
+        assert group in done.stdout, group
