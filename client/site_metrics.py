@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,6 +33,7 @@ from fedward.common.audit_keys import ATTACKS
 from fedward.common.config import SiteConfig
 from fedward.common.datasource import load_table
 from fedward.common.errors import FedwardError
+from fedward.common.metrics_http import serve_registry
 
 log = logging.getLogger(__name__)
 
@@ -344,33 +343,12 @@ def serve_metrics(
 
     Signal handlers are installed only from the main thread; from any other, set ``stop``.
     """
-    stop = stop or threading.Event()
     registry = metrics_registry(site, rows)
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def cannot_bind(exc: OSError) -> Exception:
+        return MetricsServerError(
+            f"site '{site.name}': cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+            "choose another --port or stop the process that holds it"
+        )
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            httpd, thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise MetricsServerError(
-                f"site '{site.name}': cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
-                "choose another --port or stop the process that holds it"
-            ) from exc
-        try:
-            bound_port = int(httpd.server_address[1])
-            if on_ready is not None:
-                on_ready(f"http://{host}:{bound_port}/metrics")
-            while not stop.wait(0.5):
-                pass
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    serve_registry(registry, host, port, cannot_bind=cannot_bind, on_ready=on_ready, stop=stop)

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from fedward.common.errors import FedwardError
+from fedward.common.metrics_http import serve_registry
 
 log = logging.getLogger(__name__)
 
@@ -426,36 +425,15 @@ def serve_metrics(
 
     Signal handlers are installed only from the main thread; from any other, set ``stop``.
     """
-    stop = stop or threading.Event()
     registry = metrics_registry(runs_dir)
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def cannot_bind(exc: OSError) -> Exception:
+        return CoordinatorMetricsError(
+            f"cannot serve coordinator metrics on {host}:{port} ({exc.strerror or exc}); "
+            "choose another --port or stop the process that holds it"
+        )
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            httpd, thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise CoordinatorMetricsError(
-                f"cannot serve coordinator metrics on {host}:{port} ({exc.strerror or exc}); "
-                "choose another --port or stop the process that holds it"
-            ) from exc
-        try:
-            bound_port = int(httpd.server_address[1])
-            if on_ready is not None:
-                on_ready(f"http://{host}:{bound_port}/metrics")
-            while not stop.wait(0.5):
-                pass
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    serve_registry(registry, host, port, cannot_bind=cannot_bind, on_ready=on_ready, stop=stop)
 
 
 def describe_runs_dir(runs_dir: str | Path) -> str:

@@ -113,6 +113,6 @@ def he_release(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.server.he_support import make_tls
+    from tests.tls import make_tls
 
     return make_tls(tmp_path_factory.mktemp("tls"))

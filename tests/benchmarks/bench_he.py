@@ -52,7 +52,8 @@ from fedward.server.he_service import (
     TLSFiles,
     start_server,
 )
-from tests.server.he_support import heart_disease_test_rows, make_tls, train_run
+from tests.server.he_support import heart_disease_test_rows, train_run
+from tests.tls import make_tls
 
 KINDS = ("logistic", "mlp")
 LABEL = {"logistic": "LR", "mlp": "MLP 16 square"}

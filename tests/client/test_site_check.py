@@ -3,8 +3,6 @@ the ClientApp meets them, and the SuperLink's TCP port and TLS certificate, on l
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import socket
 import sqlite3
 import ssl
@@ -16,10 +14,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner, Result
 
 from fedward.client.cli import register
@@ -28,6 +22,7 @@ from fedward.client.site_check import CheckResult, check_superlink, run_checks
 from fedward.client.withdrawal import WITHDRAWALS_FILE
 from fedward.common.config import load_site_config
 from fedward.common.datasets.bundled import write_site_files
+from tests.tls import make_tls
 
 
 def fedward_site(*args: str | Path) -> Result:
@@ -160,62 +155,12 @@ class Certs:
     other_ca: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn: str, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A throwaway CA, a SuperLink certificate for 127.0.0.1 and localhost, and an unrelated CA."""
-    folder = tmp_path_factory.mktemp("tls")
-    now = dt.datetime.now(dt.UTC)
-    ca_cert, ca_key = _ca("fedward test CA", now)
-    other, _ = _ca("some other CA", now)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("superlink"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    out = Certs(folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "o.pem")
-    out.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    out.other_ca.write_bytes(other.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return out
+    tls = make_tls(tmp_path_factory.mktemp("tls"))
+    other = make_tls(tmp_path_factory.mktemp("other-tls"))
+    return Certs(tls.ca, tls.cert, tls.key, other.ca)
 
 
 @contextmanager

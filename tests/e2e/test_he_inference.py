@@ -17,7 +17,8 @@ from fedward.client.he_predict import preprocess
 from fedward.common.config import RunConfig
 from fedward.common.preprocessing import SharedTransform
 from tests.e2e.processes import BIN, ProcessGroup, flower_env, free_port, wait_for_port
-from tests.server.he_support import TLS, heart_disease_test_rows
+from tests.server.he_support import heart_disease_test_rows
+from tests.tls import TLS
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ from fedward.server.app import settings_from_context
     ("value", "dp"), [(False, False), ("false", False), (True, True), ("", True)]
 )
 def test_the_dp_key_reads_a_bool_from_flwr_run_and_a_string_from_toml(
-    value: object, dp: bool
+    value: bool | str, dp: bool
 ) -> None:
     context = Context(
         run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"dp": value}

@@ -28,7 +28,7 @@ from fedward.server.he_service import (
     TLSFiles,
     start_server,
 )
-from tests.server.he_support import TLS
+from tests.tls import TLS
 
 MiB = 1 << 20
 
