@@ -1,7 +1,8 @@
 """TenSEAL contexts for encrypted inference: the clinic's secret one and the public one it sends.
 
-The clinic encrypts with a symmetric (secret-key) context: fresh ciphertexts are then smaller and
-the server, which only multiplies by plaintexts, adds and squares, needs no public key at all. What
+The clinic encrypts with a symmetric (secret-key) context: the server, which only multiplies by
+plaintexts, adds and squares, needs no public key at all, so none is made or sent. (TenSEAL 0.3.18
+serialises symmetric ciphertexts at full size, so this saves no upload.) What
 the server receives is the parameters plus, for an MLP, the relinearisation keys; never a secret
 key, which ``load_public_context`` refuses outright.
 """
