@@ -31,9 +31,9 @@ from fedward.client.site import PreparedSite, Site, open_site, prepare
 from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.client.withdrawal import refuse_if_withdrawn
 from fedward.common.code_identity import code_hash
-from fedward.common.config import BASELINE_FAMILIES, ModelConfig, RunConfig
+from fedward.common.config import BASELINE_FAMILIES, ModelConfig, RunConfig, validate_config
 from fedward.common.egress import egress_mod
-from fedward.common.errors import FedwardError, PolicyError, SiteDataError
+from fedward.common.errors import FedwardError, MessageError, PolicyError, SiteDataError
 from fedward.common.metrics import metric_panel, score_histogram
 from fedward.common.models import build_model, select_device
 from fedward.common.preprocessing import SharedTransform, site_aggregates
@@ -72,8 +72,31 @@ from fedward.common.protocol import (
 from fedward.common.schema import DataSchema
 from fedward.common.splits import SPLIT_NAMES
 
-app = ClientApp(mods=[egress_mod])
 
+class _SiteApp(ClientApp):
+    """Flower's ClientApp, answering a message type it has no handler for with a refusal.
+
+    Flower raises for such a message; the SuperNode survives it, but the coordinator then only
+    learns that the app raised. The site names what it was asked instead.
+    """
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        kind = message.metadata.message_type
+        if kind.removesuffix(".default") not in HANDLED_MESSAGE_TYPES:
+            known = ", ".join(HANDLED_MESSAGE_TYPES)
+            return _failure(
+                message,
+                context,
+                MessageError(
+                    "message_type", None, f"'{kind}' is not one this site answers ({known})"
+                ),
+            )
+        return super().__call__(message, context)
+
+
+app = _SiteApp(mods=[egress_mod])
+
+HANDLED_MESSAGE_TYPES = ("train", "evaluate", "query", MSG_BASELINES, MSG_AUDIT, MSG_PROFILE)
 PRIVACY_UNIT = "record"  # sample-level DP-SGD: one row of one site's table
 PURPOSES = (PURPOSE_RUN, PURPOSE_TUNING, PURPOSE_CONTROL, PURPOSE_BASELINE)
 
@@ -105,7 +128,10 @@ class Request:
 
     @property
     def server_round(self) -> int:
-        return int(self.cfg.get("server-round", 0))
+        value = self.cfg.get("server-round", 0)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise MessageError(CONFIG, "server-round", f"must be a round number, got {value!r}")
+        return int(value)
 
     @property
     def dataset(self) -> str:
@@ -136,7 +162,13 @@ class Request:
         )
 
     def transform(self) -> SharedTransform:
-        return SharedTransform.from_dict(json.loads(str(self.cfg[KEY_TRANSFORM])))
+        data = config_json(self.cfg, KEY_TRANSFORM)
+        try:
+            return SharedTransform.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MessageError(
+                CONFIG, KEY_TRANSFORM, f"not a fedward preprocessing transform ({exc!r})"
+            ) from None
 
     def features(self, transform: SharedTransform, split: str) -> tuple[torch.Tensor, np.ndarray]:
         frame, labels = self.prepared.rows(split)
@@ -148,7 +180,16 @@ class Request:
         )
         if self.weights is None:
             raise PolicyError(self.site.name, "the coordinator sent no model weights")
-        model.load_state_dict(dict(self.weights))
+        try:
+            model.load_state_dict(dict(self.weights))
+        except RuntimeError as exc:
+            # Torch names the layers and shapes that differ: no site data is in the text.
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][1:4]
+            raise MessageError(
+                ARRAYS,
+                None,
+                "the coordinator's weights do not fit the run's model: " + " ".join(lines),
+            ) from None
         return model
 
 
@@ -165,13 +206,37 @@ def _state_dir(site: Site, cfg: Mapping[str, Any]) -> Path:
     return Path(site.state_dir)
 
 
+def config_json(cfg: Mapping[str, Any], key: str, default: str | None = None) -> Any:
+    """A JSON value of the coordinator's ConfigRecord; a missing key or bad JSON names the key."""
+    text = cfg.get(key, default)
+    if text is None:
+        raise MessageError(CONFIG, key, "missing")
+    if not isinstance(text, str):
+        raise MessageError(CONFIG, key, f"must be JSON text, got {type(text).__name__}")
+    try:
+        return json.loads(text or default or "null")
+    except json.JSONDecodeError as exc:
+        raise MessageError(CONFIG, key, f"not valid JSON ({exc})") from None
+
+
 def _check_ledger_head(req: Request) -> None:
     """Refuse when the ledger does not extend the head the coordinator saw last (a rollback)."""
-    heads = json.loads(str(req.cfg.get(KEY_LEDGER_HEADS, "{}") or "{}"))
+    heads = config_json(req.cfg, KEY_LEDGER_HEADS, "{}")
+    if not isinstance(heads, dict):
+        raise MessageError(CONFIG, KEY_LEDGER_HEADS, "must be a JSON object {site: [seq, hash]}")
     seen = heads.get(req.site.name)
     if not seen:
         return
-    seq, head = int(seen[0]), str(seen[1])
+    if not (
+        isinstance(seen, list)
+        and len(seen) == 2
+        and isinstance(seen[0], int)
+        and isinstance(seen[1], str)
+    ):
+        raise MessageError(
+            CONFIG, KEY_LEDGER_HEADS, f"entry of site '{req.site.name}' is not [seq, hash]"
+        )
+    seq, head = seen[0], seen[1]
     if req.ledger.hash_at(seq) != head:
         raise LedgerError(
             req.ledger.path,
@@ -223,6 +288,8 @@ def _request(msg: Message, context: Context) -> Request:
     weights = None
     if ARRAYS in msg.content.array_records:
         weights = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    if CONFIG not in msg.content.config_records:
+        raise MessageError(CONFIG, None, "missing: the coordinator sent no ConfigRecord 'config'")
     return build_request(dict(msg.content.config_records[CONFIG]), weights, context)
 
 
@@ -230,9 +297,17 @@ def build_request(
     cfg: Mapping[str, Any], weights: Mapping[str, torch.Tensor] | None, context: Context
 ) -> Request:
     """Resolve the site, then check approval, ledger integrity and ledger head before anything else."""
-    run = RunConfig.from_json(str(cfg[KEY_RUN]))
-    schema = DataSchema.model_validate(json.loads(str(cfg[KEY_SCHEMA])))
-    sim_sites = list(json.loads(str(cfg.get(KEY_SIM_SITES, "[]")) or "[]"))
+    text = cfg.get(KEY_RUN)
+    if not isinstance(text, str):
+        reason = "missing" if text is None else f"must be JSON text, got {type(text).__name__}"
+        raise MessageError(CONFIG, KEY_RUN, reason)
+    run = RunConfig.from_json(text)
+    schema = validate_config(
+        DataSchema, config_json(cfg, KEY_SCHEMA), "<data schema from coordinator>"
+    )
+    sim_sites = config_json(cfg, KEY_SIM_SITES, "[]")
+    if not isinstance(sim_sites, list) or not all(isinstance(s, str) for s in sim_sites):
+        raise MessageError(CONFIG, KEY_SIM_SITES, "must be a JSON list of site config paths")
     site = open_site(dict(context.node_config), run, sim_sites)
     prepared = prepare(site, run, schema)
     run_id = str(cfg.get(KEY_RUN_ID, "") or f"flwr-{context.run_id}")
@@ -580,7 +655,9 @@ def baselines(msg: Message, context: Context) -> Message:
 
     req = _request(msg, context)
     site, run = req.site, req.run
-    spec = json.loads(str(req.cfg.get(KEY_BASELINES, "{}") or "{}"))
+    spec = config_json(req.cfg, KEY_BASELINES, "{}")
+    if not isinstance(spec, dict):
+        raise MessageError(CONFIG, KEY_BASELINES, "must be a JSON object")
     families = [str(f) for f in spec.get("families", run.baselines.families)]
     unknown = sorted(set(families) - set(BASELINE_FAMILIES))
     if unknown:

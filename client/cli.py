@@ -477,7 +477,7 @@ def init(
         ),
     ] = None,
 ) -> None:
-    """Write a new site config (and a schema skeleton) and print its flower-supernode command.
+    """Write a new site config (and a schema skeleton) and print its SuperNode command.
 
     Values the flags leave out are asked for in a terminal; nothing existing is overwritten without
     --force.

@@ -196,7 +196,16 @@ class Ledger:
     def entries(self, dataset: str | None = None) -> list[LedgerEntry]:
         with self._connect() as con:
             rows = con.execute("SELECT * FROM entries ORDER BY seq").fetchall()
-        out = [LedgerEntry(**dict(r)) for r in rows]
+        try:
+            out = [LedgerEntry(**dict(r)) for r in rows]
+        except TypeError:
+            # Another program's table, or one whose columns were altered: never read as empty.
+            columns = ", ".join(rows[0].keys()) if rows else "?"
+            raise LedgerError(
+                self.path,
+                f"its entries table does not have the ledger's columns ({columns}); restore the "
+                "ledger from a backup — the site will not train on a history it cannot read",
+            ) from None
         return [e for e in out if dataset is None or e.dataset == dataset]
 
     def history(self, dataset: str, run_id: str | None = None) -> list[tuple[float, float, int]]:
@@ -234,7 +243,11 @@ class Ledger:
                     f"entry {e.seq} does not link to entry {e.seq - 1}",
                     e.seq,
                 )
-            if entry_hash(asdict(e)) != e.hash:
+            try:
+                recomputed = entry_hash(asdict(e))
+            except (TypeError, ValueError):  # a value SQLite holds but JSON cannot: inf, bytes
+                recomputed = None
+            if recomputed != e.hash:
                 return VerifyResult(
                     False,
                     len(entries),

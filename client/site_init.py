@@ -4,7 +4,7 @@ A hospital's IT team should not have to learn the site config's TOML from the gu
 first check: ``init`` asks for what it needs (or takes it from flags), validates it with the same
 pydantic model the ClientApp loads, and writes a file that `fedward config check --kind site` accepts.
 The site config has no place for connection settings (unknown keys are errors), so the SuperLink
-address, CA and node key go into the ``flower-supernode`` command line that ``init`` prints.
+address, CA and node key go into the ``fedward-supernode`` command line that ``init`` prints.
 
 The schema skeleton is inferred from the data file's header and value types. Its ranges and
 categories come from the file itself, which the site guide forbids for a federation's schema
@@ -566,13 +566,17 @@ def supernode_command(
     root_certificates: Path | None = None,
     auth_key: Path | None = None,
 ) -> str:
-    """The ``flower-supernode`` command this site runs; placeholders in capitals where not given."""
+    """The SuperNode command this site runs; placeholders in capitals where not given.
+
+    ``fedward-supernode`` is Flower's SuperNode with forked ClientApps (the fast path); everything
+    after ``--`` is ``flower-supernode``'s own arguments.
+    """
 
     def path(p: Path | None, placeholder: str) -> str:
         return placeholder if p is None else shlex.quote(os.path.abspath(p))
 
     parts = [
-        "flower-supernode",
+        "fedward-supernode --flower-shortcuts --",
         f"--superlink {shlex.quote(superlink) if superlink else 'SUPERLINK_HOST:8000'}",
         f"--root-certificates {path(root_certificates, '/PATH/TO/ca.pem')}",
     ]

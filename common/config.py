@@ -145,17 +145,61 @@ class SecAggConfig(BaseModel):
         return self
 
 
+class UpdateValidationConfig(BaseModel):
+    """The coordinator's check of every site's update before aggregation
+    (``fedward.server.update_validation``): a failing update is dropped and the site named."""
+
+    model_config = _Strict
+
+    enabled: bool = Field(
+        default=True,
+        description="Check layer names, shapes, dtypes, finite values and the update norm "
+        "against the global model sent that round. Off only for experiments.",
+    )
+    max_norm: float | None = Field(
+        default=100.0,
+        gt=0,
+        le=1e12,
+        description="L2 bound of one site's update (its model minus the global model it was "
+        "sent). A DP-SGD update with SGD is at most lr x local steps x max_grad_norm plus its "
+        "noise: a few units at the defaults. Null: no absolute bound.",
+    )
+    max_norm_ratio: float | None = Field(
+        default=10.0,
+        gt=1,
+        le=1e6,
+        description="An update whose norm exceeds this many times the round's median update norm "
+        "is dropped (only when at least 3 updates remain). Null: no relative bound.",
+    )
+
+
 class StrategyConfig(BaseModel):
     """Flower's own strategies; fedward only wraps them."""
 
     model_config = _Strict
 
-    name: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"] = "fedavg"
+    name: Literal[
+        "fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"
+    ] = "fedavg"
     fraction_train: float = Field(default=1.0, gt=0, le=1)
     min_sites: int = Field(default=2, ge=1, le=100000)
     proximal_mu: float = Field(default=0.01, ge=0, le=100)
     server_learning_rate: float = Field(default=0.1, gt=0, le=100)
     trim_beta: float = Field(default=0.2, gt=0, lt=0.5)
+    malicious_sites: int = Field(
+        default=0,
+        ge=0,
+        le=100000,
+        description="Krum and MultiKrum: the f hostile sites assumed; each update is scored by "
+        "its distances to its n - f - 2 nearest others (Flower's default 0).",
+    )
+    multikrum_select: int = Field(
+        default=2,
+        ge=1,
+        le=100000,
+        description="MultiKrum: how many of the best-scored updates are averaged.",
+    )
+    validation: UpdateValidationConfig = Field(default_factory=UpdateValidationConfig)
     secure_aggregation: bool = Field(
         default=False,
         description="Flower's SecAgg+: the coordinator sees only the sum of the sites' models. "
@@ -449,6 +493,12 @@ _MEAN_STRATEGIES = ("fedavg", "fedprox")
 # Under SecAgg+ a strategy sees only the (weighted) mean; FedAdam's server step needs nothing more.
 _SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam")
 _DEFAULT_SECAGG = SecAggConfig().model_dump(mode="json")
+# Strategy fields added after configs were first approved: left out of the hash while at default.
+_NEWER_STRATEGY_DEFAULTS = {
+    "malicious_sites": 0,
+    "multikrum_select": 2,
+    "validation": UpdateValidationConfig().model_dump(mode="json"),
+}
 
 
 class RunConfig(BaseModel):
@@ -456,7 +506,7 @@ class RunConfig(BaseModel):
 
     model_config = _Strict
 
-    name: str = "fedward-run"
+    name: str = Field(default="fedward-run", min_length=1, max_length=200)
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     rounds: int = Field(default=20, ge=1, le=10000)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -512,9 +562,10 @@ class RunConfig(BaseModel):
 
         The schema file's location differs between machines, so it is left out; every site checks
         the schema's content against its own instead. The optional privacy modes and the
-        label-shuffle flag are left out while off, so configs approved before they existed keep
-        their hash. The baselines, tuning and controls sections are always in it: they ask the
-        sites for more work and more federations, which an older approval never covered.
+        label-shuffle flag are left out while off, and the strategy's update-validation and Krum
+        settings while at their defaults, so configs approved before they existed keep their hash.
+        The baselines, tuning and controls sections are always in it: they ask the sites for more
+        work and more federations, which an older approval never covered.
         """
         data = self.model_dump(mode="json")
         data["task"]["schema_file"] = None
@@ -523,6 +574,9 @@ class RunConfig(BaseModel):
         strategy = data["strategy"]
         if not strategy["secure_aggregation"] and strategy["secagg"] == _DEFAULT_SECAGG:
             del strategy["secure_aggregation"], strategy["secagg"]
+        for key, default in _NEWER_STRATEGY_DEFAULTS.items():
+            if strategy[key] == default:
+                del strategy[key]
         if not data["training"]["shuffle_labels"]:
             del data["training"]["shuffle_labels"]
         if not data["model"]["he_compatible"]:
@@ -662,9 +716,13 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 def validate_config(model: type[M], data: Any, source: str | Path) -> M:
-    """Validate ``data``; on failure raise one ConfigError listing every bad field."""
+    """Validate ``data``; on failure raise one ConfigError listing every bad field.
+
+    Strict: a file's ``rounds = true`` or ``seed = "7"`` is a mistake to name, not a value to coerce
+    (an integer is still accepted where a float is asked for).
+    """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
@@ -690,6 +748,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(p, None, f"not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(p, None, f"not UTF-8 text: {exc}") from exc
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: no config nests a thousand deep.
+        raise ConfigError(p, None, "not valid TOML: arrays or tables nested too deeply") from None
 
 
 def load_schema(path: str | Path) -> DataSchema:

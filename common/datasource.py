@@ -23,6 +23,19 @@ from fedward.common.schema import DataSchema, FeatureSpec, LabelSpec, Scalar
 
 Format = Literal["auto", "csv", "parquet"]
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+# A header longer than this, or with more columns, is not a clinical table's: pandas would spend
+# minutes and gigabytes building millions of columns before any check could name the problem.
+MAX_HEADER_BYTES = 1 << 20
+MAX_COLUMNS = 20_000
+# Example cell values in error details are cut to this length: a 50 MB cell stays in the file.
+_EXAMPLE_CHARS = 60
+# What a file that is not a CSV at all most often is, by its first bytes.
+_NOT_CSV = {
+    b"\x1f\x8b": "gzip-compressed; decompress it first",
+    b"PK\x03\x04": "a ZIP archive (an Excel .xlsx workbook is one); export it as UTF-8 CSV",
+    b"\xd0\xcf\x11\xe0": "an old Excel .xls workbook; export it as UTF-8 CSV",
+    b"PAR1": "a Parquet file; name it .parquet or set data.format = 'parquet'",
+}
 
 
 @dataclass(frozen=True)
@@ -57,15 +70,28 @@ def read_raw(path: Path, *, site: str, fmt: Format = "auto") -> pd.DataFrame:
     if not path.is_file():
         raise SiteDataError(site, "data path is not a file", file=path)
     kind = _format_of(path, fmt)
+    if kind == "csv":
+        _check_csv_header(path, site)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
+            _refuse_duplicates(list(pq.read_schema(path).names), site=site, file=str(path))
             frame = pq.read_table(path).to_pandas()
         else:
+            # header=None: pandas would silently rename a repeated column 'age' to 'age.1'.
             frame = pd.read_csv(
-                path, dtype=str, encoding="utf-8", skipinitialspace=True, keep_default_na=True
+                path,
+                dtype=str,
+                encoding="utf-8",
+                skipinitialspace=True,
+                keep_default_na=True,
+                header=None,
             )
+            frame.columns = ["" if _is_missing(c) else str(c) for c in frame.iloc[0]]
+            frame = frame.iloc[1:].reset_index(drop=True)
+    except SiteDataError:
+        raise
     except UnicodeDecodeError as exc:
         raise SiteDataError(
             site, f"file is not UTF-8 text ({exc.reason}); re-save it as UTF-8 CSV", file=path
@@ -94,7 +120,8 @@ def table_from_frame(
     if len(raw) == 0:
         raise SiteDataError(site, "table has no rows", file=file)
     raw = raw.reset_index(drop=True)
-    columns = list(raw.columns)
+    columns = [str(c) for c in raw.columns]
+    _refuse_duplicates(columns, site=site, file=file)
     _require_column(schema.label.column, columns, site=site, file=file, what="label column")
     labels = _labels(raw[schema.label.column], schema.label, site=site, file=file, off=row_offset)
 
@@ -134,6 +161,53 @@ def table_from_frame(
 
 
 # ---- helpers of one concept: turning raw cells into checked values ----
+
+
+def _check_csv_header(path: Path, site: str) -> None:
+    """Refuse a first line that cannot be a header before pandas tries to build its columns."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.readline(MAX_HEADER_BYTES + 1)
+    except OSError as exc:
+        raise SiteDataError(site, f"cannot read the file: {exc}", file=path) from exc
+    for magic, what in _NOT_CSV.items():
+        if head.startswith(magic):
+            raise SiteDataError(site, f"not a CSV table: the file is {what}", file=path)
+    if len(head) > MAX_HEADER_BYTES:
+        raise SiteDataError(
+            site,
+            f"the first line is longer than {MAX_HEADER_BYTES // (1 << 20)} MiB, too long for a "
+            "header row; check that this is a CSV table with one header line",
+            file=path,
+        )
+    if head.count(b",") + 1 > MAX_COLUMNS:
+        raise SiteDataError(
+            site,
+            f"the header has {head.count(b',') + 1} columns, more than {MAX_COLUMNS}; "
+            "check that this is a CSV table with one header line",
+            file=path,
+        )
+
+
+def _refuse_duplicates(columns: list[str], *, site: str, file: str | None) -> None:
+    """A repeated column name makes it ambiguous which values are meant: name it, never guess."""
+    seen: set[str] = set()
+    for name in columns:
+        key = name.strip()
+        if key in seen:
+            raise SiteDataError(
+                site,
+                f"column '{key}' appears more than once in the header; rename or remove the copy",
+                file=file,
+                column=key,
+            )
+        seen.add(key)
+
+
+def _example(value: Any) -> str:
+    """A cell value for an error's detail, cut short: the detail names, it does not copy."""
+    text = str(value)
+    return text if len(text) <= _EXAMPLE_CHARS else f"{text[:_EXAMPLE_CHARS]}… ({len(text)} chars)"
 
 
 def _format_of(path: Path, fmt: Format) -> Literal["csv", "parquet"]:
@@ -239,7 +313,7 @@ def _labels(
                 "declare label.positive_values or label.positive_above in the schema",
                 file=file,
                 column=spec.column,
-                detail=f"e.g. '{values[i]}' at {_row_word(off)} {i + off}",
+                detail=f"e.g. '{_example(values[i])}' at {_row_word(off)} {i + off}",
             )
         labels = np.array([mapping[v] for v in values], dtype=np.int64)
     classes = np.unique(labels)
@@ -272,7 +346,7 @@ def _refuse_non_numeric(
             "declare it categorical or fix the values",
             file=file,
             column=column,
-            detail=f"e.g. '{texts[i]}' at {_row_word(off)} {i + off}",
+            detail=f"e.g. '{_example(texts[i])}' at {_row_word(off)} {i + off}",
         )
 
 
@@ -335,7 +409,7 @@ def _categorical(
             "fix the values or declare them",
             file=file,
             column=spec.name,
-            detail=f"e.g. '{text.iloc[i]}' at {_row_word(off)} {i + off}",
+            detail=f"e.g. '{_example(text.iloc[i])}' at {_row_word(off)} {i + off}",
         )
     return text
 

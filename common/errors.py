@@ -62,3 +62,20 @@ class SiteDataError(FedwardError):
     def public(self) -> str:
         """The message without per-row details: what may leave the site."""
         return self._public
+
+
+class MessageError(FedwardError):
+    """A Flower message lacks a record or key, or one holds the wrong type; names record and key.
+
+    Raised at a site for what the coordinator sent, so the site answers with a structured refusal
+    instead of an unexplained ``KeyError``.
+    """
+
+    def __init__(self, record: str, key: str | None, reason: str) -> None:
+        self.record = record
+        self.key = key
+        self.reason = reason
+        self.field = f"{record}['{key}']" if key else record
+        super().__init__(
+            f"message record '{record}'" + (f", key '{key}'" if key else "") + f": {reason}"
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,7 +27,9 @@ class LabelSpec(BaseModel):
         description="Values that mean the positive class; compared as case-folded strings.",
     )
     positive_above: float | None = Field(
-        default=None, description="A numeric label above this value is the positive class."
+        default=None,
+        allow_inf_nan=False,
+        description="A numeric label above this value is the positive class.",
     )
 
     @model_validator(mode="after")
@@ -43,8 +46,13 @@ class FeatureSpec(BaseModel):
 
     name: str
     kind: Literal["numeric", "categorical"]
-    min: float | None = Field(default=None, description="Declared lower bound (numeric).")
-    max: float | None = Field(default=None, description="Declared upper bound (numeric).")
+    # Finite: an infinite bound would turn the shared scaling of every site's inputs into NaN.
+    min: float | None = Field(
+        default=None, allow_inf_nan=False, description="Declared lower bound (numeric)."
+    )
+    max: float | None = Field(
+        default=None, allow_inf_nan=False, description="Declared upper bound (numeric)."
+    )
     categories: list[str] | None = Field(
         default=None, description="Declared categories (categorical), compared case-folded."
     )
@@ -73,6 +81,8 @@ class FeatureSpec(BaseModel):
                 raise ValueError(f"feature '{self.name}': max must be greater than min")
             if self.impute is not None and not isinstance(self.impute, int | float):
                 raise ValueError(f"feature '{self.name}': impute must be a number")
+            if isinstance(self.impute, float) and not math.isfinite(self.impute):
+                raise ValueError(f"feature '{self.name}': impute must be a finite number")
         else:
             if not self.categories:
                 raise ValueError(f"categorical feature '{self.name}' needs declared categories")

@@ -20,6 +20,11 @@
 #                         the site config into its data path when that file is missing. Real sites
 #                         leave it unset and mount their own data read-only.
 #   FEDWARD_INSECURE      1: no TLS to the SuperLink (local trials only; prints a warning)
+#   FEDWARD_FAST_PATH     1: start the SuperNode through `fedward-supernode`, whose ClientApps are
+#                         forked from a process that imported torch once (default); 0: Flower's own
+#                         `flower-supernode`, which starts and imports everything per message
+#   FEDWARD_FLOWER_SHORTCUTS  1: shorten the SuperNode's fixed internal waits (default; see
+#                         docs/deployment.md); 0: leave Flower's timing as it ships
 set -euo pipefail
 
 SITE_CONFIG="${FEDWARD_SITE_CONFIG:-/etc/fedward/site.toml}"
@@ -30,6 +35,8 @@ METRICS="${FEDWARD_METRICS:-1}"
 METRICS_HOST="${FEDWARD_METRICS_HOST:-0.0.0.0}"
 METRICS_PORT="${FEDWARD_METRICS_PORT:-9101}"
 INSECURE="${FEDWARD_INSECURE:-0}"
+FAST_PATH="${FEDWARD_FAST_PATH:-1}"
+SHORTCUTS="${FEDWARD_FLOWER_SHORTCUTS:-1}"
 
 say() { echo "fedward-site: $*" >&2; }
 fail() {
@@ -93,7 +100,18 @@ if [ -n "${FEDWARD_NODE_CONFIG_EXTRA:-}" ]; then
   NODE_CONFIG="$NODE_CONFIG $FEDWARD_NODE_CONFIG_EXTRA"
 fi
 
-SUPERNODE=(flower-supernode --superlink "$SUPERLINK" --node-config "$NODE_CONFIG")
+if [ "$FAST_PATH" = 1 ]; then
+  SUPERNODE=(fedward-supernode)
+  if [ "$SHORTCUTS" = 1 ]; then
+    SUPERNODE+=(--flower-shortcuts)
+  else
+    SUPERNODE+=(--no-flower-shortcuts)
+  fi
+  SUPERNODE+=(--)
+else
+  SUPERNODE=(flower-supernode)
+fi
+SUPERNODE+=(--superlink "$SUPERLINK" --node-config "$NODE_CONFIG")
 if [ "$INSECURE" = 1 ]; then
   say "WARNING: FEDWARD_INSECURE=1: no TLS to the SuperLink; model updates and the node's messages"
   say "WARNING: travel unencrypted. For a local trial only, never across a hospital network."

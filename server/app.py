@@ -11,11 +11,11 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -41,7 +41,14 @@ from fedward.server.baselines_report import (
     site_baselines,
     write_baselines_report,
 )
+from fedward.server.checkpoint import (
+    checkpoint_of,
+    restore_strategy,
+    restore_tracker,
+    write_checkpoint,
+)
 from fedward.server.companions import Companion, run_companions, tune_run_model
+from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
 from fedward.server.data_profiles import collect_profiles
 from fedward.server.federation import (
     NODE_WAIT_S,
@@ -52,6 +59,15 @@ from fedward.server.federation import (
     wait_for_nodes,
 )
 from fedward.server.ledger_heads import LedgerHeads
+from fedward.server.reply_polling_grid import reply_polling_grid
+from fedward.server.resume import (
+    LAUNCH_FILE,
+    ResumeError,
+    ResumePoint,
+    RunLock,
+    SiteAdmissions,
+    resume_point,
+)
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking, _reply_info
 from fedward.server.strategies import CentralDPAccounting
@@ -74,11 +90,20 @@ class CoordinatorSettings:
     coordinator_state_dir: str | None = None
     # Audit the finished run in ``run_dir`` again instead of running a federation.
     audit_only: bool = False
+    # Continue the run in ``run_dir`` from its last checkpoint (`fedward run --resume RUN_DIR`).
+    resume: bool = False
+    # The app's run-config values as launched (kept in the run folder, reused by a resume).
+    launch: dict[str, Any] = field(default_factory=dict)
 
 
 def settings_from_context(context: Context) -> CoordinatorSettings:
     """Read `[tool.flwr.app.config]` (and `flwr run --run-config` overrides)."""
-    rc = dict(context.run_config)
+    return settings_from_run_config(dict(context.run_config))
+
+
+def settings_from_run_config(rc: dict[str, Any]) -> CoordinatorSettings:
+    """The settings a ServerApp launched with the app run-config values ``rc`` runs with
+    (`fedward run --resume` checks a resume's config hash with it before launching)."""
     path = str(rc.get("run-config", "") or "") or None
     run = load_run_config(path)
     updates: dict[str, Any] = {}
@@ -106,6 +131,8 @@ def settings_from_context(context: Context) -> CoordinatorSettings:
         run_dir=str(rc.get("run-dir", "") or "") or None,
         engine=str(rc.get("engine", "deployment") or "deployment"),
         sim_site_configs=[s for s in sites.split(",") if s],
+        resume=rc.get("resume") is True or str(rc.get("resume", "")).lower() == "true",
+        launch=dict(rc),
     )
 
 
@@ -168,6 +195,10 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
     baseline family), then the companions the run config asks for (the federated logistic
     baseline, the label-shuffle and leave-one-site-out controls), the sites' baseline suite and,
     in simulation, the pooled reference; all of it lands in the baselines report.
+
+    With ``settings.resume`` the run in ``settings.run_dir`` continues from its last checkpoint
+    (``fedward.server.resume``). Every start, resume, refused resume, stop, finish and failure, and
+    every site admitted or refused, goes to the coordinator's append-only audit log.
     """
     run = settings.run
     if run.strategy.secure_aggregation:
@@ -180,14 +211,75 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             "run config asks for",
         )
     set_deterministic(run.seed)
-    if settings.run_dir:
+    point: ResumePoint | None = None
+    if settings.resume:
+        try:
+            if not settings.run_dir:
+                raise ResumeError("a resume needs run-dir: the folder of the run to resume")
+            point = resume_point(settings.run_dir, run)
+        except ResumeError as exc:
+            CoordinatorAudit(_coordinator_dir(settings, None) / AUDIT_FILE).record(
+                "resume-refused",
+                run_dir=settings.run_dir,
+                flower_run_id=str(context.run_id),
+                reason=str(exc),
+            )
+            raise
+        folder = RunFolder.reopen(point.run_dir)
+    elif settings.run_dir:
         folder = RunFolder.at(settings.run_dir, run, run_id=context.run_id, engine=settings.engine)
     else:
         folder = RunFolder.create(
             settings.output_dir, run, run_id=context.run_id, engine=settings.engine
         )
+    audit = CoordinatorAudit(_coordinator_dir(settings, folder) / AUDIT_FILE)
+    run_id = point.checkpoint.run_id if point else settings.run_id or uuid.uuid4().hex
+    try:
+        lock = RunLock(folder.path).acquire()
+    except ResumeError as exc:  # another coordinator is still running this folder
+        audit.record(
+            "resume-refused" if point else "run-refused",
+            run_dir=str(folder.path),
+            flower_run_id=str(context.run_id),
+            reason=str(exc),
+        )
+        raise
+    try:
+        return _coordinate(grid, context, settings, folder, run_id, audit, point)
+    except BaseException as exc:
+        audit.record(
+            "run-failed",
+            run_id=run_id,
+            flower_run_id=str(context.run_id),
+            run_dir=str(folder.path),
+            reason=f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    finally:
+        lock.release()
+
+
+def _coordinator_dir(settings: CoordinatorSettings, folder: RunFolder | None) -> Path:
+    """The coordinator's state folder: ledger heads and the audit log, across runs."""
+    if settings.coordinator_state_dir:
+        return Path(settings.coordinator_state_dir)
+    if settings.engine == "simulation" and folder is not None:
+        return Path(settings.sim_state_dir or folder.path / "site-state")
+    return Path(settings.output_dir) / "coordinator-state"
+
+
+def _coordinate(
+    grid: Grid,
+    context: Context,
+    settings: CoordinatorSettings,
+    folder: RunFolder,
+    run_id: str,
+    audit: CoordinatorAudit,
+    point: ResumePoint | None,
+) -> RunFolder:
+    run = settings.run
+    asked_hash = run.config_hash()
     schema = run_schema(run)
-    run_id = settings.run_id or uuid.uuid4().hex
     shared: dict[str, Any] = {
         KEY_PARENT_RUN: run.to_json(),
         KEY_SCHEMA: schema.model_dump_json(),
@@ -204,44 +296,100 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
                 "sim_state_dir": str(state_root.resolve()),
             },
         )
-        heads_path = Path(settings.coordinator_state_dir or state_root) / "ledger_heads.json"
-    else:
-        coord_dir = settings.coordinator_state_dir or str(
-            Path(settings.output_dir) / "coordinator-state"
-        )
-        heads_path = Path(coord_dir) / "ledger_heads.json"
+    heads_path = _coordinator_dir(settings, folder) / "ledger_heads.json"
     main = Federation(run, run_id, PURPOSE_RUN, folder, shared, LedgerHeads(heads_path))
     tracker = main.tracker(grid)
-    folder.event(
-        "run-started",
-        run_id=run_id,
-        flower_run_id=str(context.run_id),
-        name=run.name,
-        rounds=run.rounds,
-        dp=run.privacy.dp,
-        target_epsilon=run.privacy.target_epsilon,
-        folder=str(folder.path),
-    )
+    audit_run = {
+        "run_id": run_id,
+        "flower_run_id": str(context.run_id),
+        "run_dir": str(folder.path),
+    }
+    if point is None:
+        folder.write_json(LAUNCH_FILE, settings.launch)
+        folder.event(
+            "run-started",
+            run_id=run_id,
+            flower_run_id=str(context.run_id),
+            name=run.name,
+            rounds=run.rounds,
+            dp=run.privacy.dp,
+            target_epsilon=run.privacy.target_epsilon,
+            folder=str(folder.path),
+        )
+        audit.record("run-started", **audit_run, name=run.name, config_hash=asked_hash)
     started = time.time()
-    if run.preprocessing.source == "dp-aggregates":
+    if point is not None:
+        # The transform was frozen (and, from DP aggregates, paid for) before round 1: reuse it.
+        transform = SharedTransform.from_dict(
+            json.loads((folder.path / "transform.json").read_text(encoding="utf-8"))
+        )
+    elif run.preprocessing.source == "dp-aggregates":
         transform = _dp_fitted_transform(
             grid, tracker, main.config(), schema, run.strategy.min_sites
         )
     else:
         transform = SharedTransform.from_schema(schema)
-    folder.write_json("transform.json", transform.to_dict())
+    if point is None:
+        folder.write_json("transform.json", transform.to_dict())
     shared[KEY_TRANSFORM] = json.dumps(transform.to_dict())
 
     search = None
-    if run.tuning.deep:
+    initial = None
+    admissions = SiteAdmissions(audit, run_id)
+    if point is not None:
+        ckpt = point.checkpoint
+        main.run = run = RunConfig.from_json(ckpt.run)  # after a tuning search: the chosen config
+        restore_tracker(tracker, ckpt.tracker)
+        restore_strategy(tracker.strategy, ckpt.strategy, ckpt.strategy_arrays)
+        tracker.round_offset = ckpt.round
+        initial = ckpt.arrays
+        admissions.restore(tracker)
+        where = point.describe(run.rounds)
+        log(INFO, "resuming %s", where)
+        folder.event(
+            "run-resumed",
+            run_id=run_id,
+            flower_run_id=str(context.run_id),
+            from_round=ckpt.round,
+            rounds=run.rounds,
+            checkpoint=ckpt.path.name if ckpt.path else None,
+        )
+        audit.record(
+            "run-resumed",
+            **audit_run,
+            from_round=ckpt.round,
+            rounds=run.rounds,
+            checkpoint=ckpt.path.name if ckpt.path else None,
+            config_hash=asked_hash,
+        )
+    elif run.tuning.deep:
         search = tune_run_model(grid, main, schema, transform.n_outputs)
         main.run = run = search.chosen_run(run)
         folder.write_json("run_config.json", run.model_dump(mode="json"))
-    result = federate(grid, main, schema, transform.n_outputs, tracker=tracker)
+
+    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+        ckpt = checkpoint_of(
+            tracker,
+            server_round,
+            arrays,
+            run_id=run_id,
+            config_hash=asked_hash,
+            run_json=main.run.to_json(),
+        )
+        write_checkpoint(folder.path, ckpt)
+        admissions.sweep(tracker, server_round)
+
+    tracker.on_round_end = on_round_end
+    result = federate(
+        grid, main, schema, transform.n_outputs, tracker=tracker, initial_arrays=initial
+    )
+    admissions.sweep(tracker, None)
     if result.stopped:
-        return _finish(
+        _finish(
             folder, run, run_id, schema, transform, tracker, None, result.elapsed, result.stopped
         )
+        audit.record("run-stopped", **audit_run, reason=result.stopped)
+        return folder
     folder.save_model(
         result.final_arrays,
         {
@@ -280,6 +428,7 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
     _finish(
         folder, run, run_id, schema, transform, tracker, result.test, time.time() - started, None
     )
+    audit.record("run-finished", **audit_run, rounds=run.rounds)
     _write_card(folder)
     return folder
 
@@ -424,6 +573,7 @@ def make_server_app(settings: CoordinatorSettings) -> ServerApp:
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
+        grid = reply_polling_grid(grid)
         if settings.audit_only:
             assert settings.run_dir is not None, "an audit needs the finished run's folder"
             audit_run_folder(grid, context, settings.run_dir)
@@ -439,6 +589,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    grid = reply_polling_grid(grid)
     audit_dir = str(context.run_config.get("audit-run-dir", "") or "")
     if audit_dir:
         # `flwr run . FEDERATION --run-config "audit-run-dir='RUN_DIR'"`: audit a finished run.

@@ -26,6 +26,7 @@ from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking, TooFewSites
 from fedward.server.strategies import build_strategy
+from fedward.server.update_validation import UpdateValidator
 
 NODE_WAIT_S = 120.0
 ROUND_TIMEOUT_S = 600.0
@@ -93,6 +94,7 @@ class Federation:
             histogram_bins=self.run.evaluation.histogram_bins,
             min_sites=self.run.strategy.min_sites,
             heads=self.heads,
+            validator=UpdateValidator.from_config(self.run.strategy.validation),
         )
         tracker.excluded.update(self.exclude)
         return tracker
@@ -170,16 +172,19 @@ def federate(
     *,
     tracker: SiteTracking | None = None,
     test_nodes: Iterable[int] | None = None,
+    initial_arrays: ArrayRecord | None = None,
 ) -> FederationResult:
     """Train ``fed.run.rounds`` rounds, then (unless a tuning trial) read the sealed test splits once.
 
     ``test_nodes``: the sites whose test splits the final model is read on (default: every site
-    that trained); leave-one-site-out tests only on the site it left out.
+    that trained); leave-one-site-out tests only on the site it left out. A resumed run passes its
+    checkpoint's model as ``initial_arrays`` and a tracker whose ``round_offset`` is the rounds the
+    checkpoint holds: only the rounds after it are run, under their real numbers.
     """
     run = fed.run
     tracker = tracker or fed.tracker(grid)
     model = build_model(run.model, n_inputs, schema.image_shape, seed=run.seed)
-    initial = ArrayRecord(model.state_dict())
+    initial = initial_arrays if initial_arrays is not None else ArrayRecord(model.state_dict())
     config = fed.config()
     wait_for_nodes(grid, run.strategy.min_sites + len(fed.exclude), NODE_WAIT_S)
     started = time.time()
@@ -187,7 +192,7 @@ def federate(
         result = tracker.start(
             grid=grid,
             initial_arrays=initial,
-            num_rounds=run.rounds,
+            num_rounds=max(0, run.rounds - tracker.round_offset),
             timeout=ROUND_TIMEOUT_S,
             train_config=ConfigRecord(dict(config)),
             evaluate_config=ConfigRecord({**config, KEY_SPLIT: "tune"}),

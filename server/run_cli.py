@@ -51,6 +51,7 @@ _STARTED_RUN = re.compile(r"Successfully started run (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Run-config keys `fedward run` handles itself, or refuses because it cannot follow them.
 _OUTPUT_DIR, _RUN_CONFIG_FILE, _AUDIT_RUN_DIR = "output-dir", "run-config", "audit-run-dir"
+_RUN_DIR, _RESUME = "run-dir", "resume"  # set by --resume only
 
 
 class FlwrNotFound(FedwardError):
@@ -171,6 +172,12 @@ def resolve_run_config(
             "`fedward audit RUN_DIR --federation NAME`",
             param_hint="--run-config",
         )
+    if str(parsed.get(_RUN_DIR, "") or "") or parsed.get(_RESUME) is True:
+        raise typer.BadParameter(
+            "run-dir and resume continue a run that was interrupted: use "
+            "`fedward run APP_DIR FEDERATION --resume RUN_DIR`",
+            param_hint="--run-config",
+        )
     given = str(parsed.get(_OUTPUT_DIR, "") or "")
     if runs_dir is not None and given and Path(given).resolve() != runs_dir.resolve():
         raise typer.BadParameter(
@@ -185,6 +192,37 @@ def resolve_run_config(
         if not path.is_absolute() and path.exists():
             parsed[_RUN_CONFIG_FILE] = str(path.resolve())
     return parsed, out
+
+
+def resume_run_config(
+    run_dir: Path, overrides: list[str] | None, runs_dir: Path | None, known: dict[str, Any]
+) -> tuple[dict[str, Any], Path]:
+    """The run-config values to resume ``run_dir`` with: those it was launched with
+    (``launch.json``), then ``overrides``, then ``run-dir`` and ``resume``. Checked here before
+    anything starts (the ServerApp checks again): a run folder with a checkpoint, a run that has
+    not finished, the same config hash, no coordinator still holding the folder. A refusal is a
+    usage error (exit 2); what is resumed is printed."""
+    from fedward.server.app import settings_from_run_config
+    from fedward.server.resume import ResumeError, RunLock, launch_values, resume_point
+
+    launch = {k: v for k, v in launch_values(run_dir).items() if k in known}
+    given = [format_run_config(launch)] if launch else []
+    values, out = resolve_run_config([*given, *(overrides or [])], runs_dir, known)
+    try:
+        point = resume_point(run_dir, settings_from_run_config(values).run)
+        RunLock(run_dir).acquire().release()
+    except (ResumeError, FedwardError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--resume") from exc
+    values[_RUN_DIR] = str(run_dir)
+    values[_RESUME] = True
+    console.print(f"resuming {escape(point.describe(_planned_rounds(point)))}", soft_wrap=True)
+    return values, out
+
+
+def _planned_rounds(point: Any) -> int:
+    from fedward.common.config import RunConfig
+
+    return RunConfig.from_json(point.checkpoint.run).rounds
 
 
 def as_declared(key: str, value: Any, default: Any) -> Any:
@@ -393,12 +431,25 @@ def run(
         float,
         typer.Option(help="Seconds to wait for the run folder to appear.", min=1.0),
     ] = 120.0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this run folder from its last checkpoint, with the same "
+            "run id and the run-config values it was launched with (a new Flower run).",
+        ),
+    ] = None,
 ) -> None:
     """Start a run on a SuperLink with `flwr run` and follow it: round, sites, ε, tune AUROC.
     Exits 0 when the run finished, 3 when it stopped (too few sites), 1 when it failed."""
     app_dir = app_dir.expanduser().resolve()
     known = app_config_keys(app_dir)
-    values, out = resolve_run_config(run_config, runs_dir, known)
+    folder: Path | None = None
+    if resume is None:
+        values, out = resolve_run_config(run_config, runs_dir, known)
+    else:
+        folder = resume.expanduser().resolve()
+        values, out = resume_run_config(folder, run_config, runs_dir, known)
     try:
         flwr = find_flwr()
     except FlwrNotFound as exc:
@@ -412,7 +463,9 @@ def run(
     # SIGTERM detaches like Ctrl-C: `flwr run` is stopped, the run goes on at the SuperLink.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        code = _start_and_follow(launched, federation, out, before, follow, folder_timeout)
+        code = _start_and_follow(
+            launched, federation, out, before, follow, folder_timeout, folder=folder
+        )
     except KeyboardInterrupt:
         launched.stop()
         run_id = launched.run_id
@@ -437,8 +490,11 @@ def _start_and_follow(
     before: set[str],
     follow: bool,
     folder_timeout: float,
+    *,
+    folder: Path | None = None,
 ) -> int:
-    """From `flwr run`'s answer to the run's end; returns the exit status."""
+    """From `flwr run`'s answer to the run's end; returns the exit status. ``folder``: the run
+    folder a resumed run continues in (else the new one is looked for under ``out``)."""
     run_id = launched.wait_started()
     if run_id is None:
         code = launched.wait()
@@ -458,9 +514,10 @@ def _start_and_follow(
         )
         return EXIT_FINISHED
     try:
-        folder = find_run_folder(
-            out, before, run_id, timeout=folder_timeout, running=lambda: launched.poll() is None
-        )
+        if folder is None:
+            folder = find_run_folder(
+                out, before, run_id, timeout=folder_timeout, running=lambda: launched.poll() is None
+            )
     except RunFollowError as exc:
         alive = launched.poll() is None
         launched.stop()

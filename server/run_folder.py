@@ -38,7 +38,24 @@ _PACKAGES = (
 )
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (POSIX: the folder's entry is data too)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a temporary file in the same folder, fsync it, rename it over ``path``, fsync the
+    folder: a reader sees the old file or the new one, never a torn one, even after a SIGKILL or a
+    power cut. A temporary file left by a crash starts with a dot and ends in ``.tmp``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -50,6 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -108,6 +126,22 @@ class RunFolder:
         (folder.path / "checkpoints").mkdir(exist_ok=True)
         atomic_write_json(folder.path / "run_config.json", run.model_dump(mode="json"))
         atomic_write_json(folder.path / "manifest.json", build_manifest(run, run_id, engine))
+        return folder
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> RunFolder:
+        """An existing run folder, continued by a resumed coordinator: its manifest, run config and
+        progress are kept as they are; a progress line the crash cut short is closed off, so the
+        next event starts on a line of its own."""
+        folder = cls(path)
+        if not (folder.path / "manifest.json").is_file():
+            raise FileNotFoundError(f"{folder.path} is not a run folder: it has no manifest.json")
+        progress = folder.path / PROGRESS_FILE
+        if progress.is_file() and progress.stat().st_size:
+            with progress.open("rb+") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
         return folder
 
     # ---- progress events (read by `fedward simulate` / `fedward run` to show progress) ----------

@@ -92,6 +92,7 @@ from fedward.server.app import (
     settings_from_context,
 )
 from fedward.server.ledger_heads import LedgerHeads
+from fedward.server.reply_polling_grid import reply_polling_grid
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteRecord, record_evaluation
 
@@ -743,7 +744,7 @@ def make_secagg_server_app(settings: CoordinatorSettings) -> ServerApp:
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        folder = coordinate_secagg(grid, context, settings)
+        folder = coordinate_secagg(reply_polling_grid(grid), context, settings)
         settings.run_dir = str(folder.path)
 
     return server
@@ -755,4 +756,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """The SecAgg+ ServerApp for a Flower app whose ClientApp is ``fedward.client.secagg_app:app``."""
-    coordinate_secagg(grid, context, settings_from_context(context))
+    coordinate_secagg(reply_polling_grid(grid), context, settings_from_context(context))

@@ -71,7 +71,7 @@ class ProgressState:
         elif kind == "site-trained":
             s = self.sites.setdefault(ev["site"], {})
             s.update(status="trained", epsilon=ev.get("epsilon"), loss=ev.get("train_loss"))
-        elif kind in ("site-refused", "site-error", "site-failed"):
+        elif kind in ("site-refused", "site-error", "site-failed", "site-rejected"):
             s = self.sites.setdefault(ev["site"], {})
             s.update(status=kind.removeprefix("site-"), reason=ev.get("reason"))
             self.messages.append(f"{ev['site']}: {ev.get('reason')}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
@@ -35,7 +35,9 @@ from fedward.common.protocol import (
     STATUS_REFUSED,
 )
 from fedward.server.ledger_heads import LedgerHeads
+from fedward.server.reply_check import malformed_reply
 from fedward.server.run_folder import RunFolder
+from fedward.server.update_validation import STATUS_REJECTED, UpdateValidator
 
 _AGGREGATED_TRAIN_KEYS = ("num-examples", "train_loss")
 
@@ -66,6 +68,8 @@ class SiteRecord:
     privacy_unit: str | None = None
     multi_row_patients: bool | None = None
     refusals: list[dict[str, Any]] = field(default_factory=list)
+    # Updates the coordinator dropped before aggregation: {"round", "reason", "update_norm"}.
+    rejected_updates: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     non_dp_outputs: set[str] = field(default_factory=set)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -95,6 +99,7 @@ class SiteRecord:
             "privacy_unit": self.privacy_unit,
             "multi_row_patients": self.multi_row_patients,
             "refusals": self.refusals,
+            "rejected_updates": self.rejected_updates,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "warnings": self.warnings,
@@ -133,6 +138,10 @@ def record_evaluation(
     return entry
 
 
+def _norm_entry(norms: dict[int, float], node: int) -> dict[str, float]:
+    return {"update_norm": round(norms[node], 6)} if node in norms else {}
+
+
 def _reply_info(msg: Message) -> dict[str, Any]:
     if not msg.has_content() or REPLY not in msg.content.config_records:
         return {}
@@ -150,6 +159,7 @@ class SiteTracking(Strategy):
         histogram_bins: int,
         min_sites: int,
         heads: LedgerHeads | None = None,
+        validator: UpdateValidator | None = None,
     ) -> None:
         if histogram_bins < 2:
             raise ValueError("histogram_bins must be at least 2")
@@ -164,6 +174,18 @@ class SiteTracking(Strategy):
         self.history: dict[str, list[dict[str, Any]]] = {"train": [], "tune": [], "test": []}
         self.heads = heads
         self.attempts: dict[int, str] = {}
+        # Every train reply is checked against the model sent that round before aggregation.
+        self.validator = validator
+        self._train_arrays: ArrayRecord | None = None
+        # Resume: Flower's loop counts rounds from 1; the real round is that plus the rounds a
+        # checkpoint already holds, and every record, config and ledger row gets the real one.
+        self.round_offset = 0
+        # Called with (round, model) once a round's tune evaluation is recorded: the checkpoint.
+        self.on_round_end: Callable[[int, ArrayRecord], None] | None = None
+        # Node ids of records restored from a checkpoint: a site that comes back under a new node id
+        # (a restarted SuperLink) is matched to its record by name.
+        self.restored: set[int] = set()
+        self._round_arrays: ArrayRecord | None = None
 
     # ---- delegation -------------------------------------------------------------------------------
 
@@ -187,6 +209,7 @@ class SiteTracking(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         available = [n for n in grid.get_node_ids() if n not in self.excluded]
         if len(available) < self.min_sites:
             left = ", ".join(
@@ -205,11 +228,14 @@ class SiteTracking(Strategy):
         if self.heads is not None:
             config[KEY_LEDGER_HEADS] = self.heads.to_json()
         self.folder.event("round-started", round=server_round, attempt=attempt)
+        self._train_arrays = arrays
         return self._keep(self.strategy.configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
+        self._round_arrays = arrays
         return self._keep(self.strategy.configure_evaluate(server_round, arrays, config, grid))
 
     # ---- classification of replies ------------------------------------------------------------
@@ -230,7 +256,20 @@ class SiteTracking(Strategy):
                 continue
             info = _reply_info(msg)
             rec.name = str(info.get("site", rec.name or f"node {node}"))
+            rec = self._reclaim(rec)
             status = str(info.get("status", "error"))
+            problem = f"no ConfigRecord '{REPLY}'" if not info else None
+            if problem is None and status == STATUS_OK:
+                problem = malformed_reply(msg, phase)
+            if problem is not None:
+                # A reply that cannot be read fails this site only: the round goes on without it.
+                rec.status = "failed"
+                rec.reason = f"{phase}, round {server_round}: malformed reply: {problem}"
+                self.folder.event(
+                    "site-failed", round=server_round, site=rec.label, reason=rec.reason
+                )
+                log(WARNING, "site %s sent a malformed reply: %s", rec.label, rec.reason)
+                continue
             if status != STATUS_OK:
                 rec.status = status
                 rec.reason = str(info.get("reason", "no reason given"))
@@ -246,7 +285,7 @@ class SiteTracking(Strategy):
                         "epsilon_remaining": info.get("epsilon_remaining"),
                     }
                 )
-                if "epsilon_remaining" in info:
+                if isinstance(info.get("epsilon_remaining"), int | float):
                     rec.epsilon_remaining = float(info["epsilon_remaining"])
                 if status == STATUS_REFUSED:
                     # A refusal is the site's decision (bad data, policy, budget): stop asking it.
@@ -281,6 +320,18 @@ class SiteTracking(Strategy):
             ok.append(msg)
         return ok
 
+    def _reclaim(self, rec: SiteRecord) -> SiteRecord:
+        """The restored record of a site that came back under a new node id, moved to that id."""
+        for node in list(self.restored):
+            old = self.sites.get(node)
+            if old is not None and old is not rec and old.name == rec.name:
+                self.restored.discard(node)
+                del self.sites[node]
+                old.node_id = rec.node_id
+                self.sites[rec.node_id] = old
+                return old
+        return rec
+
     def _observe_ledger(self, rec: SiteRecord, info: dict[str, Any]) -> str | None:
         if self.heads is None or "ledger_seq" not in info:
             return None
@@ -306,8 +357,10 @@ class SiteTracking(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         ok = self._classify(server_round, replies, "train")
         per_site: dict[str, dict[str, Any]] = {}
+        ok, norms = self._validate_updates(server_round, ok, per_site)
         for msg in ok:
             info = _reply_info(msg)
             rec = self._site(msg.metadata.src_node_id)
@@ -320,6 +373,7 @@ class SiteTracking(Strategy):
                 "train_loss": metrics.get("train_loss"),
                 "epsilon": rec.epsilon,
                 "num_examples": metrics.get("num-examples"),
+                **_norm_entry(norms, msg.metadata.src_node_id),
             }
             self.folder.event(
                 "site-trained",
@@ -362,6 +416,38 @@ class SiteTracking(Strategy):
         )
         return arrays, agg
 
+    def _validate_updates(
+        self, server_round: int, ok: list[Message], per_site: dict[str, dict[str, Any]]
+    ) -> tuple[list[Message], dict[int, float]]:
+        """Drop the updates the validator rejects, naming each site and why; the site still spent
+        its ε on the round, so its privacy figures are recorded all the same."""
+        if self.validator is None:
+            return ok, {}
+        if self._train_arrays is None:
+            raise RuntimeError("aggregate_train before configure_train: no global model to check")
+        screening = self.validator.screen(ok, self._train_arrays, _AGGREGATED_TRAIN_KEYS)
+        for msg in ok:
+            node = msg.metadata.src_node_id
+            if node not in screening.rejected:
+                continue
+            rec = self._site(node)
+            self._record_privacy(rec, _reply_info(msg))
+            reason = f"update from site {rec.label}: {screening.rejected[node]}"
+            rec.status = STATUS_REJECTED
+            rec.reason = f"round {server_round}: {reason}"
+            rec.rejected_updates.append(
+                {"round": server_round, "reason": reason, "update_norm": screening.norms.get(node)}
+            )
+            per_site[rec.label] = {
+                "status": STATUS_REJECTED,
+                "reason": reason,
+                "epsilon": rec.epsilon,
+                **_norm_entry(screening.norms, node),
+            }
+            self.folder.event("site-rejected", round=server_round, site=rec.label, reason=reason)
+            log(WARNING, "round %s: dropped the %s", server_round, reason)
+        return screening.kept, screening.norms
+
     # ---- evaluation -------------------------------------------------------------------------------
 
     def _evaluation(
@@ -392,7 +478,10 @@ class SiteTracking(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.round_offset
         entry = self._evaluation(server_round, replies, "tune")
+        if self.on_round_end is not None and self._round_arrays is not None:
+            self.on_round_end(server_round, self._round_arrays)  # before the round counts as done
         self.folder.event("round-finished", round=server_round)
         pooled = entry["pooled"] or {}
         numbers = {

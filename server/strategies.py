@@ -1,6 +1,11 @@
 """Flower's own strategies, chosen by name in the run config, and Flower's central-DP wrappers around
 them. fedward wraps them; it never forks them.
 
+Robust aggregation against a poisoning site is Flower's too: FedMedian and FedTrimmedAvg (Yin et al.
+2018, coordinate-wise median and trimmed mean), Krum and MultiKrum (Blanchard et al. 2017, the
+update(s) closest to their nearest neighbours). Every update is first checked by
+``fedward.server.update_validation`` inside ``SiteTracking``.
+
 With ``privacy.central.enabled`` the chain is, outermost first::
 
     SiteTracking -> CentralDPAccounting -> DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping -> FedAvg
@@ -29,6 +34,8 @@ from flwr.serverapp.strategy import (
     FedMedian,
     FedProx,
     FedTrimmedAvg,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 
@@ -59,6 +66,14 @@ def flower_strategy(cfg: StrategyConfig) -> Strategy:
         return FedMedian(**common)
     if cfg.name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=cfg.trim_beta, **common)
+    if cfg.name == "krum":
+        return Krum(num_malicious_nodes=cfg.malicious_sites, **common)
+    if cfg.name == "multikrum":
+        return MultiKrum(
+            num_malicious_nodes=cfg.malicious_sites,
+            num_nodes_to_select=cfg.multikrum_select,
+            **common,
+        )
     raise ValueError(f"unknown strategy '{cfg.name}'")
 
 

@@ -119,12 +119,28 @@ def test_non_numeric_cell_value_never_leaves_the_site(tmp_path: Path) -> None:
     assert "sixty-three" not in json.dumps(info)
 
 
-def test_unexpected_failure_is_reported_without_its_text(heart_run: RunConfig) -> None:
-    wrong = ArrayRecord({"weight": torch.zeros((3, 3))})
-    reply = _train(heart_run, make_context(BUNDLED_NODE), arrays=wrong)
+def test_unexpected_failure_is_reported_without_its_text(
+    heart_run: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(req: object) -> None:
+        raise RuntimeError("patient p17 has age 63")  # an unexpected error quoting data
+
+    monkeypatch.setattr("fedward.client.app.local_update", broken)
+    reply = _train(heart_run, make_context(BUNDLED_NODE))
     info = dict(reply.content[REPLY])
     assert info["status"] == "error"
     assert info["error_kind"] == "RuntimeError" and "site's log" in info["reason"]
+    assert "p17" not in json.dumps(info) and "63" not in json.dumps(info)
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_naming_the_layer(
+    heart_run: RunConfig,
+) -> None:
+    wrong = ArrayRecord({"weight": torch.zeros((3, 3))})
+    reply = _train(heart_run, make_context(BUNDLED_NODE), arrays=wrong)
+    info = dict(reply.content[REPLY])
+    assert info["status"] == "refused" and info["error_kind"] == "MessageError"
+    assert info["field"] == "arrays" and "weight" in info["reason"]
 
 
 def test_evaluate_sends_a_panel_and_a_histogram_with_no_small_cells(heart_run: RunConfig) -> None:

@@ -252,7 +252,7 @@ def test_interactive_init_prompts_for_what_is_missing_and_asks_again_after_a_bad
 
 
 def _supernode_command(output: str) -> list[str]:
-    text = output[output.index("flower-supernode") :].split("\n\n")[0]
+    text = output[output.index("fedward-supernode") :].split("\n\n")[0]
     return shlex.split(text.replace("\\\n", " "))
 
 
@@ -269,9 +269,10 @@ def test_init_prints_the_supernode_command_flower_parses_to_this_site_config(
     )  # fmt: skip
 
     assert done.exit_code == 0, done.output
-    argv = _supernode_command(done.output)
+    launcher = _supernode_command(done.output)
+    assert launcher[:3] == ["fedward-supernode", "--flower-shortcuts", "--"]
+    argv = ["flower-supernode", *launcher[3:]]  # what the launcher hands Flower's SuperNode
     flags = dict(zip(argv[1::2], argv[2::2], strict=True))
-    assert argv[0] == "flower-supernode"
     assert flags["--superlink"] == "coordinator.example.org:8000"
     assert flags["--root-certificates"] == str(ca)
     assert flags["--auth-supernode-private-key"] == str(key)

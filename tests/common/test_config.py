@@ -53,6 +53,34 @@ def test_unknown_key_is_rejected_not_ignored(tmp_path: Path) -> None:
     assert err.value.field == "training.learnig_rate"
 
 
+def test_update_validation_is_read_from_the_strategy_table(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "run.toml",
+        '[strategy]\nname = "krum"\nmalicious_sites = 1\n'
+        "[strategy.validation]\nmax_norm = 50.0\nmax_norm_ratio = 4.0\n",
+    )
+    run = load_run_config(p)
+    assert run.strategy.name == "krum" and run.strategy.malicious_sites == 1
+    assert run.strategy.validation.max_norm == 50.0 and run.strategy.validation.enabled
+    assert RunConfig().strategy.validation.max_norm == 100.0  # the default bound
+
+
+def test_unknown_update_validation_key_is_rejected(tmp_path: Path) -> None:
+    p = write(tmp_path, "run.toml", "[strategy.validation]\nmax_nrom = 5.0\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(p)
+    assert err.value.field == "strategy.validation.max_nrom"
+
+
+def test_changing_update_validation_changes_the_hash_a_site_approves() -> None:
+    base = RunConfig().config_hash()
+    assert RunConfig(strategy={"validation": {"enabled": False}}).config_hash() != base
+    assert RunConfig(strategy={"validation": {"max_norm": 5.0}}).config_hash() != base
+    assert RunConfig(strategy={"malicious_sites": 1}).config_hash() != base
+    assert RunConfig(strategy={"validation": {"max_norm": 100.0}}).config_hash() == base
+
+
 def test_huge_value_is_rejected(tmp_path: Path) -> None:
     p = write(tmp_path, "run.toml", "rounds = 100000000\n")
     with pytest.raises(ConfigError, match="rounds"):

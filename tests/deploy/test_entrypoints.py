@@ -79,7 +79,7 @@ class Started:
 def run_entrypoint(tmp_path: Path) -> Iterator:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("flower-supernode", "flower-superlink", "fedward"):
+    for name in ("fedward-supernode", "flower-supernode", "flower-superlink", "fedward"):
         (bin_dir / name).write_text(STUB)
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "log"
@@ -139,6 +139,10 @@ def coordinator_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+# The site image starts its SuperNode through fedward's launcher by default (the fast path).
+NODE = "fedward-supernode"
+
+
 def flag(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
@@ -148,24 +152,43 @@ def test_site_starts_supernode_with_tls_node_auth_and_site_config(
 ) -> None:
     env = site_env(tmp_path)
     site = run_entrypoint(SITE_ENTRYPOINT, env)
-    site.wait_ready("flower-supernode", "fedward-site-metrics")
-    node = site.args("flower-supernode")
+    site.wait_ready(NODE, "fedward-site-metrics")
+    node = site.args(NODE)
     assert flag(node, "--superlink") == "superlink:8000"
     assert flag(node, "--root-certificates") == env["FEDWARD_CA_CERT"]
     assert flag(node, "--auth-supernode-private-key") == env["FEDWARD_NODE_KEY"]
     assert flag(node, "--node-config") == f"site-config='{env['FEDWARD_SITE_CONFIG']}'"
     assert "--insecure" not in node
+    assert node[:2] == ["--flower-shortcuts", "--"]  # the launcher's own flags, then Flower's
     metrics = site.args("fedward-site-metrics")
     assert flag(metrics, "--site-config") == env["FEDWARD_SITE_CONFIG"]
     assert (flag(metrics, "--host"), flag(metrics, "--port")) == ("0.0.0.0", "9101")
     assert site.args("fedward-config-check")[2:] == [env["FEDWARD_SITE_CONFIG"], "--kind", "site"]
 
 
+@pytest.mark.parametrize(
+    ("env", "command", "head"),
+    [
+        ({"FEDWARD_FLOWER_SHORTCUTS": "0"}, NODE, ["--no-flower-shortcuts", "--"]),
+        ({"FEDWARD_FAST_PATH": "0"}, "flower-supernode", ["--superlink"]),
+    ],
+)
+def test_site_fast_path_and_shortcuts_can_be_turned_off(
+    run_entrypoint, tmp_path: Path, env: dict[str, str], command: str, head: list[str]
+) -> None:
+    site = run_entrypoint(SITE_ENTRYPOINT, {**site_env(tmp_path), **env})
+    site.wait_ready(command)
+    node = site.args(command)
+    assert node[: len(head)] == head
+    assert flag(node, "--auth-supernode-private-key")
+    assert site.stop() == 0
+
+
 def test_sigterm_stops_the_supernode_and_the_metrics(run_entrypoint, tmp_path: Path) -> None:
     site = run_entrypoint(SITE_ENTRYPOINT, site_env(tmp_path))
-    site.wait_ready("flower-supernode", "fedward-site-metrics")
+    site.wait_ready(NODE, "fedward-site-metrics")
     assert site.stop() == 0
-    assert site.stopped("flower-supernode") and site.stopped("fedward-site-metrics")
+    assert site.stopped(NODE) and site.stopped("fedward-site-metrics")
 
 
 def test_when_one_process_dies_the_other_is_stopped_and_the_container_fails(
@@ -174,7 +197,7 @@ def test_when_one_process_dies_the_other_is_stopped_and_the_container_fails(
     env = {**site_env(tmp_path), "STUB_EXIT": "fedward-site-metrics"}
     site = run_entrypoint(SITE_ENTRYPOINT, env)
     assert site.proc.wait(timeout=20) == 3
-    assert site.stopped("flower-supernode")
+    assert site.stopped(NODE)
     assert "exited with status 3" in site.stderr()
 
 
@@ -182,8 +205,8 @@ def test_site_insecure_only_with_the_flag_and_says_so(run_entrypoint, tmp_path: 
     env = {**site_env(tmp_path), "FEDWARD_INSECURE": "1"}
     Path(env.pop("FEDWARD_CA_CERT")).unlink()  # no CA needed without TLS
     site = run_entrypoint(SITE_ENTRYPOINT, env)
-    site.wait_ready("flower-supernode")
-    node = site.args("flower-supernode")
+    site.wait_ready(NODE)
+    node = site.args(NODE)
     assert "--insecure" in node and "--root-certificates" not in node
     assert "--auth-supernode-private-key" in node  # node authentication stays on
     assert site.stop() == 0

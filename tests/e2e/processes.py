@@ -73,3 +73,64 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+FAST_SUPERNODE = [str(BIN / "fedward-supernode"), "--flower-shortcuts", "--"]
+STOCK_SUPERNODE = [str(BIN / "flower-supernode")]
+
+
+def connection_home(tmp: Path, name: str, port: int) -> tuple[Path, dict[str, str]]:
+    """A FLWR_HOME whose config.toml names an insecure loopback SuperLink, and its environment."""
+    home = tmp / "flwr_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    return home, flower_env(home)
+
+
+def start_insecure_federation(
+    group: ProcessGroup,
+    tmp: Path,
+    env: dict[str, str],
+    port: int,
+    site_configs: list[Path],
+    supernode: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A loopback SuperLink (state in ``tmp/superlink.db``) and one SuperNode per site config,
+    started as the site image starts them (the fast path) unless ``supernode`` says otherwise."""
+    link = group.start(
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--database",
+            str(tmp / "superlink.db"),
+        ],
+        env=env,
+        log=tmp / "superlink.log",
+    )
+    wait_for_port(port)
+    for i, cfg in enumerate(site_configs):
+        group.start(
+            [
+                *(supernode or FAST_SUPERNODE),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"site-config='{cfg}'",
+            ],
+            env=env,
+            log=tmp / f"supernode-{i}.log",
+        )
+    return link

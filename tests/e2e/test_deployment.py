@@ -1,5 +1,6 @@
-"""Deployment proof: a real flower-superlink and four flower-supernode processes on loopback, each site
-with its own site config and data file, the app launched with `flwr run`."""
+"""Deployment proof: a real flower-superlink and four SuperNodes on loopback, each site with its own
+site config and data file, the app launched with `flwr run`. The SuperNodes start as the site image
+starts them: Flower's SuperNode inside `fedward-supernode --flower-shortcuts` (the fast path)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from fedward.common.datasets.bundled import write_site_files
-from tests.e2e.processes import BIN, ProcessGroup, flower_env, free_port, wait_for_port
+from tests.e2e.processes import (
+    BIN,
+    ProcessGroup,
+    connection_home,
+    free_port,
+    start_insecure_federation,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -20,50 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("deploy")
-    home = tmp / "flwr_home"
-    home.mkdir()
-    env = flower_env(home)
     link_port = free_port()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "fedward-test"\n\n[superlink.fedward-test]\n'
-        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
+    _, env = connection_home(tmp, "fedward-test", link_port)
     site_configs = write_site_files("heart-disease", tmp / "sites", seed=3)
     group = ProcessGroup()
     try:
-        group.start(
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(link_port),
-                "--database",
-                str(tmp / "superlink.db"),
-            ],
-            env=env,
-            log=tmp / "superlink.log",
-        )
-        wait_for_port(link_port)
-        for i, cfg in enumerate(site_configs):
-            group.start(
-                [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{link_port}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
-                    f"site-config='{cfg}'",
-                ],
-                env=env,
-                log=tmp / f"supernode-{i}.log",
-            )
+        start_insecure_federation(group, tmp, env, link_port, site_configs)
         out = tmp / "runs"
         done = subprocess.run(
             [

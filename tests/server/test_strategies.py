@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+)
 
 from fedward.common.config import StrategyConfig
 from fedward.server.strategies import build_strategy
@@ -17,12 +25,21 @@ from fedward.server.strategies import build_strategy
         ("fedadam", FedAdam),
         ("fedmedian", FedMedian),
         ("fedtrimmedavg", FedTrimmedAvg),
+        ("krum", Krum),
+        ("multikrum", MultiKrum),
     ],
 )
 def test_each_strategy_name_builds_flowers_class(name: str, cls: type) -> None:
     strategy = build_strategy(StrategyConfig(name=name, min_sites=3))  # type: ignore[arg-type]
     assert type(strategy) is cls
     assert strategy.min_train_nodes == 3  # type: ignore[attr-defined]
+
+
+def test_krum_carries_the_assumed_number_of_hostile_sites() -> None:
+    krum = build_strategy(StrategyConfig(name="krum", malicious_sites=1))
+    assert krum.num_malicious_nodes == 1 and krum.num_nodes_to_select == 1
+    multi = build_strategy(StrategyConfig(name="multikrum", malicious_sites=1, multikrum_select=3))
+    assert multi.num_nodes_to_select == 3
 
 
 def test_fedprox_carries_the_configured_proximal_term() -> None:

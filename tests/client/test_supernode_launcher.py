@@ -1,0 +1,142 @@
+"""fedward-supernode's zygote and its flwr-clientapp stand-in, with Flower's real entry point.
+
+A deployment through the launcher is in tests/e2e/test_deployment.py and test_secure_topology.py;
+here the mechanics: arguments and streams reach Flower's ``flwr-clientapp``, its exit status comes
+back, children draw fresh randomness, and a dead zygote falls back to Flower's own command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedward.client.supernode_launcher import CLIENTAPP_COMMAND, _split_args
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, signal
+    from pathlib import Path
+    from fedward.client.supernode_launcher import real_clientapp, start_zygote
+    pid = start_zygote(Path(sys.argv[1]), real_clientapp())
+    print(pid, flush=True)
+    signal.pause()
+    """
+)
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert driver.stdout is not None
+    zygote_pid = int(driver.stdout.readline())
+    try:
+        yield driver, zygote_pid, tmp_path / CLIENTAPP_COMMAND
+    finally:
+        for pid in (driver.pid, zygote_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+
+
+def stand_in(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(path), *args], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_forked_clientapp_runs_flowers_entry_point_with_the_callers_streams(
+    zygote: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    _, zygote_pid, path = zygote
+    ok = stand_in(path, "--help")
+    assert ok.returncode == 0, ok.stderr
+    assert "Run a Flower ClientApp" in ok.stdout  # Flower's own parser, on the stand-in's stdout
+    bad = stand_in(path, "--no-such-flag")
+    assert bad.returncode == 2
+    assert "flwr-clientapp: error: one of the arguments --token --token-file is required" in (
+        bad.stderr
+    )
+    # Forked, not started: the stand-in never imported Flower, and the zygote still serves.
+    again = stand_in(path, "--help")
+    assert again.returncode == 0 and not gone(zygote_pid, 0.2)
+
+
+def test_without_its_zygote_the_stand_in_runs_flowers_own_command(
+    zygote: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    driver, zygote_pid, path = zygote
+    assert stand_in(path, "--help").returncode == 0  # served by the zygote, so it has preloaded
+    driver.kill()
+    driver.wait(timeout=10)
+    assert gone(zygote_pid, 10), "the zygote outlived the launcher"
+    fallback = stand_in(path, "--help")
+    assert fallback.returncode == 0, fallback.stderr
+    assert "Run a Flower ClientApp" in fallback.stdout
+
+
+def test_each_forked_child_draws_fresh_randomness() -> None:
+    code = textwrap.dedent(
+        """
+        import os, random, numpy as np, torch
+        from fedward.client.supernode_launcher import _reseed
+        torch.manual_seed(0); np.random.seed(0); random.seed(0)
+        draws = []
+        for _ in range(2):
+            r, w = os.pipe()
+            if os.fork() == 0:
+                _reseed()
+                os.write(w, repr((torch.rand(1).item(), np.random.rand(), random.random())).encode())
+                os._exit(0)
+            os.close(w)
+            draws.append(os.read(r, 1000).decode())
+            os.wait()
+        print(draws[0] != draws[1] and all(d != repr((0.4962565898895264,)) for d in draws))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "shortcuts", "rest"),
+    [
+        (["--", "--insecure"], {}, False, ["--insecure"]),
+        (["--flower-shortcuts", "--", "--insecure"], {}, True, ["--insecure"]),
+        (["--insecure", "--superlink", "x:1"], {}, False, ["--insecure", "--superlink", "x:1"]),
+        (["--", "--insecure"], {"FEDWARD_FLOWER_SHORTCUTS": "1"}, True, ["--insecure"]),
+        (["--no-flower-shortcuts"], {"FEDWARD_FLOWER_SHORTCUTS": "1"}, False, []),
+    ],
+)
+def test_launcher_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    shortcuts: bool,
+    rest: list[str],
+) -> None:
+    monkeypatch.delenv("FEDWARD_FLOWER_SHORTCUTS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _split_args(argv) == (shortcuts, rest)

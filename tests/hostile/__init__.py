@@ -1,0 +1,1 @@
+"""Hostile input everywhere: malformed configs, data, ledgers, ciphertexts and Flower messages."""
