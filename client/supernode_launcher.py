@@ -13,7 +13,7 @@ the start cheap:
   zygote, which forks a child that runs Flower's own ``flwr-clientapp`` entry point; the stand-in
   exits with the child's status. If the zygote is gone, the stand-in runs the real
   ``flwr-clientapp`` instead, so the site degrades to stock behaviour, never to a failure;
-* SuperExec's documented ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` is set to 0.2 s unless the
+* SuperExec's documented ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` is set to 0.5 s unless the
   operator set it.
 
 Every forked child draws fresh random state (Python, NumPy and torch's default generator), as a
@@ -44,7 +44,7 @@ from pathlib import Path
 
 SHORTCUTS_ENV = "FEDWARD_FLOWER_SHORTCUTS"
 TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
-TASK_POLL_DEFAULT = "0.2"
+TASK_POLL_DEFAULT = "0.5"
 CLIENTAPP_COMMAND = "flwr-clientapp"
 # Imported once in the zygote: what every ClientApp process would otherwise import again.
 PRELOAD = (

@@ -40,8 +40,8 @@ class FlowerInternalsChanged(RuntimeError):
 class Shortcuts:
     """The waits, in seconds, used in place of Flower's fixed 3 s, 0.5 s and 1 s."""
 
-    idle_poll: float = 0.2
-    reply_wait: float = 0.05
+    idle_poll: float = 0.5
+    reply_wait: float = 0.1
     pull_backoff: float = 0.05
 
     def __post_init__(self) -> None:

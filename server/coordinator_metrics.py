@@ -48,7 +48,7 @@ RUN_RECORD_FILE = "run_record.json"
 AUDIT_FILE = "audit.json"
 
 RUN_STATES = ("running", "finished", "stopped")
-SITE_STATUSES = ("participating", "refused", "failed", "rejected")
+SITE_STATUSES = ("participating", "refused", "failed", "rejected", "dropped")
 # Seconds; a round is one train and one tune evaluation, from a second (loopback) to an hour.
 ROUND_DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -59,6 +59,7 @@ _SITE_EVENT_STATUS = {
     "site-failed": "failed",
     "site-error": "failed",
     "site-rejected": "rejected",
+    "site-dropped": "dropped",
 }
 
 
@@ -245,7 +246,8 @@ _HELP = {
     "training and tune evaluation included.",
     "sites": "Sites of the run by their latest status: participating (trained in its latest "
     "round), refused (the site declined; not asked again), failed (an error at the site), "
-    "rejected (the coordinator dropped its latest update: broken or out of bounds).",
+    "rejected (the coordinator dropped its latest update: broken or out of bounds), dropped "
+    "(no reply in its latest round: crashed, disconnected or timed out).",
     "site_epsilon": "ε the site spent on this run so far (the site's own accountant, as reported).",
     "tune_auroc": "Pooled tune-split AUROC of the latest evaluated round (from score histograms).",
     "audit_auc": "Pooled AUC of a membership-inference attack on a released model (audit.json).",

@@ -4,7 +4,7 @@ Flower's deployment grid (``flwr.superlink.grid.http_grid``) pulls replies, then
 3 s before pulling again, so every round of a real federation loses up to 3 s per message type
 waiting on nothing. This wrapper keeps Flower's grid for everything and replaces only that loop
 with one built on the public ``push_messages`` / ``pull_messages`` API, pulling every
-``FEDWARD_REPLY_POLL_INTERVAL`` seconds (0.1 by default). The replies, the timeout and what a
+``FEDWARD_REPLY_POLL_INTERVAL`` seconds (0.25 by default). The replies, the timeout and what a
 missing reply means are unchanged.
 """
 
@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 POLL_INTERVAL_ENV = "FEDWARD_REPLY_POLL_INTERVAL"
-DEFAULT_POLL_INTERVAL_S = 0.1
+DEFAULT_POLL_INTERVAL_S = 0.25
 
 
 def poll_interval_from_env() -> float:

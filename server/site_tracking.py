@@ -9,6 +9,7 @@ per-site and pooled metrics (pooled from histograms, never from raw scores).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from fedward.server.run_folder import RunFolder
 from fedward.server.update_validation import STATUS_REJECTED, UpdateValidator
 
 _AGGREGATED_TRAIN_KEYS = ("num-examples", "train_loss")
+STATUS_DROPPED = "dropped"
 
 
 @dataclass
@@ -68,6 +70,9 @@ class SiteRecord:
     privacy_unit: str | None = None
     multi_row_patients: bool | None = None
     refusals: list[dict[str, Any]] = field(default_factory=list)
+    # Rounds this site did not answer (crashed, disconnected, timed out): {"round", "phase", "at",
+    # "reason"}. The site is asked again next round if it is connected.
+    dropouts: list[dict[str, Any]] = field(default_factory=list)
     # Updates the coordinator dropped before aggregation: {"round", "reason", "update_norm"}.
     rejected_updates: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -100,6 +105,7 @@ class SiteRecord:
             "multi_row_patients": self.multi_row_patients,
             "refusals": self.refusals,
             "rejected_updates": self.rejected_updates,
+            "dropouts": self.dropouts,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "warnings": self.warnings,
@@ -185,6 +191,9 @@ class SiteTracking(Strategy):
         # Node ids of records restored from a checkpoint: a site that comes back under a new node id
         # (a restarted SuperLink) is matched to its record by name.
         self.restored: set[int] = set()
+        # Node ids each phase of the current round was sent to; a reply missing at aggregation
+        # time is a dropout.
+        self._asked: dict[str, set[int]] = {}
         self._round_arrays: ArrayRecord | None = None
 
     # ---- delegation -------------------------------------------------------------------------------
@@ -197,14 +206,44 @@ class SiteTracking(Strategy):
             self.sites[node_id] = SiteRecord(node_id=node_id)
         return self.sites[node_id]
 
-    def _keep(self, messages: Iterable[Message]) -> list[Message]:
+    def _keep(self, messages: Iterable[Message], phase: str) -> list[Message]:
         kept = []
         for m in messages:
             if m.metadata.dst_node_id in self.excluded:
                 continue
             self._site(m.metadata.dst_node_id)
             kept.append(m)
+        self._asked[phase] = {m.metadata.dst_node_id for m in kept}
         return kept
+
+    def _record_dropouts(
+        self, server_round: int, phase: str, replied: set[int], errors: list[str]
+    ) -> None:
+        """Every site asked in ``phase`` that sent no reply of its own dropped out of this round.
+
+        Flower answers for a node that stopped sending heartbeats with an error reply from the
+        SuperLink itself (not from the node), and for one that never answers with nothing at all
+        once the round's timeout passes: either way the round closes without it.
+        """
+        why = "; ".join(sorted(set(errors))) or "no reply before the round's timeout"
+        for node in sorted(self._asked.pop(phase, set()) - replied):
+            rec = self._site(node)
+            rec.status = STATUS_DROPPED
+            rec.reason = f"{phase}, round {server_round}: no reply ({why})"
+            rec.dropouts.append(
+                {"round": server_round, "phase": phase, "at": round(time.time(), 3), "reason": why}
+            )
+            # A site that comes back under a new node id is matched to this record by name.
+            self.restored.add(node)
+            self.folder.event("site-dropped", round=server_round, site=rec.label, reason=why)
+            log(
+                WARNING,
+                "site %s dropped out of %s, round %s: %s",
+                rec.label,
+                phase,
+                server_round,
+                why,
+            )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -229,22 +268,36 @@ class SiteTracking(Strategy):
             config[KEY_LEDGER_HEADS] = self.heads.to_json()
         self.folder.event("round-started", round=server_round, attempt=attempt)
         self._train_arrays = arrays
-        return self._keep(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self._keep(
+            self.strategy.configure_train(server_round, arrays, config, grid), "train"
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
         self._round_arrays = arrays
-        return self._keep(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        return self._keep(
+            self.strategy.configure_evaluate(server_round, arrays, config, grid), "evaluate (tune)"
+        )
 
     # ---- classification of replies ------------------------------------------------------------
 
     def _classify(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
         """Record every reply; return those that may be aggregated."""
         ok: list[Message] = []
+        asked = self._asked.get(phase)
+        replied: set[int] = set()
+        unattributed: list[str] = []
         for msg in replies:
             node = msg.metadata.src_node_id
+            if asked is not None and node not in asked:
+                # Not from a site asked this round: Flower's own error reply for a node it lost.
+                unattributed.append(
+                    (msg.error.reason or "error") if msg.has_error() else "unexpected reply"
+                )
+                continue
+            replied.add(node)
             rec = self._site(node)
             if msg.has_error():
                 rec.status = "failed"
@@ -318,6 +371,8 @@ class SiteTracking(Strategy):
                 if w not in rec.warnings:
                     rec.warnings.append(str(w))
             ok.append(msg)
+        if asked is not None:
+            self._record_dropouts(server_round, phase, replied, unattributed)
         return ok
 
     def _reclaim(self, rec: SiteRecord) -> SiteRecord:

@@ -135,3 +135,47 @@ def test_wrapper_rejects_bad_arguments(tmp_path: Path) -> None:
     folder = RunFolder.at(tmp_path / "r", RunConfig(), run_id=1, engine="test")
     with pytest.raises(ValueError, match="histogram_bins"):
         SiteTracking(FedAvg(), folder=folder, histogram_bins=1, min_sites=1)
+
+
+def test_a_site_that_never_answers_is_recorded_as_dropped_and_reclaimed_when_back(
+    tracker: SiteTracking,
+) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    run = RunConfig(rounds=2)
+    sent = list(
+        tracker.configure_train(1, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 12, 13]))
+    )
+    assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12, 13]
+    ok = [_site_reply(run, 0, 11), _site_reply(run, 1, 12)]
+    # What Flower's SuperLink sends for a node that stopped its heartbeats: an error reply from the
+    # SuperLink itself (node 0), not from the lost node.
+    lost = next(m for m in sent if m.metadata.dst_node_id == 13)
+    flower_says = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=lost)
+    flower_says.metadata.__dict__["_src_node_id"] = 0
+    arrays, _ = tracker.aggregate_train(1, [*ok, flower_says])
+    assert arrays is not None  # the round closed with the two that answered
+    rec = tracker.sites[13]
+    assert rec.status == "dropped" and "Node Unavailable" in (rec.reason or "")
+    assert [(d["round"], d["phase"]) for d in rec.dropouts] == [(1, "train")]
+    assert 0 not in tracker.sites  # the SuperLink is not a site
+    assert 13 not in tracker.excluded  # asked again if it is connected next round
+    events = [json.loads(x) for x in (tracker.folder.path / PROGRESS_FILE).read_text().splitlines()]
+    assert any(e["event"] == "site-dropped" and e["round"] == 1 for e in events)
+
+    # No reply at all (the round's timeout passed): the same record.
+    tracker.configure_train(2, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 12]))
+    tracker.aggregate_train(2, [_site_reply(run, 0, 11, server_round=2)])
+    assert tracker.sites[12].status == "dropped"
+    assert "no reply before the round's timeout" in (tracker.sites[12].reason or "")
+
+    # Hungary comes back under a new node id: its record (and its dropout history) moves with it.
+    tracker.configure_train(3, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 21]))
+    tracker.aggregate_train(
+        3, [_site_reply(run, 0, 11, server_round=3), _site_reply(run, 1, 21, server_round=3)]
+    )
+    assert 12 not in tracker.sites and tracker.sites[21].name == "hungary"
+    assert tracker.sites[21].status == "ok" and len(tracker.sites[21].dropouts) == 1
