@@ -199,6 +199,20 @@ class StrategyConfig(BaseModel):
         le=100000,
         description="MultiKrum: how many of the best-scored updates are averaged.",
     )
+    round_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="Seconds a round (and every other question to the sites) waits for replies; "
+        "it then closes with the sites that answered, the rest recorded as dropped.",
+    )
+    site_wait: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="Seconds to wait for min_sites sites to connect before a federation starts "
+        "(Flower's own wait has no limit); the run then stops cleanly with too few sites.",
+    )
     validation: UpdateValidationConfig = Field(default_factory=UpdateValidationConfig)
     secure_aggregation: bool = Field(
         default=False,

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.config import RunConfig, load_run_config, run_schema
+from fedward.common.config import RunConfig, StrategyConfig, load_run_config, run_schema
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.models import set_deterministic
 from fedward.common.preprocessing import SharedTransform, transform_from_aggregates
@@ -51,8 +51,6 @@ from fedward.server.companions import Companion, run_companions, tune_run_model
 from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
 from fedward.server.data_profiles import collect_profiles
 from fedward.server.federation import (
-    NODE_WAIT_S,
-    ROUND_TIMEOUT_S,
     Federation,
     build_run_strategy,
     federate,
@@ -137,16 +135,21 @@ def settings_from_run_config(rc: dict[str, Any]) -> CoordinatorSettings:
 
 
 def _dp_fitted_transform(
-    grid: Grid, tracker: SiteTracking, base: dict[str, Any], schema: DataSchema, min_sites: int
+    grid: Grid,
+    tracker: SiteTracking,
+    base: dict[str, Any],
+    schema: DataSchema,
+    strategy: StrategyConfig,
 ) -> SharedTransform:
     """Ask every site for DP-noised training-split aggregates and freeze the transform from their sum."""
-    nodes = wait_for_nodes(grid, min_sites, NODE_WAIT_S)
+    min_sites = strategy.min_sites
+    nodes = wait_for_nodes(grid, min_sites, strategy.site_wait)
     msgs = [
         Message(RecordDict({CONFIG: ConfigRecord(dict(base))}), dst_node_id=n, message_type="query")
         for n in nodes
     ]
     replies = tracker._classify(
-        0, grid.send_and_receive(msgs, timeout=ROUND_TIMEOUT_S), "preprocessing"
+        0, grid.send_and_receive(msgs, timeout=strategy.round_timeout), "preprocessing"
     )
     aggregates = []
     for msg in replies:
@@ -324,9 +327,7 @@ def _coordinate(
             json.loads((folder.path / "transform.json").read_text(encoding="utf-8"))
         )
     elif run.preprocessing.source == "dp-aggregates":
-        transform = _dp_fitted_transform(
-            grid, tracker, main.config(), schema, run.strategy.min_sites
-        )
+        transform = _dp_fitted_transform(grid, tracker, main.config(), schema, run.strategy)
     else:
         transform = SharedTransform.from_schema(schema)
     if point is None:

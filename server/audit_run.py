@@ -33,8 +33,6 @@ from fedward.common.run_plan import companion_runs
 from fedward.server.audit_report import audit_report, site_audits, write_audit_report
 from fedward.server.companions import COMPANIONS_DIR, Companion
 from fedward.server.federation import (
-    NODE_WAIT_S,
-    ROUND_TIMEOUT_S,
     Federation,
     FederationResult,
     describe_model,
@@ -71,7 +69,9 @@ def run_audits(
     models = {
         t.name: {
             "description": t.description,
-            "sites": site_audits(grid, nodes, t.config, t.arrays, t.name, ROUND_TIMEOUT_S, names),
+            "sites": site_audits(
+                grid, nodes, t.config, t.arrays, t.name, run.strategy.round_timeout, names
+            ),
             "epsilon": t.epsilon,
         }
         for t in targets
@@ -187,7 +187,7 @@ def audit_run_folder(grid: Grid, context: Context, run_dir: str | Path) -> dict[
                 {s["site"]: s.get("delta") or 0.0 for s in summary["sites"]},
             )
         )
-    nodes = wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
+    nodes = wait_for_nodes(grid, run.strategy.min_sites, run.strategy.site_wait)
     report = run_audits(grid, folder, run, run_id, targets, nodes)
     replies = report.pop("_replies")
     outputs = sorted(

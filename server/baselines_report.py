@@ -36,7 +36,7 @@ from fedward.common.protocol import (
 )
 from fedward.common.run_plan import LABEL_SHUFFLE
 from fedward.server.companions import LOSO_PREFIX, Companion, TuningSearch
-from fedward.server.federation import ROUND_TIMEOUT_S, Federation, FederationResult, describe_model
+from fedward.server.federation import Federation, FederationResult, describe_model
 from fedward.server.run_folder import RunFolder
 
 REPORT_JSON = "baselines.json"
@@ -83,7 +83,9 @@ def site_baselines(
     main.folder.event("baselines-started", sites=len(nodes), **spec)
     out = {
         site: {"status": STATUS_OK, **_unflatten(info)} if info.get("status") == STATUS_OK else info
-        for site, info in result.tracker.ask(grid, messages, "baselines", ROUND_TIMEOUT_S).items()
+        for site, info in result.tracker.ask(
+            grid, messages, "baselines", run.strategy.round_timeout
+        ).items()
     }
     main.folder.event("baselines-finished", sites=sorted(out))
     return out

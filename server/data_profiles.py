@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedward.common.protocol import CONFIG, MSG_PROFILE, STATUS_OK
-from fedward.server.federation import ROUND_TIMEOUT_S, Federation, FederationResult
+from fedward.server.federation import Federation, FederationResult
 
 PROFILES_FILE = "profiles.json"
 
@@ -32,7 +32,9 @@ def collect_profiles(grid: Grid, main: Federation, result: FederationResult) -> 
     ]
     sites: dict[str, Any] = {}
     min_cell = 0
-    for site, info in result.tracker.ask(grid, messages, "profile", ROUND_TIMEOUT_S).items():
+    for site, info in result.tracker.ask(
+        grid, messages, "profile", main.run.strategy.round_timeout
+    ).items():
         if info.get("status") != STATUS_OK:
             sites[site] = info
             continue

@@ -28,9 +28,6 @@ from fedward.server.site_tracking import SiteTracking, TooFewSites
 from fedward.server.strategies import build_strategy
 from fedward.server.update_validation import UpdateValidator
 
-NODE_WAIT_S = 120.0
-ROUND_TIMEOUT_S = 600.0
-
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     """Flower's own wait for nodes never times out; this one does."""
@@ -55,7 +52,7 @@ def build_run_strategy(grid: Grid, run: RunConfig) -> Strategy:
     num_sites = None
     if central.enabled:
         num_sites = central.num_sites or len(
-            wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
+            wait_for_nodes(grid, run.strategy.min_sites, run.strategy.site_wait)
         )
     try:
         return build_strategy(run.strategy, central, num_sites=num_sites)
@@ -186,14 +183,14 @@ def federate(
     model = build_model(run.model, n_inputs, schema.image_shape, seed=run.seed)
     initial = initial_arrays if initial_arrays is not None else ArrayRecord(model.state_dict())
     config = fed.config()
-    wait_for_nodes(grid, run.strategy.min_sites + len(fed.exclude), NODE_WAIT_S)
+    wait_for_nodes(grid, run.strategy.min_sites + len(fed.exclude), run.strategy.site_wait)
     started = time.time()
     try:
         result = tracker.start(
             grid=grid,
             initial_arrays=initial,
             num_rounds=max(0, run.rounds - tracker.round_offset),
-            timeout=ROUND_TIMEOUT_S,
+            timeout=run.strategy.round_timeout,
             train_config=ConfigRecord(dict(config)),
             evaluate_config=ConfigRecord({**config, KEY_SPLIT: "tune"}),
         )
@@ -208,7 +205,7 @@ def federate(
             arrays if arrays is not None else initial,
             ConfigRecord(dict(config)),
             run.rounds,
-            timeout=ROUND_TIMEOUT_S,
+            timeout=run.strategy.round_timeout,
             nodes=None if test_nodes is None else list(test_nodes),
         )
     return FederationResult(fed, tracker, initial, arrays, test, time.time() - started, None)

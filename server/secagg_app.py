@@ -83,8 +83,6 @@ from fedward.common.protocol import (
     STATUS_REFUSED,
 )
 from fedward.server.app import (
-    NODE_WAIT_S,
-    ROUND_TIMEOUT_S,
     CoordinatorSettings,
     _wait_for_nodes,
     privacy_summary,
@@ -231,6 +229,7 @@ class SecAggTracking(LegacyStrategy):
     dtypes: list[torch.dtype]
     min_sites: int
     histogram_bins: int
+    round_timeout: float
     heads: LedgerHeads
     sites: dict[int, SiteRecord] = field(default_factory=dict)
     excluded: set[int] = field(default_factory=set)
@@ -520,7 +519,7 @@ class SecAggTracking(LegacyStrategy):
             )
             for n in nodes
         ]
-        replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_S))
+        replies = list(grid.send_and_receive(messages, timeout=self.round_timeout))
         results = [
             (m.metadata.src_node_id, compat.recorddict_to_evaluateres(m.content))
             for m in replies
@@ -646,6 +645,7 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
         dtypes=[t.dtype for t in state.values()],
         min_sites=run.strategy.min_sites,
         histogram_bins=run.evaluation.histogram_bins,
+        round_timeout=run.strategy.round_timeout,
         heads=LedgerHeads(heads_path),
         max_weight=sa.max_weight,
     )
@@ -659,7 +659,7 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
     )
     legacy = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=run.rounds, round_timeout=ROUND_TIMEOUT_S),
+        config=ServerConfig(num_rounds=run.rounds, round_timeout=run.strategy.round_timeout),
         strategy=tracking,
     )
     folder.event(
@@ -674,7 +674,7 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
         folder=str(folder.path),
     )
     started = time.time()
-    _wait_for_nodes(grid, run.strategy.min_sites, NODE_WAIT_S)
+    _wait_for_nodes(grid, run.strategy.min_sites, run.strategy.site_wait)
     DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
 
     test: dict[str, Any] | None = None

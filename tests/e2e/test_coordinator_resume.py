@@ -5,9 +5,10 @@ ServerApp process SIGKILLed once every site has trained round 3, then
 
 What must hold: six rounds of history, one run id, a new attempt for round 3, every site's ledger
 holding the lost attempt's spend once and nothing twice, and final metrics within noise of an
-uninterrupted run. The uninterrupted reference is the same run config over the same site files (the
-same splits) in-process (the real ClientApp behind a loopback grid): a second deployment run would
-double the test's time, and the only difference left between the two is the sites' fresh DP noise.
+uninterrupted run. The uninterrupted references are the same run config over the same site files
+(the same splits) in-process (the real ClientApp behind a loopback grid), several of them so that
+"within noise" is measured rather than assumed: a deployment run would double the test's time, and
+the only difference left between the two is the sites' fresh DP noise.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -60,9 +62,14 @@ enabled = false
 [audit]
 enabled = false
 """
-# Pooled test AUROC of DP runs on the same splits that differ only in their noise draws: four
-# uninterrupted in-process runs gave 0.798-0.834 (sd ~0.013); 0.06 is over four sd.
-AUROC_NOISE = 0.06
+# Pooled test AUROC of DP runs on the same splits differs only by the sites' noise draws: twelve
+# uninterrupted in-process runs gave 0.772-0.828 (mean 0.802, sd 0.019). The resumed run must sit
+# within four standard deviations of the references drawn in the test itself (a correct resume
+# fails that about once in 15,000 runs), never closer than AUROC_NOISE_FLOOR in case the references
+# happen to agree.
+REFERENCE_RUNS = 8
+NOISE_SDS = 4.0
+AUROC_NOISE_FLOOR = 0.05
 
 
 def _children(pid: int) -> list[int]:
@@ -239,18 +246,22 @@ def test_the_coordinator_audit_log_kept_the_whole_story(resumed: dict[str, Any])
 
 
 def test_final_metrics_are_within_noise_of_an_uninterrupted_run(resumed: dict[str, Any]) -> None:
-    ref_sites = write_site_files("heart-disease", resumed["tmp"] / "ref-sites", seed=3)
-    grid = LoopbackGrid(app, 4)
-    for node, cfg in zip(grid.nodes, ref_sites, strict=True):
-        grid.contexts[node].node_config = {"site-config": str(cfg)}
-    settings = CoordinatorSettings(
-        run=load_run_config(resumed["run_toml"]),
-        run_dir=str(resumed["tmp"] / "reference"),
-        coordinator_state_dir=str(resumed["tmp"] / "reference-coordinator"),
-    )
-    reference = coordinate(grid, server_context(), settings).path
-    ref = json.loads((reference / "metrics.json").read_text())["test"]["pooled"]
-    got = json.loads((resumed["run_dir"] / "metrics.json").read_text())["test"]["pooled"]
-    print(f"pooled test AUROC: resumed {got['auroc']:.4f}, uninterrupted {ref['auroc']:.4f}")
-    assert abs(got["auroc"] - ref["auroc"]) <= AUROC_NOISE
-    assert got["auroc"] > 0.8
+    run = load_run_config(resumed["run_toml"])
+    refs = []
+    for i in range(REFERENCE_RUNS):
+        ref_sites = write_site_files("heart-disease", resumed["tmp"] / f"ref-sites-{i}", seed=3)
+        grid = LoopbackGrid(app, 4)
+        for node, cfg in zip(grid.nodes, ref_sites, strict=True):
+            grid.contexts[node].node_config = {"site-config": str(cfg)}
+        settings = CoordinatorSettings(
+            run=run,
+            run_dir=str(resumed["tmp"] / f"reference-{i}"),
+            coordinator_state_dir=str(resumed["tmp"] / f"reference-coordinator-{i}"),
+        )
+        reference = coordinate(grid, server_context(), settings).path
+        refs.append(json.loads((reference / "metrics.json").read_text())["test"]["pooled"]["auroc"])
+    got = json.loads((resumed["run_dir"] / "metrics.json").read_text())["test"]["pooled"]["auroc"]
+    mean, sd = statistics.mean(refs), statistics.stdev(refs)
+    allowed = max(NOISE_SDS * sd, AUROC_NOISE_FLOOR)
+    print(f"pooled test AUROC: resumed {got:.4f}; uninterrupted {mean:.4f} ± {sd:.4f} ({refs})")
+    assert abs(got - mean) <= allowed, f"resumed {got:.4f}, references {mean:.4f} ± {sd:.4f}"
