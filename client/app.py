@@ -48,6 +48,7 @@ from fedward.common.protocol import (
     KEY_BASELINES,
     KEY_LEDGER_HEADS,
     KEY_PARENT_RUN,
+    KEY_PREPROCESSING_AGGREGATES,
     KEY_PURPOSE,
     KEY_RUN,
     KEY_RUN_ID,
@@ -869,7 +870,7 @@ def query(msg: Message, context: Context) -> Message:
     info = _privacy_info(req, budget, delta)
     info.update(
         {
-            "preprocessing_aggregates": json.dumps(aggregates),
+            KEY_PREPROCESSING_AGGREGATES: json.dumps(aggregates),
             "noise_multiplier": float(sigma),
             "non_dp_outputs": []
             if run.privacy.delta is not None

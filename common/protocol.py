@@ -97,3 +97,6 @@ PRIVACY_SUMMARY_KEYS = (
     "multi_row_patients",
     "refusals",
 )
+
+# A site's DP-noised training-split aggregates (one JSON text) for a DP-fitted shared transform.
+KEY_PREPROCESSING_AGGREGATES = "preprocessing_aggregates"

@@ -26,6 +26,7 @@ from fedward.common.preprocessing import SharedTransform, transform_from_aggrega
 from fedward.common.protocol import (
     CONFIG,
     KEY_PARENT_RUN,
+    KEY_PREPROCESSING_AGGREGATES,
     KEY_SCHEMA,
     KEY_SIM_SITES,
     KEY_SIM_STATE,
@@ -157,7 +158,7 @@ def _dp_fitted_transform(
         rec = tracker._site(msg.metadata.src_node_id)
         rec.epsilon = float(info.get("epsilon", 0.0))
         rec.delta = float(info.get("delta", 0.0))
-        aggregates.append(json.loads(str(info["preprocessing_aggregates"])))
+        aggregates.append(json.loads(str(info[KEY_PREPROCESSING_AGGREGATES])))
     if len(aggregates) < min_sites:
         raise FedwardError(
             f"only {len(aggregates)} site(s) released preprocessing aggregates; "

@@ -9,13 +9,20 @@ Shapes, finiteness and norms of the model update are ``fedward.server.update_val
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from flwr.app import Message
 
 from fedward.common.metrics import CoarseHistogram
-from fedward.common.protocol import ARRAYS, METRICS, PRIVACY_FLOATS, REPLY
+from fedward.common.protocol import (
+    ARRAYS,
+    KEY_PREPROCESSING_AGGREGATES,
+    METRICS,
+    PRIVACY_FLOATS,
+    REPLY,
+)
 
 _LIST_KEYS = ("non_dp_outputs", "warnings", "undefined_metrics")
 _TRAIN_METRICS = ("num-examples", "train_loss")
@@ -26,7 +33,8 @@ def _number(value: Any) -> bool:
 
 
 def malformed_reply(msg: Message, phase: str) -> str | None:
-    """The first problem of an "ok" reply to a ``phase`` ("train" or "evaluate ...") request."""
+    """The first problem of an "ok" reply to a ``phase`` ("train", "preprocessing" or "evaluate ...")
+    request."""
     content = msg.content
     info: dict[str, Any] = dict(content.config_records[REPLY])
     for key in PRIVACY_FLOATS:
@@ -39,6 +47,16 @@ def malformed_reply(msg: Message, phase: str) -> str | None:
     for key in _LIST_KEYS:
         if key in info and not isinstance(info[key], list):
             return f"'{key}' in record '{REPLY}' is {type(info[key]).__name__}, not a list"
+    if phase == "preprocessing":
+        # The DP-noised training-split aggregates travel as one JSON text; nothing else.
+        released = info.get(KEY_PREPROCESSING_AGGREGATES)
+        if not isinstance(released, str):
+            return f"no text '{KEY_PREPROCESSING_AGGREGATES}' in record '{REPLY}'"
+        try:
+            json.loads(released)
+        except ValueError as exc:
+            return f"'{KEY_PREPROCESSING_AGGREGATES}' in record '{REPLY}' is not JSON ({exc})"
+        return None
     if METRICS not in content.metric_records:
         return f"no MetricRecord '{METRICS}'"
     metrics = content.metric_records[METRICS]

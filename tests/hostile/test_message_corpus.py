@@ -23,6 +23,7 @@ from fedward.common.protocol import (
     CONFIG,
     KEY_BASELINES,
     KEY_LEDGER_HEADS,
+    KEY_PREPROCESSING_AGGREGATES,
     KEY_PURPOSE,
     KEY_RUN,
     KEY_SCHEMA,
@@ -468,3 +469,42 @@ def test_a_refusal_with_a_text_epsilon_is_still_recorded_as_a_refusal(
     assert arrays is not None
     site = {s["node_id"]: s for s in tracker.site_summary()}[13]
     assert site["status"] == "refused" and site["reason"] == "budget"
+
+
+def _ok_preprocessing_reply(node: int, name: str) -> Message:
+    request = make_message(RecordDict(), "query", dst_node_id=node)
+    aggregates = json.dumps({"n": 120.0, "sums": [1.0, 2.0]})
+    reply = ConfigRecord({"site": name, "status": "ok", KEY_PREPROCESSING_AGGREGATES: aggregates})
+    return Message(RecordDict({REPLY: reply}), reply_to=request)
+
+
+PREPROCESSING_REPLY_CASES = [
+    pytest.param(
+        _reply_value(KEY_PREPROCESSING_AGGREGATES, 3.5),
+        "no text 'preprocessing_aggregates'",
+        id="aggregates-are-a-number",
+    ),
+    pytest.param(
+        _reply_value(KEY_PREPROCESSING_AGGREGATES, "{not json"),
+        "'preprocessing_aggregates' in record 'fedward' is not JSON",
+        id="aggregates-are-not-json",
+    ),
+]
+
+
+def test_a_well_formed_preprocessing_reply_needs_no_metrics(tracker: SiteTracking) -> None:
+    (kept,) = tracker._classify(0, [_ok_preprocessing_reply(11, "a")], "preprocessing")
+    assert {s["node_id"]: s for s in tracker.site_summary()}[11]["status"] != "failed"
+    assert kept.content.config_records[REPLY]["site"] == "a"
+
+
+@pytest.mark.parametrize(("edit", "says"), PREPROCESSING_REPLY_CASES)
+def test_garbage_preprocessing_reply_fails_that_site_only(
+    tracker: SiteTracking, edit: Callable[[Message], None], says: str
+) -> None:
+    garbage = _ok_preprocessing_reply(13, "st-garbage")
+    edit(garbage)
+    kept = tracker._classify(0, [_ok_preprocessing_reply(11, "a"), garbage], "preprocessing")
+    assert [m.metadata.src_node_id for m in kept] == [11]
+    failed = {s["node_id"]: s for s in tracker.site_summary()}[13]
+    assert failed["status"] == "failed" and says in failed["reason"]
