@@ -117,20 +117,33 @@ def start_insecure_federation(
     )
     wait_for_port(port)
     for i, cfg in enumerate(site_configs):
-        group.start(
-            [
-                *(supernode or FAST_SUPERNODE),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(free_port()),
-                "--node-config",
-                f"site-config='{cfg}'",
-            ],
-            env=env,
-            log=tmp / f"supernode-{i}.log",
-        )
+        start_supernode(group, env, port, cfg, log=tmp / f"supernode-{i}.log", supernode=supernode)
     return link
+
+
+def start_supernode(
+    group: ProcessGroup,
+    env: dict[str, str],
+    port: int,
+    site_config: Path,
+    *,
+    log: Path,
+    supernode: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """One insecure SuperNode for the site ``site_config`` against the loopback SuperLink."""
+    return group.start(
+        [
+            *(supernode or FAST_SUPERNODE),
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            f"site-config='{site_config}'",
+        ],
+        env=env,
+        log=log,
+    )
