@@ -311,7 +311,9 @@ def _round_timing(progress: Path) -> dict[str, float | None]:
     }
 
 
-def fedward_federation(seed: int, *, dp: bool, out: Path, idle_wait_s: float) -> dict[str, Any]:
+def fedward_federation(
+    seed: int, *, dp: bool, out: Path, idle_wait_s: float, rounds: int | None = None
+) -> dict[str, Any]:
     """One `fedward simulate` with the defaults, as a subprocess; its test metrics and timings."""
     run_out = out / f"fedward-{'dp' if dp else 'nodp'}-seed{seed}"
     cmd = [
@@ -325,6 +327,8 @@ def fedward_federation(seed: int, *, dp: bool, out: Path, idle_wait_s: float) ->
     ]
     if not dp:
         cmd.insert(2, "--no-dp")
+    if rounds is not None:
+        cmd += ["--rounds", str(rounds)]
     timed = run_timed(cmd, log=run_out / "console.log", idle_wait_s=idle_wait_s)
     folders = sorted(p.parent for p in run_out.glob("*/metrics.json"))
     if timed.returncode != 0 or len(folders) != 1:
@@ -358,9 +362,13 @@ def fedward_federation(seed: int, *, dp: bool, out: Path, idle_wait_s: float) ->
     }
 
 
-def plain_flower_opacus(seed: int, *, out: Path, idle_wait_s: float) -> dict[str, Any]:
+def plain_flower_opacus(
+    seed: int, *, out: Path, idle_wait_s: float, rounds: int | None = None
+) -> dict[str, Any]:
     """The plain Flower + Opacus app for one seed, as a subprocess."""
     cmd = [sys.executable, "-m", PLAIN_MODULE, "--seed", str(seed)]
+    if rounds is not None:
+        cmd += ["--rounds", str(rounds)]
     log = out / f"plain-flower-opacus-seed{seed}.log"
     timed = run_timed(cmd, log=log, idle_wait_s=idle_wait_s)
     lines = [ln for ln in timed.stdout.splitlines() if ln.startswith("{")]
@@ -467,9 +475,11 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def pooled_reference(seed: int, *, dp: bool) -> dict[str, Any]:
+def pooled_reference(seed: int, *, dp: bool, rounds: int | None = None) -> dict[str, Any]:
     """Train on the union of the four training splits; evaluate on each site's test split."""
     run = RunConfig(seed=seed, privacy=PrivacyConfig(dp=dp))
+    if rounds is not None:
+        run = run.model_copy(update={"rounds": rounds})
     schema = run_schema(run)
     transform = SharedTransform.from_schema(schema)
     sites = site_arrays(run, transform)

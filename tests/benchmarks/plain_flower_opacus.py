@@ -263,7 +263,7 @@ def server_main(grid: Grid, context: Context) -> None:
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(build_net().state_dict()),
-        num_rounds=ROUNDS,
+        num_rounds=int(_RESULTS.get("rounds", ROUNDS)),
         train_config=ConfigRecord({"seed": seed}),
         evaluate_config=ConfigRecord({"seed": seed}),
     )
@@ -277,7 +277,7 @@ def _whole_run_epsilon(history: Iterable[tuple[float, float, int]]) -> float:
     return float(acc.get_epsilon(TARGET_DELTA))
 
 
-def main(seed: int) -> dict[str, Any]:
+def main(seed: int, rounds: int = ROUNDS) -> dict[str, Any]:
     """Run the 4-hospital federation once; print and return a JSON-safe summary."""
     from flwr.simulation import run_simulation
 
@@ -295,6 +295,7 @@ def main(seed: int) -> dict[str, Any]:
     _LAST_EVAL.clear()
     _HISTORY.clear()
     _RESULTS["seed"] = seed
+    _RESULTS["rounds"] = rounds
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -316,7 +317,7 @@ def main(seed: int) -> dict[str, Any]:
         "seed": seed,
         "wall_s": round(wall, 3),
         "federation_s": round(float(_RESULTS.get("federation_s", float("nan"))), 3),
-        "rounds": ROUNDS,
+        "rounds": rounds,
         "mean_accuracy": float(np.mean([s["accuracy"] for s in sites.values()])),
         "mean_auroc": float(np.mean([s["auroc"] for s in sites.values()])),
         "sites": sites,
@@ -333,7 +334,9 @@ def main(seed: int) -> dict[str, Any]:
 def _cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    main(parser.parse_args().seed)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    args = parser.parse_args()
+    main(args.seed, args.rounds)
 
 
 if __name__ == "__main__":

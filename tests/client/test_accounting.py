@@ -6,9 +6,12 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
+from fedward.client import accounting
 from fedward.client.accounting import (
     _rdp_per_step,
     default_delta,
@@ -115,3 +118,31 @@ def test_gaussian_release_sigma_gives_the_asked_epsilon_in_one_release() -> None
 
 def test_smaller_release_epsilon_needs_more_noise() -> None:
     assert gaussian_release_sigma(0.1, DELTA) > gaussian_release_sigma(1.0, DELTA)
+
+
+def test_planning_a_run_evaluates_few_rdp_curves() -> None:
+    """Each ε evaluation is a new RDP curve; the search guesses its steps from ε ~ 1/σ."""
+    accounting._rdp_per_step.cache_clear()
+    accounting._epsilon_cached.cache_clear()
+    sigma = plan_noise_multiplier(1.0, DELTA, 64 / 180, 63)
+    assert 0.99 <= epsilon_of([(sigma, 64 / 180, 63)], DELTA) <= 1.0
+    assert accounting._rdp_per_step.cache_info().misses <= 8  # bisection needed 11
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    target=st.floats(0.2, 20.0),
+    q=st.floats(0.005, 1.0),
+    steps=st.integers(1, 3000),
+    delta=st.sampled_from([1e-7, 1e-5, 1e-3]),
+)
+def test_planned_noise_lands_in_the_tolerance_band(
+    target: float, q: float, steps: int, delta: float
+) -> None:
+    try:
+        sigma = plan_noise_multiplier(target, delta, q, steps)
+    except FedwardError as exc:  # only when no σ up to the maximum fits
+        assert "no noise multiplier" in str(exc)
+        return
+    eps = epsilon_of([(sigma, q, steps)], delta)
+    assert target - 0.01 <= eps <= target
