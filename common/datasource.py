@@ -267,8 +267,23 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+def _only_text(col: pd.Series) -> bool:
+    """Every present cell is a str (a CSV read as text): pandas' vectorised string methods then
+    give exactly what the per-cell ``_is_missing`` / ``_as_text`` give, without a Python loop per
+    cell (that loop was most of a site's table load)."""
+    return col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty")
+
+
+def _stripped(col: pd.Series) -> pd.Series:
+    """Stripped text of an all-text column, NaN for empty or missing cells."""
+    text = col.str.strip()
+    return text.where(text.notna() & (text != ""), np.nan).astype(object)
+
+
 def _text_column(col: pd.Series) -> pd.Series:
     """Case-folded text with NaN for missing cells."""
+    if _only_text(col):
+        return _stripped(col).str.casefold().astype(object)
     return pd.Series(
         [np.nan if _is_missing(v) else _as_text(v) for v in col.tolist()],
         index=col.index,
@@ -358,7 +373,11 @@ def _numeric(
     elif pd.api.types.is_numeric_dtype(col.dtype):
         numbers = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        text = col.astype(object).map(lambda v: np.nan if _is_missing(v) else str(v).strip())
+        text = (
+            _stripped(col)
+            if _only_text(col)
+            else col.astype(object).map(lambda v: np.nan if _is_missing(v) else str(v).strip())
+        )
         text_missing = {
             str(v).strip().casefold() for v in spec.missing_values if isinstance(v, str)
         }

@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedward.common.config import load_schema
-from fedward.common.datasource import load_table, table_from_frame
+from fedward.common.datasource import (
+    _as_text,
+    _is_missing,
+    _text_column,
+    load_table,
+    table_from_frame,
+)
 from fedward.common.errors import SiteDataError
 from fedward.common.schema import DataSchema
 
@@ -200,3 +208,23 @@ def test_label_without_rule_must_be_zero_one_or_bool() -> None:
     bad = pd.DataFrame({"x": [0.1, 0.2], "y": ["sick", "well"]})
     with pytest.raises(SiteDataError, match="positive_values"):
         table_from_frame(bad, schema, site="s")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.sampled_from(list(" \tabcXYZéÇß0129.-")), max_size=8),
+            st.just(np.nan),
+            st.none(),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_vectorised_text_cells_read_as_the_per_cell_rules(cells: list[object]) -> None:
+    """The fast path for all-text columns gives what the per-cell rules give, cell by cell."""
+    col = pd.Series(cells, dtype=object)
+    expected = [np.nan if _is_missing(v) else _as_text(v) for v in cells]
+    got = _text_column(col).tolist()
+    assert [None if pd.isna(v) else v for v in got] == [None if pd.isna(v) else v for v in expected]
