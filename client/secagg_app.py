@@ -59,6 +59,7 @@ from fedward.common.protocol import (
     STATUS_OK,
 )
 from fedward.common.schema import DataSchema
+from fedward.common.secagg_wire import narrow_masked_vectors
 
 # Scalars a site returns with its masked model, in the clear (the coordinator's per-site report).
 FIT_METRIC_KEYS = ("train_loss", *PRIVACY_FLOATS, "steps", "ledger_seq")
@@ -220,9 +221,18 @@ def refusal_as_error(msg: Message, context: Context, call_next: ClientAppCallabl
         )
 
 
+def narrow_masked_vector(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The masked model leaves as uint32 (``fedward.common.secagg_wire``): half the bytes."""
+    reply = call_next(msg, context)
+    if not reply.has_error():
+        narrow_masked_vectors(reply.content)
+    return reply
+
+
 def client_fn(context: Context) -> Any:
     return SecAggSiteClient(context).to_client()
 
 
-# Mods run outermost first: refusals become drop-outs around the whole SecAgg+ exchange.
-app = ClientApp(client_fn=client_fn, mods=[refusal_as_error, secaggplus_mod])
+# Mods run outermost first: refusals become drop-outs around the whole SecAgg+ exchange, and the
+# masked vectors Flower's mod made are narrowed on their way out.
+app = ClientApp(client_fn=client_fn, mods=[refusal_as_error, narrow_masked_vector, secaggplus_mod])

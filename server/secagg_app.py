@@ -27,7 +27,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 from pathlib import Path
@@ -82,6 +82,7 @@ from fedward.common.protocol import (
     STATUS_OK,
     STATUS_REFUSED,
 )
+from fedward.common.secagg_wire import widen_masked_vectors
 from fedward.server.app import (
     CoordinatorSettings,
     _wait_for_nodes,
@@ -157,6 +158,26 @@ class SecAggRound:
         }
 
 
+class _WideningGrid:
+    """The grid, with the sites' uint32 masked vectors widened to the int64 Flower's workflow
+    adds (``fedward.common.secagg_wire``); everything else is the grid's own."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            if not reply.has_error():
+                widen_masked_vectors(reply.content)
+        return replies
+
+
 class RecordedSecAggPlus(SecAggPlusWorkflow):
     """Flower's SecAgg+ workflow, unchanged, noting per round the shares, threshold and sum size."""
 
@@ -182,7 +203,8 @@ class RecordedSecAggPlus(SecAggPlusWorkflow):
     def collect_masked_vectors_stage(
         self, grid: Grid, context: LegacyContext, state: WorkflowState
     ) -> bool:
-        ok = super().collect_masked_vectors_stage(grid, context, state)
+        wide = cast(Grid, _WideningGrid(grid))
+        ok = super().collect_masked_vectors_stage(wide, context, state)
         if self.rounds:
             self.rounds[-1].masked = len(state.active_node_ids)
         return ok
