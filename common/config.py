@@ -27,7 +27,7 @@ class TaskConfig(BaseModel):
 
     dataset: str | None = Field(
         default="heart-disease",
-        description="Bundled dataset ('heart-disease', 'breast-cancer', 'digits'); "
+        description="Bundled dataset ('heart-disease', 'breast-cancer', 'digits', 'synthetic'); "
         "null when every site brings its own data through its site config.",
     )
     schema_file: str | None = Field(

@@ -122,7 +122,8 @@ def _left_out(run_dir: Path) -> list[str]:
 
 def simulate(
     dataset: Annotated[
-        str | None, typer.Option(help="Bundled dataset: heart-disease, breast-cancer, digits.")
+        str | None,
+        typer.Option(help="Bundled dataset: heart-disease, breast-cancer, digits, synthetic."),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config TOML.")] = None,
     sites: Annotated[
