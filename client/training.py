@@ -4,9 +4,20 @@ Implements DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy")
 every row independently with probability q (Poisson sampling, the subsampling the RDP analysis of
 Mironov 2017 / Mironov, Talwar, Zhang 2019 assumes), clips each row's gradient to L2 norm C, sums,
 adds N(0, σ²C²) noise and divides by the expected batch size qn. The clipping and noise are Opacus's
-own (Yousefpour et al. 2021): ``GradSampleModule`` computes per-sample gradients and
-``DPOptimizer`` clips, noises and scales them. Only batch sampling is done here, directly on
-tensors: a DataLoader's per-sample collation costs more than the whole step for these tiny models.
+own (Yousefpour et al. 2021), in one of two modes that compute the same clipped sum:
+
+- ``"ghost"`` (the default when every trainable layer has an Opacus norm sampler, as the logistic
+  and MLP models do): ghost clipping (Goodfellow 2015; Li et al. 2022, "Large Language Models Can
+  Be Strong Differentially Private Learners"). ``GradSampleModuleFastGradientClipping`` computes
+  each row's gradient norm from the layer's activations and backprops without materialising the
+  per-sample gradients (for ``Linear`` layers with a cheaper evaluation of Opacus's formula); a
+  second backward pass of the loss reweighted by the clipping factors gives the sum of clipped
+  gradients; ``DPOptimizerFastGradientClipping`` noises and scales it.
+- ``"hooks"`` (any other model, e.g. the CNN): ``GradSampleModule`` materialises per-sample
+  gradients and ``DPOptimizer`` clips, noises and scales them.
+
+Only batch sampling is done here, directly on tensors: a DataLoader's per-sample collation costs
+more than the whole step for these tiny models.
 
 Training does not account: the caller records ``(noise_multiplier, sample_rate, steps)`` from the
 returned ``TrainResult`` in the site's ledger (see ``fedward.client.accounting``).
@@ -26,14 +37,17 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.module_utils import trainable_modules
 from scipy.special import expit
 from torch import nn
 
@@ -41,6 +55,9 @@ from fedward.common.config import TrainingConfig
 from fedward.common.errors import FedwardError
 
 SMALL_MODEL_PARAMS = 200_000
+
+Clipping = Literal["ghost", "hooks"]
+"""How DP-SGD gets each row's clipped gradient; both give the same clipped sum (see module doc)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,79 @@ def _proximal_term(
     return 0.5 * mu * total
 
 
+# Opacus's norm-sampler signature: (layer, activations, backprops) -> {parameter: per-row norms}.
+_NormSampler = Callable[..., dict[torch.Tensor, torch.Tensor]]
+_OPACUS_LINEAR_NORM_SAMPLE: _NormSampler = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[
+    nn.Linear
+]
+
+
+def _linear_norm_sample(
+    layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[torch.Tensor, torch.Tensor]:
+    """Per-row gradient norms of a ``Linear`` layer on flat rows, with two vector norms.
+
+    A row's weight gradient is the outer product b a^T, whose norm is |b| |a|: the identity
+    Opacus's own norm sampler evaluates, with einsums that cost more than the rest of a small
+    model's step. Sequence inputs (3-D backprops) go to Opacus's.
+    """
+    if backprops.dim() != 2:
+        return _OPACUS_LINEAR_NORM_SAMPLE(layer, activations, backprops)
+    b = torch.linalg.vector_norm(backprops, dim=1)
+    norms: dict[torch.Tensor, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        a = torch.linalg.vector_norm(activations[0].to(backprops.dtype), dim=1)
+        norms[layer.weight] = b * a
+    if layer.bias is not None and layer.bias.requires_grad:
+        norms[layer.bias] = b
+    return norms
+
+
+class _GhostGradSampleModule(GradSampleModuleFastGradientClipping):
+    """Opacus's ghost-clipping module with a cheaper norm sampler for ``Linear`` layers.
+
+    Registered on this subclass only, so other users of Opacus in the process are unaffected.
+    """
+
+    NORM_SAMPLERS: ClassVar[dict[type[nn.Module], _NormSampler]] = {
+        **GradSampleModuleFastGradientClipping.NORM_SAMPLERS,
+        nn.Linear: _linear_norm_sample,
+    }
+
+
+def ghost_clipping_supported(model: nn.Module) -> bool:
+    """Whether ghost clipping pays off: every trainable layer has an Opacus norm sampler.
+
+    For other layers Opacus would materialise per-sample gradients anyway and add a second
+    backward pass on top, so the hooks mode is cheaper; Opacus also refuses tied parameters
+    under ghost clipping.
+    """
+    seen: set[int] = set()
+    for _, module in trainable_modules(model):
+        if type(module) not in _GhostGradSampleModule.NORM_SAMPLERS:
+            return False
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                return False
+            seen.add(id(p))
+    return bool(seen)
+
+
+class _GhostDPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus's ghost-clipping optimizer, keeping the clipped sum by a tensor copy.
+
+    Opacus's ``accumulate`` stores ``.grad`` in ``summed_grad`` with ``copy.deepcopy``, whose
+    Python overhead is a noticeable share of a small model's step; the value kept is the same.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad)
+            else:
+                p.summed_grad = p.grad.detach().clone()
+
+
 def train_local(
     model: nn.Module,
     x: torch.Tensor,
@@ -158,12 +248,17 @@ def train_local(
     device: torch.device | str = "cpu",
     proximal_mu: float = 0.0,
     num_threads: int | None = None,
+    clipping: Clipping | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs; DP-SGD when ``dp`` is given.
 
     ``model`` stays the plain module (its ``state_dict`` has no ``_module.`` prefix). ``y`` holds
     0/1 labels. ``proximal_mu`` > 0 adds FedProx's proximal term towards the starting weights.
+    ``clipping`` picks the DP mode (see module doc); None: ghost when
+    ``ghost_clipping_supported(model)``, else hooks. Ignored without ``dp``.
     """
+    if clipping not in (None, "ghost", "hooks"):
+        raise FedwardError(f"clipping must be 'ghost', 'hooks' or None, got {clipping!r}")
     _check_data(x, y)
     dev = torch.device(device)
     model.to(dev)
@@ -180,7 +275,11 @@ def train_local(
     with _intra_op_threads(num_threads):
         if dp is None:
             return _train_plain(model, xd, yd, cfg=cfg, seed=seed, anchor=anchor, mu=proximal_mu)
-        return _train_dp(model, xd, yd, cfg=cfg, dp=dp, anchor=anchor, mu=proximal_mu)
+        if clipping is None:
+            clipping = "ghost" if ghost_clipping_supported(model) else "hooks"
+        return _train_dp(
+            model, xd, yd, cfg=cfg, dp=dp, anchor=anchor, mu=proximal_mu, clipping=clipping
+        )
 
 
 def _train_plain(
@@ -228,6 +327,7 @@ def _train_dp(
     dp: DPSettings,
     anchor: list[torch.Tensor] | None,
     mu: float,
+    clipping: Clipping,
 ) -> TrainResult:
     n = x.shape[0]
     q = dp.sample_rate
@@ -238,22 +338,38 @@ def _train_dp(
     noise_gen = torch.Generator(device=x.device)
     noise_gen.manual_seed(int(base_seed) ^ 0x5DEECE66D)
 
-    # Loss is summed over the batch: the per-sample gradients are then the rows' own, and an
+    # The loss is summed over the batch: the per-sample gradients are then the rows' own, and an
     # empty Poisson batch (possible, and it must still be a noisy step) gives a zero sum, not NaN.
-    gsm = GradSampleModule(model, loss_reduction="sum", strict=True)
-    optimizer = DPOptimizer(
-        _base_optimizer(model, cfg),
-        noise_multiplier=dp.noise_multiplier,
-        max_grad_norm=dp.max_grad_norm,
-        expected_batch_size=q * n,  # the average divides by q·n, not by the drawn batch size
-        loss_reduction="mean",
-        generator=noise_gen,
-    )
+    # The optimizer divides the noisy sum by q·n, not by the drawn batch size.
+    ghost = clipping == "ghost"
+    gsm: GradSampleModule | GradSampleModuleFastGradientClipping
+    optimizer: DPOptimizer
+    if ghost:
+        gsm = _GhostGradSampleModule(
+            model, loss_reduction="sum", strict=True, max_grad_norm=dp.max_grad_norm
+        )
+        optimizer = _GhostDPOptimizer(
+            _base_optimizer(model, cfg),
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=q * n,
+            loss_reduction="mean",
+            generator=noise_gen,
+        )
+    else:
+        gsm = GradSampleModule(model, loss_reduction="sum", strict=True)
+        optimizer = DPOptimizer(
+            _base_optimizer(model, cfg),
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=q * n,
+            loss_reduction="mean",
+            generator=noise_gen,
+        )
+    params = optimizer.params
     if anchor is not None and mu > 0:
         # The proximal term depends on weights only, not on data: add its gradient after the
         # noise (post-processing), never through the per-sample clipping.
-        params = optimizer.params
-
         def _prox(opt: DPOptimizer) -> None:
             for p, a in zip(params, anchor, strict=True):
                 if p.grad is not None:
@@ -261,7 +377,7 @@ def _train_dp(
 
         optimizer.attach_step_hook(_prox)
 
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     loss_sum, rows_seen = 0.0, 0
     try:
         with warnings.catch_warnings():
@@ -271,17 +387,33 @@ def _train_dp(
                 mask = torch.rand(n, generator=sampler) < q
                 idx = mask.nonzero().reshape(-1).to(x.device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(gsm(x[idx]).reshape(-1), y[idx])
-                loss.backward()
+                if ghost and idx.numel() == 0:
+                    # The clipped sum over no rows is zero; the step still adds the noise.
+                    for p in params:
+                        p.grad = torch.zeros_like(p)
+                    optimizer.step()
+                    continue
+                losses = loss_fn(gsm(x[idx]).reshape(-1), y[idx])
+                if ghost:
+                    _ghost_clipped_backward(gsm, losses, params)
+                else:
+                    losses.sum().backward()
                 optimizer.step()
-                loss_sum += float(loss.detach())
+                loss_sum += float(losses.detach().sum())
                 rows_seen += int(idx.numel())
     finally:
         optimizer.zero_grad(set_to_none=True)
         for p in model.parameters():
             if hasattr(p, "summed_grad"):
                 del p.summed_grad
-        gsm.to_standard_module()  # removes hooks and every grad_sample attribute
+        gsm.to_standard_module()  # removes hooks and every per-parameter Opacus attribute
+        for module in model.modules():
+            # Left on a layer only when a step stopped between forward and backward; a stale
+            # batch length would corrupt the next round's per-sample gradients.
+            if isinstance(getattr(module, "activations", None), list):
+                del module.activations
+            if isinstance(getattr(module, "max_batch_len", None), int):
+                del module.max_batch_len
     return TrainResult(
         steps=steps,
         sample_rate=q,
@@ -289,6 +421,30 @@ def _train_dp(
         train_loss=loss_sum / max(rows_seen, 1),
         n_train=n,
     )
+
+
+def _ghost_clipped_backward(
+    gsm: GradSampleModuleFastGradientClipping,
+    losses: torch.Tensor,
+    params: list[nn.Parameter],
+) -> None:
+    """Leave the sum of the rows' clipped gradients in ``.grad`` (Opacus's two-pass ghost clipping).
+
+    The first pass's hooks record each row's gradient norm; its unclipped gradient is dropped.
+    The second, hooks off, backpropagates each row's loss weighted by min(1, C / (norm + 1e-6)),
+    the factor Opacus's hooks mode clips with. Done here rather than by Opacus's
+    ``DPLossFastGradientClipping``, which ties the loss reduction to the optimizer's: here the
+    loss is a sum while the optimizer divides by the expected batch size.
+    """
+    losses.sum().backward(retain_graph=True)
+    coef = gsm.get_clipping_coef().to(losses.device)
+    for p in params:
+        p.grad = None
+    gsm.disable_hooks()
+    try:
+        (losses * coef).sum().backward()
+    finally:
+        gsm.enable_hooks()
 
 
 @torch.no_grad()
