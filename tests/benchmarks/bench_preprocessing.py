@@ -55,11 +55,11 @@ def measure(draws: int, seed: int = 42) -> dict[str, Any]:
     exact_cols = {c.name: c for c in exact.columns}
     rows: list[dict[str, Any]] = []
     declared_center = {
-        s.name: abs((s.min + s.max) / 2 - exact_cols[s.name].center) / (s.max - s.min)  # type: ignore[operator]
+        s.name: abs((s.min + s.max) / 2 - exact_cols[s.name].center) / (s.max - s.min)
         for s in numeric
     }
     declared_impute = {
-        s.name: abs(float(s.impute) - exact_cols[s.name].center) / (s.max - s.min)  # type: ignore[arg-type, operator]
+        s.name: abs(float(s.impute) - exact_cols[s.name].center) / (s.max - s.min)
         for s in numeric
         if s.impute is not None
     }
@@ -73,9 +73,9 @@ def measure(draws: int, seed: int = 42) -> dict[str, Any]:
                 aggs.append(site_aggregates(frame, schema, noise_multiplier=sigma, rng=rng))
             cols = {c.name: c for c in transform_from_aggregates(schema, aggs).columns}
             for s in numeric:
-                width = s.max - s.min  # type: ignore[operator]
-                mean_err.append(abs(cols[s.name].center - exact_cols[s.name].center) / width)  # type: ignore[union-attr]
-                sd_err.append(abs(cols[s.name].scale - exact_cols[s.name].scale) / width)  # type: ignore[union-attr]
+                width = s.max - s.min
+                mean_err.append(abs(cols[s.name].center - exact_cols[s.name].center) / width)
+                sd_err.append(abs(cols[s.name].scale - exact_cols[s.name].scale) / width)
         rows.append(
             {
                 "epsilon": eps,
