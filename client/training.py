@@ -343,29 +343,20 @@ def _train_dp(
     # The optimizer divides the noisy sum by q·n, not by the drawn batch size.
     ghost = clipping == "ghost"
     gsm: GradSampleModule | GradSampleModuleFastGradientClipping
-    optimizer: DPOptimizer
     if ghost:
         gsm = _GhostGradSampleModule(
             model, loss_reduction="sum", strict=True, max_grad_norm=dp.max_grad_norm
         )
-        optimizer = _GhostDPOptimizer(
-            _base_optimizer(model, cfg),
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=q * n,
-            loss_reduction="mean",
-            generator=noise_gen,
-        )
     else:
         gsm = GradSampleModule(model, loss_reduction="sum", strict=True)
-        optimizer = DPOptimizer(
-            _base_optimizer(model, cfg),
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=q * n,
-            loss_reduction="mean",
-            generator=noise_gen,
-        )
+    optimizer = (_GhostDPOptimizer if ghost else DPOptimizer)(
+        _base_optimizer(model, cfg),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=q * n,
+        loss_reduction="mean",
+        generator=noise_gen,
+    )
     params = optimizer.params
     if anchor is not None and mu > 0:
         # The proximal term depends on weights only, not on data: add its gradient after the

@@ -90,6 +90,7 @@ from fedward.common.protocol import KEY_SPLIT
 from fedward.server.app import CoordinatorSettings, coordinate
 from fedward.server.run_folder import RunFolder
 from fedward.server.secagg_app import coordinate_secagg
+from tests.benchmarks.report import print_rows, row
 from tests.server.loopback import LoopbackGrid, server_context
 
 N_SITES = 4
@@ -528,14 +529,9 @@ def _row(
     unit: str,
     target: float | None = None,
 ) -> dict[str, Any]:
-    return {
-        "comparison": comparison,
-        "measure": measure,
-        "value": float(value),
-        "unit": unit,
-        "target": f"<= {target:g}" if target is not None else None,
-        "met": bool(value <= target) if target is not None else None,
-    }
+    if target is None:
+        return row(comparison, measure, value, unit)
+    return row(comparison, measure, value, unit, f"<= {target:g}", bool(value <= target))
 
 
 def rows_of(results: dict[str, Any], params: int, model_bytes: int) -> list[dict[str, Any]]:
@@ -704,14 +700,7 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{k['uplink_bytes_per_site']:>11,.0f} {k['downlink_bytes_per_site']:>11,.0f}"
             )
     print()
-    width = max(len(f"{r['comparison']}: {r['measure']}") for r in report["rows"])
-    for row in report["rows"]:
-        name = f"{row['comparison']}: {row['measure']}"
-        value = f"{row['value']:,.3f}" if row["unit"] == "x" else f"{row['value']:,.0f}"
-        target = ""
-        if row["target"]:
-            target = f"  target {row['target']}: {'met' if row['met'] else 'NOT met'}"
-        print(f"{name:<{width}}  {value:>12} {row['unit']}{target}")
+    print_rows(report["rows"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -38,7 +38,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedward.client.training import Clipping, DPSettings, train_local
 from fedward.common.config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
+from tests.benchmarks.report import busy_cpu_s, own_cpu_s, print_rows, row
 
 N_ROWS, N_FEATURES, HIDDEN, BATCH = 20_000, 30, 64, 256
 NOISE_MULTIPLIER, MAX_GRAD_NORM, LEARNING_RATE = 1.0, 1.0, 0.1
@@ -76,22 +76,6 @@ def synthetic(n: int = N_ROWS, d: int = N_FEATURES, seed: int = 0) -> tuple[torc
 
 def model() -> nn.Module:
     return build_model(ModelConfig(kind="mlp", hidden=[HIDDEN]), N_FEATURES, seed=0)
-
-
-def busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has been busy since boot (Linux): with one's own CPU time,
-    it tells how much of a run other processes took on a shared machine."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 # ---- the five loops; each returns the rows it processed --------------------------------------
@@ -248,76 +232,52 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     cpu = results["samples_per_cpu_s_median"]
     dp_ratio = med["fedward non-DP"] / med["fedward DP (ghost)"]
     vs_opacus = med["fedward DP (ghost)"] / med["plain Opacus DP"]
-    rows: list[dict[str, Any]] = [
-        {
-            "comparison": "fedward DP (ghost) vs fedward non-DP",
-            "measure": "time per row, DP / non-DP",
-            "value": dp_ratio,
-            "unit": "x",
-            "target": f"≤ {TARGET_DP_OVER_NON_DP}x",
-            "met": dp_ratio <= TARGET_DP_OVER_NON_DP,
-        },
-        {
-            "comparison": "fedward DP (ghost) vs plain Opacus DP",
-            "measure": "rows per second, fedward / Opacus",
-            "value": vs_opacus,
-            "unit": "x",
-            "target": f"≥ {TARGET_OVER_PLAIN_OPACUS:g}x",
-            "met": vs_opacus >= TARGET_OVER_PLAIN_OPACUS,
-        },
-        {
-            "comparison": "fedward DP (ghost) vs fedward non-DP",
-            "measure": "CPU time per row, DP / non-DP",
-            "value": cpu["fedward non-DP"] / cpu["fedward DP (ghost)"],
-            "unit": "x",
-            "target": None,
-            "met": None,
-        },
-        {
-            "comparison": "fedward DP (ghost) vs plain Opacus DP",
-            "measure": "rows per CPU second, fedward / Opacus",
-            "value": cpu["fedward DP (ghost)"] / cpu["plain Opacus DP"],
-            "unit": "x",
-            "target": None,
-            "met": None,
-        },
-        {
-            "comparison": "fedward DP (hooks) vs fedward non-DP",
-            "measure": "time per row, DP / non-DP",
-            "value": med["fedward non-DP"] / med["fedward DP (hooks)"],
-            "unit": "x",
-            "target": None,
-            "met": None,
-        },
-        {
-            "comparison": "plain Opacus DP vs plain torch non-DP",
-            "measure": "time per row, DP / non-DP",
-            "value": med["plain torch non-DP"] / med["plain Opacus DP"],
-            "unit": "x",
-            "target": None,
-            "met": None,
-        },
+    ghost_vs_non_dp = "fedward DP (ghost) vs fedward non-DP"
+    ghost_vs_opacus = "fedward DP (ghost) vs plain Opacus DP"
+    rows = [
+        row(
+            ghost_vs_non_dp,
+            "time per row, DP / non-DP",
+            dp_ratio,
+            "x",
+            f"≤ {TARGET_DP_OVER_NON_DP}x",
+            dp_ratio <= TARGET_DP_OVER_NON_DP,
+        ),
+        row(
+            ghost_vs_opacus,
+            "rows per second, fedward / Opacus",
+            vs_opacus,
+            "x",
+            f"≥ {TARGET_OVER_PLAIN_OPACUS:g}x",
+            vs_opacus >= TARGET_OVER_PLAIN_OPACUS,
+        ),
+        row(
+            ghost_vs_non_dp,
+            "CPU time per row, DP / non-DP",
+            cpu["fedward non-DP"] / cpu["fedward DP (ghost)"],
+            "x",
+        ),
+        row(
+            ghost_vs_opacus,
+            "rows per CPU second, fedward / Opacus",
+            cpu["fedward DP (ghost)"] / cpu["plain Opacus DP"],
+            "x",
+        ),
+        row(
+            "fedward DP (hooks) vs fedward non-DP",
+            "time per row, DP / non-DP",
+            med["fedward non-DP"] / med["fedward DP (hooks)"],
+            "x",
+        ),
+        row(
+            "plain Opacus DP vs plain torch non-DP",
+            "time per row, DP / non-DP",
+            med["plain torch non-DP"] / med["plain Opacus DP"],
+            "x",
+        ),
     ]
-    rows += [
-        {
-            "comparison": name,
-            "measure": "training rows per second",
-            "value": med[name],
-            "unit": "rows/s",
-            "target": None,
-            "met": None,
-        }
-        for name in VARIANTS
-    ]
+    rows += [row(name, "training rows per second", med[name], "rows/s") for name in VARIANTS]
     return {"name": "dp_cost", "setup": setup, "results": results, "rows": rows}
-
-
-def print_rows(rows: Sequence[dict[str, Any]]) -> None:
-    print(f"{'comparison':<40} {'measure':<40} {'value':>12}  {'target':<8} met")
-    for r in rows:
-        value = f"{r['value']:,.0f} " if r["unit"] == "rows/s" else f"{r['value']:.2f}x"
-        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        print(f"{r['comparison']:<40} {r['measure']:<40} {value:>12}  {r['target'] or '':<8} {met}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

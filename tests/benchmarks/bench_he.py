@@ -52,6 +52,7 @@ from fedward.server.he_service import (
     TLSFiles,
     start_server,
 )
+from tests.benchmarks.report import busy_cpu_s, own_cpu_s, row
 from tests.server.he_support import heart_disease_test_rows, train_run
 from tests.tls import make_tls
 
@@ -78,22 +79,6 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         **{pkg: metadata.version(pkg) for pkg in ("tenseal", "grpcio", "protobuf", "torch")},
     }
-
-
-def busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has been busy since boot (Linux), to tell how much of a run
-    other processes took: the machine is shared, and two cores are easily crowded."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def quiet() -> None:
@@ -490,41 +475,32 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     for kind, res in out["models"].items():
         comparison = f"encrypted inference, {LABEL[kind]}"
         rate = res["predictions_per_s"]["median"]
+        single = res["single_patient_ms"]["median"]
+        lr = kind == "logistic"
         rows += [
-            {
-                "comparison": comparison,
-                "measure": "encrypted predictions per second, end to end",
-                "value": rate,
-                "unit": "/s",
-                "target": f"≥ {TARGET_RATE[kind]:,.0f}/s",
-                "met": rate >= TARGET_RATE[kind],
-            },
-            {
-                "comparison": comparison,
-                "measure": "plaintext predictions per second (torch)",
-                "value": res["plaintext_per_s"]["torch"],
-                "unit": "/s",
-                "target": None,
-                "met": None,
-            },
-            {
-                "comparison": comparison,
-                "measure": "plaintext / encrypted throughput",
-                "value": res["he_slowdown_vs_torch"],
-                "unit": "x",
-                "target": None,
-                "met": None,
-            },
-            {
-                "comparison": comparison,
-                "measure": "one patient, round trip (median)",
-                "value": res["single_patient_ms"]["median"],
-                "unit": "ms",
-                "target": f"< {TARGET_LR_SINGLE_MS:.0f} ms" if kind == "logistic" else None,
-                "met": res["single_patient_ms"]["median"] < TARGET_LR_SINGLE_MS
-                if kind == "logistic"
-                else None,
-            },
+            row(
+                comparison,
+                "encrypted predictions per second, end to end",
+                rate,
+                "/s",
+                f"≥ {TARGET_RATE[kind]:,.0f}/s",
+                rate >= TARGET_RATE[kind],
+            ),
+            row(
+                comparison,
+                "plaintext predictions per second (torch)",
+                res["plaintext_per_s"]["torch"],
+                "/s",
+            ),
+            row(comparison, "plaintext / encrypted throughput", res["he_slowdown_vs_torch"], "x"),
+            row(
+                comparison,
+                "one patient, round trip (median)",
+                single,
+                "ms",
+                f"< {TARGET_LR_SINGLE_MS:.0f} ms" if lr else None,
+                single < TARGET_LR_SINGLE_MS if lr else None,
+            ),
         ]
     return {"name": "he", "setup": out["settings"], "results": out, "rows": rows}
 

@@ -46,6 +46,7 @@ from tests.benchmarks.bench_foundation import (
     _round_timing,
     fedward_executable,
 )
+from tests.benchmarks.report import print_rows, row
 
 SITES = (10, 30, 100)
 ROUNDS = 5
@@ -389,24 +390,6 @@ def growth(results: dict[int, dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def _row(
-    comparison: str,
-    measure: str,
-    value: float,
-    unit: str,
-    target: str | None = None,
-    met: bool | None = None,
-) -> dict[str, Any]:
-    return {
-        "comparison": comparison,
-        "measure": measure,
-        "value": float(value),
-        "unit": unit,
-        "target": target,
-        "met": met,
-    }
-
-
 def rows(
     results: dict[int, dict[str, Any]], rounds: int, fit: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -414,18 +397,16 @@ def rows(
     out: list[dict[str, Any]] = []
     for n, r in sorted(results.items()):
         busy = " (machine busy)" if r["contended"] else ""
-        out.append(
-            _row(comparison, f"peak memory (PSS, whole tree), {n} sites", r["peak_mb"], "MB")
-        )
-        out.append(_row(comparison, f"wall time, {n} sites" + busy, r["wall_s"], "s"))
+        out.append(row(comparison, f"peak memory (PSS, whole tree), {n} sites", r["peak_mb"], "MB"))
+        out.append(row(comparison, f"wall time, {n} sites" + busy, r["wall_s"], "s"))
         if r.get("federation_s") is not None:
             out.append(
-                _row(comparison, f"federation time, {n} sites" + busy, r["federation_s"], "s")
+                row(comparison, f"federation time, {n} sites" + busy, r["federation_s"], "s")
             )
     largest = max(results)
     r = results[largest]
     out.append(
-        _row(
+        row(
             comparison,
             f"{largest} sites: rounds completed with every site trained",
             r["rounds_completed"] if r["min_sites_trained"] == largest else 0,
@@ -439,7 +420,7 @@ def rows(
         target = f"< {TARGET_MB_PER_SITE:g} MB"
         ns = sorted(results)
         out.append(
-            _row(
+            row(
                 comparison,
                 f"memory per extra site (least-squares slope, N = {', '.join(map(str, ns))})",
                 slope,
@@ -450,7 +431,7 @@ def rows(
         )
         endpoints = fit["endpoints_mb_per_site"]
         out.append(
-            _row(
+            row(
                 comparison,
                 f"memory per extra site ({ns[0]} → {ns[-1]} sites)",
                 endpoints,
@@ -531,13 +512,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = measure(
         quick=args.quick, sites=args.sites, rounds=args.rounds, seed=args.seed, out=args.out
     )
-    for row in result["rows"]:
-        target = (
-            f"  target {row['target']}: {'met' if row['met'] else 'NOT met'}"
-            if row["target"]
-            else ""
-        )
-        print(f"{row['measure']:<62} {row['value']:>10.1f} {row['unit']:<6}{target}")
+    print_rows(result["rows"])
     for n, r in result["results"].items():
         if n != "growth" and not r["completed"]:
             print(

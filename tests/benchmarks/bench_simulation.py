@@ -27,6 +27,7 @@ from tests.benchmarks.bench_foundation import (
     plain_flower_opacus,
     pooled_reference,
 )
+from tests.benchmarks.report import print_rows, row
 
 ROUNDS = 20
 QUICK_ROUNDS = 2
@@ -49,47 +50,24 @@ def measure(
     contended = fedward["contended"] or plain["contended"]
     note = " (machine busy)" if contended else ""
     comparison = f"simulation, 4 hospitals, {n_rounds} DP rounds"
-    rows: list[dict[str, Any]] = [
-        {
-            "comparison": comparison,
-            "measure": "fedward federation time",
-            "value": fedward["elapsed_s"],
-            "unit": "s",
-            "target": None,
-            "met": None,
-        },
-        {
-            "comparison": comparison,
-            "measure": "plain Flower + Opacus federation time",
-            "value": plain["elapsed_s"],
-            "unit": "s",
-            "target": None,
-            "met": None,
-        },
-        {
-            "comparison": comparison,
-            "measure": "plain / fedward, federation time" + note,
-            "value": ratio,
-            "unit": "x",
-            "target": f"≥ {TARGET_RATIO:g}x (at most half the time)",
-            "met": ratio >= TARGET_RATIO,
-        },
-        {
-            "comparison": comparison,
-            "measure": "plain / fedward, wall time with start-up" + note,
-            "value": wall_ratio,
-            "unit": "x",
-            "target": None,
-            "met": None,
-        },
-        {
-            "comparison": comparison,
-            "measure": f"pooled centralised DP training, {pooled['epochs']} epochs",
-            "value": pooled["train_s"],
-            "unit": "s",
-            "target": None,
-            "met": None,
-        },
+    rows = [
+        row(comparison, "fedward federation time", fedward["elapsed_s"], "s"),
+        row(comparison, "plain Flower + Opacus federation time", plain["elapsed_s"], "s"),
+        row(
+            comparison,
+            "plain / fedward, federation time" + note,
+            ratio,
+            "x",
+            f"≥ {TARGET_RATIO:g}x (at most half the time)",
+            ratio >= TARGET_RATIO,
+        ),
+        row(comparison, "plain / fedward, wall time with start-up" + note, wall_ratio, "x"),
+        row(
+            comparison,
+            f"pooled centralised DP training, {pooled['epochs']} epochs",
+            pooled["train_s"],
+            "s",
+        ),
     ]
     return {
         "name": "simulation",
@@ -107,8 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = measure(quick=args.quick, rounds=args.rounds, seed=args.seed)
-    for row in result["rows"]:
-        print(f"{row['measure']:<55} {row['value']:>10.2f} {row['unit']}")
+    print_rows(result["rows"])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     return result

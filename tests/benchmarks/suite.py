@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tests.benchmarks.bench_foundation import ForeignCpu, machine_info, source_state
+from tests.benchmarks.report import ROW_KEYS, format_value, met_text
 
 # name -> module with ``measure(*, quick: bool) -> dict``; run in this order.
 BENCHMARKS: dict[str, str] = {
@@ -39,7 +40,6 @@ BENCHMARKS: dict[str, str] = {
     "communication": "tests.benchmarks.bench_communication",
     "he": "tests.benchmarks.bench_he",
 }
-ROW_KEYS = ("comparison", "measure", "value", "unit", "target", "met")
 # Other processes above this share of the machine's CPU during a benchmark: its figures are flagged.
 BUSY_SHARE = 0.10
 
@@ -69,21 +69,6 @@ def run_one(name: str, *, quick: bool) -> dict[str, Any]:
     return result
 
 
-def _value(row: dict[str, Any]) -> str:
-    value = float(row["value"])
-    if abs(value) >= 1000:
-        text = f"{value:,.0f}"
-    elif abs(value) >= 10:
-        text = f"{value:.1f}"
-    else:
-        text = f"{value:.3g}" if row["unit"] != "x" else f"{value:.2f}"
-    return f"{text} {row['unit']}".strip()
-
-
-def _met(row: dict[str, Any]) -> str:
-    return {True: "met", False: "NOT met", None: ""}[row["met"]]
-
-
 def table(results: dict[str, dict[str, Any]]) -> Table:
     out = Table(title="fedward performance suite")
     for column in ("benchmark", "comparison", "measure", "value", "target", "result"):
@@ -97,9 +82,9 @@ def table(results: dict[str, dict[str, Any]]) -> Table:
                 name,
                 row["comparison"],
                 row["measure"],
-                _value(row),
+                format_value(row),
                 row["target"] or "",
-                _met(row) + (busy if row["met"] is not None else ""),
+                met_text(row) + (busy if row["met"] is not None else ""),
             )
     return out
 
@@ -113,8 +98,14 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
         if result["error"]:
             lines.append(f"| {name} | | failed | | | |")
         for row in result["rows"]:
-            cells = (name, row["comparison"], row["measure"], _value(row), row["target"] or "")
-            lines.append("| " + " | ".join(cells) + f" | {_met(row)} |")
+            cells = (
+                name,
+                row["comparison"],
+                row["measure"],
+                format_value(row),
+                row["target"] or "",
+            )
+            lines.append("| " + " | ".join(cells) + f" | {met_text(row)} |")
     return "\n".join(lines) + "\n"
 
 

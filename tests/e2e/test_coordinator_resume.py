@@ -34,6 +34,15 @@ from fedward.common.config import load_run_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.server.app import CoordinatorSettings, coordinate
 from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
+from tests.e2e.followed_run import (
+    REPO,
+    SITES,
+    dp_rows,
+    logistic_run_toml,
+    progress_events,
+    start_fedward_run,
+    wait_for,
+)
 from tests.e2e.processes import (
     BIN,
     ProcessGroup,
@@ -44,24 +53,8 @@ from tests.e2e.processes import (
 from tests.server.loopback import LoopbackGrid, server_context
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-SITES = ("cleveland", "hungary", "switzerland", "va-long-beach")
 ROUNDS, KILLED_IN = 6, 3
-RUN_TOML = f"""name = "resume-proof"
-rounds = {ROUNDS}
-
-[model]
-kind = "logistic"
-
-[evaluation]
-bootstrap = 20
-
-[baselines]
-enabled = false
-
-[audit]
-enabled = false
-"""
+RUN_TOML = logistic_run_toml("resume-proof", ROUNDS)
 # Pooled test AUROC of DP runs on the same splits differs only by the sites' noise draws: twelve
 # uninterrupted in-process runs gave 0.772-0.828 (mean 0.802, sd 0.019). The resumed run must sit
 # within four standard deviations of the references drawn in the test itself (a correct resume
@@ -93,30 +86,6 @@ def _descendant_running(root: int, name: str) -> int | None:
     return None
 
 
-def _events(run_dir: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    path = run_dir / "progress.jsonl"
-    for line in (path.read_text() if path.is_file() else "").splitlines():
-        with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
-    return out
-
-
-def _dp_rows(state: Path, run_id: str) -> list[Any]:
-    ledger = Ledger(state)
-    return [e for e in ledger.entries() if e.kind == "dp-sgd" and e.run_id == run_id]
-
-
-def _wait(what: str, ready: Any, timeout: float, poll: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = ready()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"{what} within {timeout:g} s")
-
-
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("resume")
@@ -129,38 +98,27 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     group = ProcessGroup()
     try:
         link = start_insecure_federation(group, tmp, env, link_port, site_configs)
-        first = group.start(
-            [
-                str(BIN / "fedward"),
-                "run",
-                str(REPO),
-                "fedward-test",
-                "-c",
-                f"run-config='{run_toml}' output-dir='{out}'",
-            ],
-            env=env,
-            log=tmp / "fedward-run-1.log",
-        )
-        run_dir = _wait(
+        first = start_fedward_run(group, env, run_toml, out, tmp / "fedward-run-1.log")
+        run_dir = wait_for(
             "no run folder", lambda: next(iter(out.glob("*-resume-proof-*")), None), 420
         )
 
         def lost_attempt() -> str | None:
-            events = _events(run_dir)
+            events = progress_events(run_dir)
             started = [e for e in events if e["event"] == "round-started" and e["round"] == 3]
             if not started:
                 return None
             run_id = next(e["run_id"] for e in events if e["event"] == "run-started")
             attempt = str(started[0]["attempt"])
             trained = [
-                any(e.attempt == attempt for e in _dp_rows(Path(c).parent / "state", run_id))
+                any(e.attempt == attempt for e in dp_rows(Path(c).parent / "state", run_id))
                 for c in site_configs
             ]
             return attempt if all(trained) else None
 
         # Every site has committed round 3's spend (and is training or has replied): kill now.
-        lost = _wait("round 3 was not trained by every site", lost_attempt, 600)
-        serverapp = _wait(
+        lost = wait_for("round 3 was not trained by every site", lost_attempt, 600)
+        serverapp = wait_for(
             "no flwr-serverapp below the SuperLink",
             lambda: _descendant_running(link.pid, "flwr-serverapp"),
             30,
@@ -201,7 +159,7 @@ def test_fedward_run_says_what_it_resumes(resumed: dict[str, Any]) -> None:
 
 
 def test_six_rounds_one_run_id_and_a_new_attempt_for_round_3(resumed: dict[str, Any]) -> None:
-    events = _events(resumed["run_dir"])
+    events = progress_events(resumed["run_dir"])
     (started,) = [e for e in events if e["event"] == "run-started"]
     (again,) = [e for e in events if e["event"] == "run-resumed"]
     assert again["run_id"] == started["run_id"] and again["from_round"] == KILLED_IN - 1
@@ -224,7 +182,7 @@ def test_every_ledger_counts_the_lost_attempt_once_and_nothing_twice(
     assert sorted(reported) == list(SITES)
     for site, state in resumed["sites"].items():
         assert Ledger(state).verify().ok, site
-        rows = _dp_rows(state, summary["run_id"])
+        rows = dp_rows(state, summary["run_id"])
         assert max(Counter(e.attempt for e in rows).values()) == 1, site
         assert sorted(e.round for e in rows) == [1, 2, 3, 3, 4, 5, 6], site
         assert resumed["lost"] in {e.attempt for e in rows if e.round == KILLED_IN}, site

@@ -24,43 +24,37 @@ import pytest
 from fedward.client.accounting import epsilon_of
 from fedward.client.ledger import Ledger
 from fedward.common.datasets.bundled import write_site_files
+from tests.e2e.followed_run import (
+    SITES,
+    dp_rows,
+    logistic_run_toml,
+    progress_events,
+    start_fedward_run,
+    wait_for,
+)
 from tests.e2e.processes import (
-    BIN,
     ProcessGroup,
     connection_home,
     free_port,
     start_insecure_federation,
     start_supernode,
 )
-from tests.e2e.test_coordinator_resume import _dp_rows, _events, _wait
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-SITES = ("cleveland", "hungary", "switzerland", "va-long-beach")
 LOST = "hungary"
 ROUNDS, LOST_IN, BACK_FOR = 4, 2, 4
 # The round closes at the latest after this; Flower also answers for a node whose heartbeats
 # stopped, whichever comes first.
 ROUND_TIMEOUT_S = 45
-RUN_TOML = f"""name = "dropout-proof"
-rounds = {ROUNDS}
-
-[model]
-kind = "logistic"
-
-[evaluation]
-bootstrap = 20
-
-[baselines]
-enabled = false
-
-[audit]
-enabled = false
-
+RUN_TOML = logistic_run_toml(
+    "dropout-proof",
+    ROUNDS,
+    f"""
 [strategy]
 min_sites = 3
 round_timeout = {ROUND_TIMEOUT_S}
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,40 +73,31 @@ def dropout_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     try:
         start_insecure_federation(group, tmp, env, link_port, site_configs)
         lost_node = group.procs[1 + SITES.index(LOST)]
-        runner = group.start(
-            [
-                str(BIN / "fedward"),
-                "run",
-                str(REPO),
-                "fedward-test",
-                "-c",
-                f"run-config='{run_toml}' output-dir='{out}'",
-            ],
-            env=env,
-            log=tmp / "fedward-run.log",
-        )
-        run_dir = _wait(
+        runner = start_fedward_run(group, env, run_toml, out, tmp / "fedward-run.log")
+        run_dir = wait_for(
             "no run folder", lambda: next(iter(out.glob("*-dropout-proof-*")), None), 420
         )
 
         def training_round_2() -> bool:
-            events = _events(run_dir)
+            events = progress_events(run_dir)
             started = [e for e in events if e["event"] == "round-started" and e["round"] == LOST_IN]
             if not started:
                 return False
             run_id = next(e["run_id"] for e in events if e["event"] == "run-started")
-            return any(e.attempt == started[0]["attempt"] for e in _dp_rows(lost_state, run_id))
+            return any(e.attempt == started[0]["attempt"] for e in dp_rows(lost_state, run_id))
 
         # The site has committed round 2's spend and is training (or replying): lose it now.
-        _wait(f"{LOST} never started round {LOST_IN}", training_round_2, 420, poll=0.05)
+        wait_for(f"{LOST} never started round {LOST_IN}", training_round_2, 420, poll=0.05)
         os.killpg(lost_node.pid, signal.SIGKILL)
         lost_node.wait(timeout=30)
         killed_at = time.monotonic()
 
         def round_started(n: int) -> bool:
-            return any(e["event"] == "round-started" and e["round"] == n for e in _events(run_dir))
+            return any(
+                e["event"] == "round-started" and e["round"] == n for e in progress_events(run_dir)
+            )
 
-        _wait(f"round {LOST_IN + 1} never started", lambda: round_started(LOST_IN + 1), 300)
+        wait_for(f"round {LOST_IN + 1} never started", lambda: round_started(LOST_IN + 1), 300)
         start_supernode(group, env, link_port, lost_config, log=tmp / "supernode-back.log")
         runner.wait(timeout=600)
         assert runner.returncode == 0, (tmp / "fedward-run.log").read_text()[-4000:]
@@ -155,7 +140,7 @@ def test_the_run_record_names_the_site_the_round_and_the_phase(
     assert all(d["round"] < BACK_FOR for d in lost["dropouts"])
     assert lost["status"] == "ok"  # back, and trained the last round
     assert all(not sites[s]["dropouts"] for s in SITES if s != LOST)
-    dropped = [e for e in _events(dropout_run["run_dir"]) if e["event"] == "site-dropped"]
+    dropped = [e for e in progress_events(dropout_run["run_dir"]) if e["event"] == "site-dropped"]
     assert (dropped[0]["site"], dropped[0]["round"]) == (LOST, LOST_IN)
 
 
@@ -163,7 +148,7 @@ def test_the_spend_of_the_unanswered_round_is_still_counted(dropout_run: dict[st
     summary = json.loads((dropout_run["run_dir"] / "privacy_summary.json").read_text())
     ledger = Ledger(dropout_run["lost_state"])
     assert ledger.verify().ok
-    rows = _dp_rows(dropout_run["lost_state"], summary["run_id"])
+    rows = dp_rows(dropout_run["lost_state"], summary["run_id"])
     # Round 2 was committed before the kill; round 3 was never asked; round 4 after the return.
     assert sorted(e.round for e in rows) == [1, LOST_IN, BACK_FOR]
     (reported,) = [s for s in summary["sites"] if s["site"] == LOST]
