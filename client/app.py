@@ -27,12 +27,12 @@ from opacus.validators import ModuleValidator
 
 from fedward.client.budget import BudgetRefusal, SiteBudget
 from fedward.client.ledger import Ledger, LedgerError
-from fedward.client.site import PreparedSite, Site, open_site, prepare
+from fedward.client.site import PreparedSite, Site, SiteEntry, prepare, resolve_site
 from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.client.withdrawal import refuse_if_withdrawn
 from fedward.common.code_identity import code_hash
 from fedward.common.config import BASELINE_FAMILIES, ModelConfig, RunConfig, validate_config
-from fedward.common.egress import egress_mod
+from fedward.common.egress import REASON_SOURCE, WARNINGS_SOURCE, EgressMod, SiteView
 from fedward.common.errors import FedwardError, MessageError, PolicyError, SiteDataError
 from fedward.common.metrics import metric_panel, score_histogram
 from fedward.common.models import build_model, select_device
@@ -70,7 +70,9 @@ from fedward.common.protocol import (
     STATUS_OK,
     STATUS_REFUSED,
 )
+from fedward.common.reply_fields import AUDIT_MODELS, NON_DP_OUTPUTS
 from fedward.common.schema import DataSchema
+from fedward.common.site_messages import ERROR_NAMES, SiteMessage, count_slot
 from fedward.common.splits import SPLIT_NAMES
 
 
@@ -90,12 +92,28 @@ class _SiteApp(ClientApp):
                 context,
                 MessageError(
                     "message_type", None, f"'{kind}' is not one this site answers ({known})"
-                ),
+                ).publicly("message-type-unknown"),
             )
         return super().__call__(message, context)
 
 
-app = _SiteApp(mods=[egress_mod])
+def site_view(msg: Message, context: Context) -> SiteView:
+    """The egress guard's view of this site: its own config's name and minimum cell, no data."""
+    cfg = msg.content.config_records.get(CONFIG) if msg.has_content() else None
+    sims: Any = []
+    if cfg is not None and isinstance(cfg.get(KEY_SIM_SITES), str):
+        sims = json.loads(str(cfg[KEY_SIM_SITES]) or "[]")
+    run = RunConfig.from_json(str(cfg[KEY_RUN])) if cfg is not None and KEY_RUN in cfg else None
+    if run is None:
+        return SiteView(site=f"node {context.node_id}", min_cell_size=10)
+    entry = resolve_site(dict(context.node_config), run, list(sims))
+    return SiteView(entry.name, entry.policy.min_cell_size, entry.dataset_id)
+
+
+site_egress = EgressMod(resolve=site_view)
+"""The egress guard with this site's own name and minimum cell size; outermost on every reply."""
+
+app = _SiteApp(mods=[site_egress])
 
 HANDLED_MESSAGE_TYPES = ("train", "evaluate", "query", MSG_BASELINES, MSG_AUDIT, MSG_PROFILE)
 PRIVACY_UNIT = "record"  # sample-level DP-SGD: one row of one site's table
@@ -142,7 +160,9 @@ class Request:
     def purpose(self) -> str:
         purpose = str(self.cfg.get(KEY_PURPOSE, PURPOSE_RUN) or PURPOSE_RUN)
         if purpose not in PURPOSES:
-            raise PolicyError(self.site.name, f"unknown purpose '{purpose}' for this federation")
+            raise PolicyError(
+                self.site.name, f"unknown purpose '{purpose}' for this federation"
+            ).publicly("policy-refused", policy="unknown purpose")
         return purpose
 
     @property
@@ -180,7 +200,9 @@ class Request:
             self.run.model, transform.n_outputs, self.site.schema.image_shape, seed=self.run.seed
         )
         if self.weights is None:
-            raise PolicyError(self.site.name, "the coordinator sent no model weights")
+            raise PolicyError(self.site.name, "the coordinator sent no model weights").publicly(
+                "policy-refused", policy="no weights sent"
+            )
         try:
             model.load_state_dict(dict(self.weights))
         except RuntimeError as exc:
@@ -190,11 +212,11 @@ class Request:
                 ARRAYS,
                 None,
                 "the coordinator's weights do not fit the run's model: " + " ".join(lines),
-            ) from None
+            ).publicly("weights-mismatch") from None
         return model
 
 
-def _state_dir(site: Site, cfg: Mapping[str, Any]) -> Path:
+def _state_dir(site: Site | SiteEntry, cfg: Mapping[str, Any]) -> Path:
     """A real site's ledger lives where its own config says; only simulated nodes take the run's.
 
     A SuperNode started with a site config never lets the coordinator move its ledger.
@@ -203,7 +225,9 @@ def _state_dir(site: Site, cfg: Mapping[str, Any]) -> Path:
     if site.simulated_node and sim_root:
         return Path(sim_root) / site.name
     if site.state_dir is None:
-        raise PolicyError(site.name, "this site has no state folder for its privacy ledger")
+        raise PolicyError(
+            site.name, "this site has no state folder for its privacy ledger"
+        ).publicly("policy-refused", policy="no state folder")
     return Path(site.state_dir)
 
 
@@ -220,12 +244,12 @@ def config_json(cfg: Mapping[str, Any], key: str, default: str | None = None) ->
         raise MessageError(CONFIG, key, f"not valid JSON ({exc})") from None
 
 
-def _check_ledger_head(req: Request) -> None:
+def _check_ledger_head(entry: SiteEntry, cfg: Mapping[str, Any], ledger: Ledger) -> None:
     """Refuse when the ledger does not extend the head the coordinator saw last (a rollback)."""
-    heads = config_json(req.cfg, KEY_LEDGER_HEADS, "{}")
+    heads = config_json(cfg, KEY_LEDGER_HEADS, "{}")
     if not isinstance(heads, dict):
         raise MessageError(CONFIG, KEY_LEDGER_HEADS, "must be a JSON object {site: [seq, hash]}")
-    seen = heads.get(req.site.name)
+    seen = heads.get(entry.name)
     if not seen:
         return
     if not (
@@ -235,54 +259,58 @@ def _check_ledger_head(req: Request) -> None:
         and isinstance(seen[1], str)
     ):
         raise MessageError(
-            CONFIG, KEY_LEDGER_HEADS, f"entry of site '{req.site.name}' is not [seq, hash]"
+            CONFIG, KEY_LEDGER_HEADS, f"entry of site '{entry.name}' is not [seq, hash]"
         )
     seq, head = seen[0], seen[1]
-    if req.ledger.hash_at(seq) != head:
+    if ledger.hash_at(seq) != head:
         raise LedgerError(
-            req.ledger.path,
+            ledger.path,
             f"the ledger does not extend the head the coordinator last saw (entry {seq}): it was "
             "rolled back, replaced or deleted; a budget is never reset that way",
-        )
+        ).publicly("ledger-rolled-back", seq=int(seq))
 
 
-def _check_approval(req: Request) -> None:
+def _check_approval(
+    entry: SiteEntry, run: RunConfig, cfg: Mapping[str, Any], ledger: Ledger
+) -> None:
     """Only run configs and code the site's operator approved, unless the policy auto-approves.
 
     A companion federation (tuning trial, federated baseline, control) is accepted when the run
     config it came from is approved and the site derives this very config from it.
     """
-    if req.site.policy.auto_approve:
+    if entry.policy.auto_approve:
         return
-    run_hash = req.run.config_hash()
-    where = req.site.config_file or "the site config"
-    if not req.ledger.is_approved("run-config", run_hash):
-        parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
+    run_hash = run.config_hash()
+    where = entry.config_file or "the site config"
+    if not ledger.is_approved("run-config", run_hash):
+        parent_text = str(cfg.get(KEY_PARENT_RUN, "") or "")
         parent = RunConfig.from_json(parent_text) if parent_text else None
-        if parent is None or not req.ledger.is_approved("run-config", parent.config_hash()):
+        if parent is None or not ledger.is_approved("run-config", parent.config_hash()):
             raise PolicyError(
-                req.site.name,
+                entry.name,
                 f"run config {run_hash[:12]}… is not approved; the operator approves it with "
                 f"`fedward site approve RUN.toml --site-config {where}`",
-                file=req.site.config_file,
-            )
+                file=entry.config_file,
+            ).publicly("run-not-approved", config_hash=run_hash[:12])
         from fedward.common.run_plan import planned_configs  # scipy/sklearn: only this path
 
         if run_hash not in planned_configs(parent):
             raise PolicyError(
-                req.site.name,
+                entry.name,
                 f"run config {run_hash[:12]}… is not one of the federations the approved run "
                 f"config {parent.config_hash()[:12]}… asks for; refused",
-                file=req.site.config_file,
+                file=entry.config_file,
+            ).publicly(
+                "run-not-planned", config_hash=run_hash[:12], parent_hash=parent.config_hash()[:12]
             )
     code = code_hash()
-    if not req.ledger.is_approved("code", code):
+    if not ledger.is_approved("code", code):
         raise PolicyError(
-            req.site.name,
+            entry.name,
             f"the fedward code this site runs ({code[:12]}…) is not approved; "
             "`fedward site approve` records it together with the run config",
-            file=req.site.config_file,
-        )
+            file=entry.config_file,
+        ).publicly("code-not-approved", code_hash=code[:12])
 
 
 def _request(msg: Message, context: Context) -> Request:
@@ -297,7 +325,8 @@ def _request(msg: Message, context: Context) -> Request:
 def build_request(
     cfg: Mapping[str, Any], weights: Mapping[str, torch.Tensor] | None, context: Context
 ) -> Request:
-    """Resolve the site, then check approval, ledger integrity and ledger head before anything else."""
+    """Resolve the site from its config, check ledger, withdrawal and approval, and only then
+    open its data: a request the site refuses learns nothing about the data."""
     text = cfg.get(KEY_RUN)
     if not isinstance(text, str):
         reason = "missing" if text is None else f"must be JSON text, got {type(text).__name__}"
@@ -309,23 +338,22 @@ def build_request(
     sim_sites = config_json(cfg, KEY_SIM_SITES, "[]")
     if not isinstance(sim_sites, list) or not all(isinstance(s, str) for s in sim_sites):
         raise MessageError(CONFIG, KEY_SIM_SITES, "must be a JSON list of site config paths")
-    site = open_site(dict(context.node_config), run, sim_sites)
-    prepared = prepare(site, run, schema)
+    entry = resolve_site(dict(context.node_config), run, sim_sites)
     run_id = str(cfg.get(KEY_RUN_ID, "") or f"flwr-{context.run_id}")
     try:
-        ledger = Ledger(_state_dir(site, cfg))
-        req = Request(cfg, weights, context, run, prepared, run_id, ledger)
+        ledger = Ledger(_state_dir(entry, cfg))
         ledger.require_valid()
-        _check_ledger_head(req)
+        _check_ledger_head(entry, cfg, ledger)
     except LedgerError as exc:
-        exc.site = site.name  # so the coordinator's records name the site, not a node id
+        exc.site = entry.name  # so the coordinator's records name the site, not a node id
         raise
     # A run the site withdrew from is refused like an unapproved one, whatever its approval says.
     refuse_if_withdrawn(
-        ledger.dir, site=site.name, run_id=run_id, run=run, cfg=cfg, config_file=site.config_file
+        ledger.dir, site=entry.name, run_id=run_id, run=run, cfg=cfg, config_file=entry.config_file
     )
-    _check_approval(req)
-    return req
+    _check_approval(entry, run, cfg, ledger)
+    prepared = prepare(entry.load(), run, schema)
+    return Request(cfg, weights, context, run, prepared, run_id, ledger)
 
 
 # ---- replies ------------------------------------------------------------------------------------
@@ -348,31 +376,64 @@ def _reply(
         content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]
     record: dict[str, Any] = {"site": site, "status": status, "min_cell_size": min_cell_size}
     record.update(info or {})
+    notices = record.pop("notices", None)
+    if notices is not None:
+        messages = [_cell_safe(n, min_cell_size) for n in notices]
+        record["warnings"] = [m.text for m in messages]
+        record[WARNINGS_SOURCE] = [m.to_json() for m in messages]
     content[REPLY] = ConfigRecord(record)
     return Message(content, reply_to=msg)
 
 
+def _cell_safe(notice: SiteMessage, min_cell: int) -> SiteMessage:
+    """A warning's count under the minimum cell becomes "fewer than N"."""
+    count = notice.slots.get("count")
+    if notice.code == "warn-out-of-range" and not count_slot(int(count or 0), min_cell):
+        return SiteMessage(
+            "warn-out-of-range-few", {"column": notice.slots["column"], "min_cell": min_cell}
+        )
+    return notice
+
+
+def _public_message(exc: Exception, site: str, msg: Message) -> SiteMessage:
+    """The templated sentence a refusal carries; the full text stays in the site's log."""
+    if not isinstance(exc, FedwardError):
+        name = type(exc).__name__
+        return SiteMessage(
+            "unexpected", {"site": site, "error": name if name in ERROR_NAMES else "Exception"}
+        )
+    message = exc.public_message(site)
+    column = message.slots.get("column")
+    if column is not None and column not in _run_columns(msg):
+        # A column the run's schema does not declare may be a header cell: name none.
+        return SiteMessage("data-invalid", {"site": site})
+    return message
+
+
+def _run_columns(msg: Message) -> frozenset[str]:
+    try:
+        cfg = msg.content.config_records[CONFIG]
+        return DataSchema.model_validate_json(str(cfg[KEY_SCHEMA])).column_names
+    except Exception:
+        return frozenset()
+
+
 def _failure(msg: Message, context: Context, exc: Exception) -> Message:
-    """A structured refusal: names the site, file and column so an operator can fix it."""
-    site = getattr(exc, "site", None) or f"node {context.node_id}"
-    if isinstance(exc, FedwardError):
-        # A FedwardError's public text names site, file, column and field; row-level details stay here.
-        reason = exc.public() if isinstance(exc, SiteDataError) else str(exc)
-        status = STATUS_REFUSED
-    else:
-        # An unexpected exception's text may quote data: only its type leaves; the traceback is logged.
-        reason = f"unexpected {type(exc).__name__} at the site; details are in the site's log"
-        status = STATUS_ERROR
+    """A structured refusal: a templated sentence, never an exception's text, path or cell."""
+    site = str(getattr(exc, "site", None) or f"node {context.node_id}")
+    status = STATUS_REFUSED if isinstance(exc, FedwardError) else STATUS_ERROR
+    # The whole story, paths and cells included, stays in the site's own log.
     log(WARNING, "fedward site %s: %s\n%s", site, exc, traceback.format_exc(limit=5))
-    info: dict[str, Any] = {"reason": reason, "error_kind": type(exc).__name__}
-    for key in ("file", "column", "field", "path"):
-        value = getattr(exc, key, None)
-        if value:
-            info[key] = str(value)
+    message = _public_message(exc, site, msg)
+    info: dict[str, Any] = {
+        "reason": message.text,
+        REASON_SOURCE: message.to_json(),
+        "error_kind": type(exc).__name__ if type(exc).__name__ in ERROR_NAMES else "Exception",
+    }
     remaining = getattr(exc, "remaining_epsilon", None)
     if remaining is not None:
         info["epsilon_remaining"] = float(remaining)
-    return _reply(msg, str(site), status, info=info)
+    return _reply(msg, site, status, info=info)
 
 
 def _guarded(
@@ -419,20 +480,22 @@ def _check_replay(req: Request, attempt: str) -> None:
             raise BudgetRefusal(
                 req.site.name,
                 f"attempt {attempt} of round {e.round} was already trained: replay refused",
-            )
+            ).publicly("budget-refused-plain", rule="replay refused")
         if e.round > req.server_round:
             raise BudgetRefusal(
                 req.site.name,
                 f"round {req.server_round} is older than round {e.round} already trained in run "
                 f"{req.run_id}: replay refused",
-            )
+            ).publicly("budget-refused-plain", rule="replay refused")
 
 
 def _require_dp_compatible(model: torch.nn.Module, site: str) -> None:
     """Opacus's validator: per-sample gradients need layers like GroupNorm, never BatchNorm."""
     problems = ModuleValidator.validate(model, strict=False)
     if problems:
-        raise PolicyError(site, "model is not DP-SGD compatible: " + "; ".join(map(str, problems)))
+        raise PolicyError(
+            site, "model is not DP-SGD compatible: " + "; ".join(map(str, problems))
+        ).publicly("policy-refused", policy="model not DP-SGD compatible")
 
 
 # ---- handlers -----------------------------------------------------------------------------------
@@ -458,7 +521,7 @@ def local_update(req: Request) -> LocalUpdate:
             "the run asks for training without DP, which this site's policy never allows "
             "(policy.allow_non_dp = false)",
             file=site.config_file,
-        )
+        ).publicly("non-dp-refused")
     transform = req.transform()
     x, y = req.features(transform, "train")
     if run.training.shuffle_labels:
@@ -532,16 +595,18 @@ def local_update(req: Request) -> LocalUpdate:
         )
     metrics: dict[str, float] = {
         "num-examples": float(n_train),
-        "train_loss": float(result.train_loss),
         "epsilon": float(info.get("epsilon", float("inf"))),
     }
+    non_dp = [NON_DP_OUTPUTS["train-rows"], NON_DP_OUTPUTS["refusals"]]
     if dp is None:
         info.update({"dp": False, "steps": int(result.steps)})
-    non_dp = ["train_loss", "num-examples (training rows)", "warnings and refusal reasons"]
+        # Without DP the loss is one more non-DP output; under DP it would escape ε every round.
+        metrics["train_loss"] = float(result.train_loss)
+        non_dp.insert(0, NON_DP_OUTPUTS["train-loss"])
     if run.privacy.delta is None and dp is not None:
-        non_dp.append("delta (the default is derived from the dataset's row count)")
+        non_dp.append(NON_DP_OUTPUTS["delta-default"])
     info["non_dp_outputs"] = non_dp
-    info["warnings"] = list(site.table.warnings)
+    info["notices"] = list(site.table.notices)
     info["n_train"] = n_train
     return LocalUpdate(model, metrics, info)
 
@@ -571,9 +636,38 @@ def _read_sealed_once(req: Request, context: Context, what: str) -> None:
     if bool(read.get(key, False)):
         raise SiteDataError(
             req.site.name, f"the sealed test split was already read once for {what} in this run"
-        )
+        ).publicly("sealed-read", what=what)
     read[key] = True
     context.state[SEALED_STATE] = ConfigRecord(read)
+
+
+def _suppress_implied_counts(
+    panel: dict[str, Any], y: np.ndarray, scores: np.ndarray, min_cell: int
+) -> None:
+    """Leave out every rate whose counts would fall under the minimum cell.
+
+    Prevalence x n gives the class counts, accuracy x n the errors, and accuracy with balanced
+    accuracy the whole confusion matrix: each is sent only when every count it implies is 0 or
+    at least ``min_cell`` (the egress guard checks the same on the way out).
+    """
+    n = len(y)
+    n_pos = int(y.sum())
+    if not (count_slot(n_pos, min_cell) and count_slot(n - n_pos, min_cell)):
+        panel["prevalence"] = None
+    errors = int(((scores >= 0.5) != (y == 1)).sum())
+    if not (count_slot(errors, min_cell) and count_slot(n - errors, min_cell)):
+        panel["accuracy"] = None  # x n it would name the errors (or the correct rows)
+    pred = scores >= 0.5
+    tp = int((pred & (y == 1)).sum())
+    tn = int((~pred & (y == 0)).sum())
+    cells = (tp, n_pos - tp, tn, n - n_pos - tn)
+    if panel.get("accuracy") is not None and not all(count_slot(c, min_cell) for c in cells):
+        # With accuracy, n and prevalence, balanced accuracy solves the confusion matrix.
+        panel["balanced_accuracy"] = None
+    if n < min_cell:
+        for key in list(panel):
+            if key != "n":
+                panel[key] = None
 
 
 def _panel(
@@ -591,10 +685,7 @@ def _panel(
         confidence=ev.confidence,
         seed=_seed_for(req.run.seed, req.site.name, tag, "bootstrap"),
     )
-    n_pos = int(y.sum())
-    if min(n_pos, len(y) - n_pos) < req.min_cell:
-        # The prevalence would reveal a class count under the minimum cell size.
-        panel["prevalence"] = None
+    _suppress_implied_counts(panel, y, scores, req.min_cell)
     undefined = sorted(k for k, v in panel.items() if v is None)
     hist = score_histogram(y, scores, ev.histogram_bins).coarsen(req.min_cell).to_record()
     return panel, undefined, hist
@@ -608,7 +699,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = req.site
     split = str(req.cfg.get(KEY_SPLIT, "tune"))
     if split not in ("tune", "test"):
-        raise SiteDataError(site.name, f"evaluation of split '{split}' is not allowed")
+        raise SiteDataError(site.name, f"evaluation of split '{split}' is not allowed").publicly(
+            "split-not-allowed"
+        )
     if split == "test":
         _read_sealed_once(req, context, "test")
 
@@ -624,9 +717,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         "split": split,
         "undefined_metrics": undefined,
         "non_dp_outputs": [
-            f"metric panel ({split})",
-            f"score histogram ({split})",
-            f"num-examples ({split} rows)",
+            NON_DP_OUTPUTS[f"panel-{split}"],
+            NON_DP_OUTPUTS[f"histogram-{split}"],
+            NON_DP_OUTPUTS[f"rows-{split}"],
         ],
     }
     info.update({f"hist_{k}": v for k, v in hist.items()})
@@ -662,10 +755,14 @@ def baselines(msg: Message, context: Context) -> Message:
     families = [str(f) for f in spec.get("families", run.baselines.families)]
     unknown = sorted(set(families) - set(BASELINE_FAMILIES))
     if unknown:
-        raise PolicyError(site.name, f"unknown baseline families: {', '.join(unknown)}")
+        raise PolicyError(site.name, f"unknown baseline families: {', '.join(unknown)}").publicly(
+            "policy-refused", policy="unknown baseline family"
+        )
     # The request must be what the (approved) run config asks for, no more.
     if not run.baselines.enabled:
-        raise PolicyError(site.name, "the run config has baselines switched off")
+        raise PolicyError(site.name, "the run config has baselines switched off").publicly(
+            "policy-refused", policy="baselines switched off"
+        )
     outside = sorted(set(families) - set(run.baselines.families))
     budget = int(spec.get("budget", run.tuning.budget))
     if outside or budget > run.tuning.budget:
@@ -673,7 +770,7 @@ def baselines(msg: Message, context: Context) -> Message:
             site.name,
             "the baselines request asks for more than the run config: "
             + (f"families {', '.join(outside)}" if outside else f"a budget of {budget}"),
-        )
+        ).publicly("policy-refused", policy="baselines request exceeds the run config")
     _read_sealed_once(req, context, "baselines")
     transform = req.transform()
     x_train, y_train = req.features(transform, "train")
@@ -696,9 +793,9 @@ def baselines(msg: Message, context: Context) -> Message:
         "n_train": len(y_train),
         "baseline_families": families,
         "non_dp_outputs": [
-            "baseline metric panels and score histograms (test)",
-            "baseline tune AUROC, chosen hyperparameters and fit times",
-            "paired AUROC difference between the run's model and each baseline (test)",
+            NON_DP_OUTPUTS["baseline-panels"],
+            NON_DP_OUTPUTS["baseline-search"],
+            NON_DP_OUTPUTS["baseline-differences"],
         ],
     }
     for result in results:
@@ -768,7 +865,9 @@ def audit(msg: Message, context: Context) -> Message:
     parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
     settings = RunConfig.from_json(parent_text).audit if parent_text else run.audit
     if not settings.enabled:
-        raise PolicyError(site.name, "the run config has the membership audit switched off")
+        raise PolicyError(
+            site.name, "the run config has the membership audit switched off"
+        ).publicly("policy-refused", policy="membership audit switched off")
     transform = req.transform()
     model = req.model(transform)
     x_m, y_m = req.features(transform, "train")
@@ -779,11 +878,13 @@ def audit(msg: Message, context: Context) -> Message:
         raise PolicyError(
             site.name,
             f"run {req.run_id} has no privacy plan in this site's ledger: nothing to audit",
-        )
+        ).publicly("policy-refused", policy="no privacy plan for this run")
     mechanism = AuditMechanism(
         run, transform.n_outputs, site.schema.image_shape, plan, settings=settings
     )
     name = str(req.cfg.get(KEY_AUDIT_MODEL, "run") or "run")
+    if name not in AUDIT_MODELS:
+        raise MessageError(CONFIG, KEY_AUDIT_MODEL, f"unknown model '{name[:40]}'")
     public = run_audit(
         model,
         mechanism,
@@ -797,10 +898,7 @@ def audit(msg: Message, context: Context) -> Message:
     # A figure the site's size cannot support is absent (the notes say why), never a null.
     info: dict[str, Any] = {k: v for k, v in public.items() if v is not None}
     info["audit_model"] = name
-    info["non_dp_outputs"] = [
-        f"membership audit figures ({name} model): AUC, TPR at fixed FPR, advantage, "
-        "empirical ε lower bound, ROC as binned counts"
-    ]
+    info["non_dp_outputs"] = [NON_DP_OUTPUTS[f"audit-{name}"]]
     return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
 
 
@@ -817,10 +915,7 @@ def profile(msg: Message, context: Context) -> Message:
     summary = site_profile(frame, labels, sizes, site.schema, req.min_cell)
     info: dict[str, Any] = {
         "training_profile": json.dumps(summary, sort_keys=True),
-        "non_dp_outputs": [
-            "training-data profile: split sizes, prevalence, missingness, feature means and "
-            "standard deviations, category counts (small cells suppressed)"
-        ],
+        "non_dp_outputs": [NON_DP_OUTPUTS["profile"]],
     }
     return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)
 
@@ -848,7 +943,7 @@ def query(msg: Message, context: Context) -> Message:
     ):
         raise BudgetRefusal(
             site.name, f"run {req.run_id} already released its preprocessing aggregates"
-        )
+        ).publicly("budget-refused-plain", rule="preprocessing already released")
     req.ledger.append(
         dataset=req.dataset,
         run_id=req.run_id,
@@ -874,7 +969,7 @@ def query(msg: Message, context: Context) -> Message:
             "noise_multiplier": float(sigma),
             "non_dp_outputs": []
             if run.privacy.delta is not None
-            else ["delta (the default is derived from the dataset's row count)"],
+            else [NON_DP_OUTPUTS["delta-default"]],
         }
     )
     return _reply(msg, site.name, STATUS_OK, info=info, min_cell_size=req.min_cell)

@@ -28,6 +28,7 @@ from fedward.client.ledger import Ledger, LedgerEntry
 from fedward.common.config import PolicyConfig, RunConfig
 from fedward.common.errors import FedwardError
 from fedward.common.protocol import PURPOSE_RUN, PURPOSE_TUNING
+from fedward.common.site_messages import SiteMessage
 
 RETRY_ROUNDS_RESERVED = 1
 
@@ -43,6 +44,12 @@ class BudgetRefusal(FedwardError):
             "" if remaining_epsilon is None else f" (lifetime ε remaining: {remaining_epsilon:.3f})"
         )
         super().__init__(f"site '{site}': {reason}{extra}")
+
+    def _default_message(self, site: str) -> SiteMessage:
+        if self.remaining_epsilon is not None:
+            remaining = float(self.remaining_epsilon)
+            return SiteMessage("budget-refused", {"site": site, "epsilon_remaining": remaining})
+        return SiteMessage("budget-refused-plain", {"site": site, "rule": "request not allowed"})
 
 
 @dataclass(frozen=True)
@@ -260,7 +267,7 @@ class SiteBudget:
                 f"{self.policy.max_noise_multiplier:g} (policy.max_noise_multiplier): "
                 "ask for fewer rounds or a larger ε",
                 remaining_epsilon=max(0.0, remaining),
-            )
+            ).publicly("budget-noise", epsilon_remaining=round(max(0.0, remaining), 3))
         plan = RunPlan(
             run_id=run_id,
             noise_multiplier=sigma,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedward.common.errors import FedwardError
+from fedward.common.site_messages import SiteMessage
 
 LEDGER_FILE = "ledger.sqlite"
 GENESIS = "0" * 64
@@ -96,6 +97,9 @@ class LedgerError(FedwardError):
         self.reason = reason
         self.site = site
         super().__init__(f"privacy ledger '{self.path}': {reason}")
+
+    def _default_message(self, site: str) -> SiteMessage:
+        return SiteMessage("ledger-invalid", {"site": site})
 
 
 @dataclass(frozen=True)

@@ -696,7 +696,7 @@ class SiteAudit:
                     "mia_canary_k_plus": c.k_plus,
                     "mia_canary_k_minus": c.k_minus,
                     "mia_canary_guesses": c.guesses,
-                    "mia_canary_correct": c.correct,
+                    "mia_canary_correct": count(c.correct),
                     "mia_canary_epsilon_lb": _round(c.epsilon_lb),
                     "mia_canary_epsilon_lb_confidence": c.confidence,
                     "mia_canary_epsilon_max": _round(c.epsilon_max),

@@ -18,6 +18,8 @@ import pandas as pd
 
 from fedward.common.schema import DataSchema
 
+_MISSING = "\x00missing"  # a key no declared category can have
+
 
 def _count(n: int, min_cell: int) -> int | None:
     return n if n == 0 or n >= min_cell else None
@@ -74,10 +76,14 @@ def site_profile(
             entry["sd"] = float(values.std(ddof=1)) if enough and len(values) > 1 else None
         else:
             folded = column.dropna().astype(str).str.strip().str.casefold()
-            entry["categories"] = suppress(
-                {c: int((folded == c.strip().casefold()).sum()) for c in spec.categories or []},
-                min_cell,
-            )
+            cells = {c: int((folded == c.strip().casefold()).sum()) for c in spec.categories or []}
+            # Missing values are one more cell of the same table: categories plus missing add up
+            # to the split's size, so they are suppressed together (complementary suppression).
+            cells[_MISSING] = missing
+            shown = suppress(cells, min_cell)
+            if shown.pop(_MISSING) is None:
+                entry["missing_fraction"] = None
+            entry["categories"] = shown
         features[spec.name] = entry
     return {
         "n_rows": _count(int(sum(split_sizes.values())), min_cell),

@@ -41,9 +41,10 @@ from fedward.client.app import (
     build_request,
     evaluate,
     local_update,
+    site_egress,
 )
 from fedward.common.config import RunConfig
-from fedward.common.egress import REFUSED_STATUS, egress_mod
+from fedward.common.egress import REFUSED_STATUS
 from fedward.common.errors import FedwardError
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
@@ -154,7 +155,7 @@ class SecAggSiteClient(NumPyClient):
             )
 
         # The same egress guard as the Message-API app, on the reply before SecAgg+ masks it.
-        reply = egress_mod(msg, self.context, train)
+        reply = site_egress(msg, self.context, train)
         refusal = _refused(reply)
         if refusal is not None:
             raise refusal
@@ -182,7 +183,7 @@ class SecAggSiteClient(NumPyClient):
             RecordDict({ARRAYS: ArrayRecord(_weights(cfg, parameters)), CONFIG: ConfigRecord(cfg)}),
             int(cfg.get("server-round", 0)),
         )
-        reply = egress_mod(msg, self.context, evaluate)
+        reply = site_egress(msg, self.context, evaluate)
         refusal = _refused(reply)
         if refusal is not None:
             raise refusal
@@ -233,6 +234,10 @@ def client_fn(context: Context) -> Any:
     return SecAggSiteClient(context).to_client()
 
 
-# Mods run outermost first: refusals become drop-outs around the whole SecAgg+ exchange, and the
-# masked vectors Flower's mod made are narrowed on their way out.
-app = ClientApp(client_fn=client_fn, mods=[refusal_as_error, narrow_masked_vector, secaggplus_mod])
+# Mods run outermost first: the egress guard checks every error reply (a refusal included) as it
+# leaves; refusals become drop-outs around the whole SecAgg+ exchange, and the masked vectors
+# Flower's mod made are narrowed on their way out.
+app = ClientApp(
+    client_fn=client_fn,
+    mods=[site_egress.errors_only, refusal_as_error, narrow_masked_vector, secaggplus_mod],
+)

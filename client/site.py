@@ -8,7 +8,8 @@ the same rows in the same splits.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,21 +55,58 @@ class PreparedSite:
         return self.site.table.frame.iloc[idx], self.site.table.labels[idx]
 
 
-def _from_site_config(path: str) -> Site:
+@dataclass(frozen=True)
+class SiteEntry:
+    """Who a node is and what its policy says, known before any data file is opened.
+
+    Approval, withdrawal and the ledger are checked on this; only then does ``load`` read the
+    site's table, so a request the site refuses learns nothing about its data.
+    """
+
+    name: str
+    policy: PolicyConfig
+    config_file: str | None
+    dataset_id: str
+    state_dir: str | None
+    simulated_node: bool
+    _load: Callable[[], Site]
+
+    def load(self) -> Site:
+        return self._load()
+
+
+def _entry_from_site_config(path: str, *, simulated_node: bool = False) -> SiteEntry:
     cfg: SiteConfig = load_site_config(path)
-    schema = cfg.load_schema()
-    table = load_table(cfg.data_path, schema, site=cfg.name, fmt=cfg.data.format)
-    return Site(
+
+    def load() -> Site:
+        schema = cfg.load_schema()
+        table = load_table(cfg.data_path, schema, site=cfg.name, fmt=cfg.data.format)
+        return Site(
+            name=cfg.name,
+            source=str(cfg.data_path),
+            schema=schema,
+            table=table,
+            policy=cfg.policy,
+            simulated=False,
+            config_file=str(path),
+            dataset_id=cfg.data.dataset_id or cfg.name,
+            state_dir=str(cfg.state_path),
+            simulated_node=simulated_node,
+        )
+
+    return SiteEntry(
         name=cfg.name,
-        source=str(cfg.data_path),
-        schema=schema,
-        table=table,
         policy=cfg.policy,
-        simulated=False,
         config_file=str(path),
         dataset_id=cfg.data.dataset_id or cfg.name,
         state_dir=str(cfg.state_path),
+        simulated_node=simulated_node,
+        _load=load,
     )
+
+
+def _from_site_config(path: str) -> Site:
+    return _entry_from_site_config(path).load()
 
 
 def _from_bundled(run: RunConfig, index: int, n_nodes: int) -> Site:
@@ -113,11 +151,17 @@ def _from_bundled(run: RunConfig, index: int, n_nodes: int) -> Site:
     )
 
 
-def open_site(node_config: dict[str, Any], run: RunConfig, sim_site_configs: list[str]) -> Site:
-    """Resolve this node's site: a site config (deployment or simulation) or a bundled dataset."""
+def resolve_site(
+    node_config: dict[str, Any], run: RunConfig, sim_site_configs: list[str]
+) -> SiteEntry:
+    """This node's site as its config declares it; a site config's data are not read yet.
+
+    Bundled data sets exist only in simulation, auto-approve, and are package data: their table
+    is read at once.
+    """
     path = node_config.get(SITE_CONFIG_KEY)
     if path:
-        return _from_site_config(str(path))
+        return _entry_from_site_config(str(path))
     if "partition-id" not in node_config:
         raise ConfigError(
             None,
@@ -134,9 +178,22 @@ def open_site(node_config: dict[str, Any], run: RunConfig, sim_site_configs: lis
                 "sites",
                 f"{len(sim_site_configs)} site configs for {n_nodes} simulated nodes",
             )
-        site = _from_site_config(sim_site_configs[index])
-        return replace(site, simulated_node=True)
-    return _from_bundled(run, index, n_nodes)
+        return _entry_from_site_config(sim_site_configs[index], simulated_node=True)
+    site = _from_bundled(run, index, n_nodes)
+    return SiteEntry(
+        name=site.name,
+        policy=site.policy,
+        config_file=None,
+        dataset_id=site.dataset_id,
+        state_dir=site.state_dir,
+        simulated_node=True,
+        _load=lambda: site,
+    )
+
+
+def open_site(node_config: dict[str, Any], run: RunConfig, sim_site_configs: list[str]) -> Site:
+    """Resolve this node's site: a site config (deployment or simulation) or a bundled dataset."""
+    return resolve_site(node_config, run, sim_site_configs).load()
 
 
 def prepare(site: Site, run: RunConfig, run_schema: DataSchema) -> PreparedSite:
@@ -145,12 +202,16 @@ def prepare(site: Site, run: RunConfig, run_schema: DataSchema) -> PreparedSite:
     if diffs:
         first = diffs[0]
         column = first.split("'")[1] if first.count("'") >= 2 else None
-        raise SiteDataError(
+        error = SiteDataError(
             site.name,
             "schema differs from the run's schema: " + "; ".join(diffs),
             file=site.config_file or site.source,
             column=column,
         )
+        # Only a column the run's schema declares may be named; the site's own extras are counted.
+        if column is not None and column in run_schema.column_names:
+            raise error.publicly("schema-differs-at", n_differences=len(diffs), column=column)
+        raise error.publicly("schema-differs", n_differences=len(diffs))
     splits = split_for_run(
         site.table.labels,
         groups=site.table.groups,

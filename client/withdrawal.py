@@ -28,6 +28,7 @@ from typing import Any, Literal
 from fedward.common.config import RunConfig
 from fedward.common.errors import FedwardError, PolicyError
 from fedward.common.protocol import KEY_PARENT_RUN
+from fedward.common.site_messages import SiteMessage
 
 WITHDRAWALS_FILE = "withdrawals.jsonl"
 MAX_RUN_LENGTH = 256
@@ -45,6 +46,9 @@ class WithdrawalsError(FedwardError):
         self.reason = reason
         self.site = site
         super().__init__(f"withdrawals file '{self.path}': {reason}")
+
+    def _default_message(self, site: str) -> SiteMessage:
+        return SiteMessage("withdrawals-unreadable", {"site": site})
 
 
 @dataclass(frozen=True)
@@ -215,4 +219,4 @@ def refuse_if_withdrawn(
             f"this site withdrew from {found.describe()} at {found.withdrawn_at}; it takes no "
             f"further part in run {run_id} (`fedward site withdrawals` lists the withdrawals)",
             file=config_file,
-        )
+        ).publicly("withdrawn")

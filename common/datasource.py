@@ -20,6 +20,7 @@ import pandas as pd
 
 from fedward.common.errors import SiteDataError
 from fedward.common.schema import DataSchema, FeatureSpec, LabelSpec, Scalar
+from fedward.common.site_messages import SiteMessage
 
 Format = Literal["auto", "csv", "parquet"]
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -46,6 +47,8 @@ class LoadedTable:
     labels: np.ndarray
     groups: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    # The same warnings as templates a site may send (``fedward.common.site_messages``).
+    notices: list[SiteMessage] = field(default_factory=list)
 
     @property
     def n_rows(self) -> int:
@@ -66,9 +69,9 @@ def read_raw(path: Path, *, site: str, fmt: Format = "auto") -> pd.DataFrame:
     if not path.exists():
         raise SiteDataError(
             site, "data file not found; check data.path in the site config", file=path
-        )
+        ).publicly("data-unreadable")
     if not path.is_file():
-        raise SiteDataError(site, "data path is not a file", file=path)
+        raise SiteDataError(site, "data path is not a file", file=path).publicly("data-unreadable")
     kind = _format_of(path, fmt)
     if kind == "csv":
         _check_csv_header(path, site)
@@ -94,16 +97,28 @@ def read_raw(path: Path, *, site: str, fmt: Format = "auto") -> pd.DataFrame:
         raise
     except UnicodeDecodeError as exc:
         raise SiteDataError(
-            site, f"file is not UTF-8 text ({exc.reason}); re-save it as UTF-8 CSV", file=path
-        ) from exc
+            site,
+            f"file is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
+            f"({_line_of(path, exc.start)}) cannot be decoded ({exc.reason}); if it was saved as "
+            "latin-1 / Windows-1252, re-save it as UTF-8 CSV",
+            file=path,
+        ).publicly("data-not-utf8") from exc
     except pd.errors.EmptyDataError as exc:
-        raise SiteDataError(site, "file is empty (no header, no rows)", file=path) from exc
+        raise SiteDataError(site, "file is empty (no header, no rows)", file=path).publicly(
+            "data-empty"
+        ) from exc
     except (pd.errors.ParserError, ValueError, OSError) as exc:
-        raise SiteDataError(site, f"cannot read the file as {kind}: {exc}", file=path) from exc
+        raise SiteDataError(site, f"cannot read the file as {kind}: {exc}", file=path).publicly(
+            "data-unparseable", format=kind
+        ) from exc
     except Exception as exc:  # pyarrow raises its own error classes for corrupt files
-        raise SiteDataError(site, f"cannot read the file as {kind}: {exc}", file=path) from exc
+        raise SiteDataError(site, f"cannot read the file as {kind}: {exc}", file=path).publicly(
+            "data-unparseable", format=kind
+        ) from exc
     if len(frame) == 0:
-        raise SiteDataError(site, "file has a header but no data rows", file=path)
+        raise SiteDataError(site, "file has a header but no data rows", file=path).publicly(
+            "data-empty"
+        )
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 
@@ -118,30 +133,54 @@ def table_from_frame(
 ) -> LoadedTable:
     """Validate an already-read table (any dtypes); ``row_offset`` maps positions to file rows."""
     if len(raw) == 0:
-        raise SiteDataError(site, "table has no rows", file=file)
+        raise SiteDataError(site, "table has no rows", file=file).publicly("data-empty")
     raw = raw.reset_index(drop=True)
     columns = [str(c) for c in raw.columns]
     _refuse_duplicates(columns, site=site, file=file)
-    _require_column(schema.label.column, columns, site=site, file=file, what="label column")
+    _require_column(
+        schema.label.column,
+        columns,
+        site=site,
+        file=file,
+        what="label column",
+        schema_columns=schema.column_names,
+    )
     labels = _labels(raw[schema.label.column], schema.label, site=site, file=file, off=row_offset)
 
     warnings: list[str] = []
+    notices: list[SiteMessage] = []
     out: dict[str, pd.Series] = {}
     for spec in schema.used_features:
-        _require_column(spec.name, columns, site=site, file=file, what="feature column")
+        _require_column(
+            spec.name,
+            columns,
+            site=site,
+            file=file,
+            what="feature column",
+            schema_columns=schema.column_names,
+        )
         col = raw[spec.name]
         if spec.kind == "numeric":
             values = _numeric(col, spec, site=site, file=file, off=row_offset)
         else:
             values = _categorical(col, spec, site=site, file=file, off=row_offset)
-        _check_missing(values, spec, site=site, file=file, off=row_offset, warnings=warnings)
+        _check_missing(
+            values, spec, site=site, file=file, off=row_offset, warnings=warnings, notices=notices
+        )
         if spec.kind == "numeric":
-            _range_warning(values, spec, site=site, file=file, warnings=warnings)
+            _range_warning(values, spec, site=site, file=file, warnings=warnings, notices=notices)
         out[spec.name] = values
 
     groups = None
     if schema.patient_id is not None:
-        _require_column(schema.patient_id, columns, site=site, file=file, what="patient id column")
+        _require_column(
+            schema.patient_id,
+            columns,
+            site=site,
+            file=file,
+            what="patient id column",
+            schema_columns=schema.column_names,
+        )
         ids = raw[schema.patient_id]
         missing = ids.isna().to_numpy()
         if missing.any():
@@ -157,7 +196,9 @@ def table_from_frame(
         groups = ids.astype(str).str.strip().to_numpy()
 
     frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
-    return LoadedTable(frame=frame, labels=labels, groups=groups, warnings=warnings)
+    return LoadedTable(
+        frame=frame, labels=labels, groups=groups, warnings=warnings, notices=notices
+    )
 
 
 # ---- helpers of one concept: turning raw cells into checked values ----
@@ -169,24 +210,28 @@ def _check_csv_header(path: Path, site: str) -> None:
         with path.open("rb") as fh:
             head = fh.readline(MAX_HEADER_BYTES + 1)
     except OSError as exc:
-        raise SiteDataError(site, f"cannot read the file: {exc}", file=path) from exc
+        raise SiteDataError(site, f"cannot read the file: {exc}", file=path).publicly(
+            "data-unreadable"
+        ) from exc
     for magic, what in _NOT_CSV.items():
         if head.startswith(magic):
-            raise SiteDataError(site, f"not a CSV table: the file is {what}", file=path)
+            raise SiteDataError(site, f"not a CSV table: the file is {what}", file=path).publicly(
+                "data-unparseable", format="csv"
+            )
     if len(head) > MAX_HEADER_BYTES:
         raise SiteDataError(
             site,
             f"the first line is longer than {MAX_HEADER_BYTES // (1 << 20)} MiB, too long for a "
             "header row; check that this is a CSV table with one header line",
             file=path,
-        )
+        ).publicly("data-unparseable", format="csv")
     if head.count(b",") + 1 > MAX_COLUMNS:
         raise SiteDataError(
             site,
             f"the header has {head.count(b',') + 1} columns, more than {MAX_COLUMNS}; "
             "check that this is a CSV table with one header line",
             file=path,
-        )
+        ).publicly("data-unparseable", format="csv")
 
 
 def _refuse_duplicates(columns: list[str], *, site: str, file: str | None) -> None:
@@ -200,7 +245,7 @@ def _refuse_duplicates(columns: list[str], *, site: str, file: str | None) -> No
                 f"column '{key}' appears more than once in the header; rename or remove the copy",
                 file=file,
                 column=key,
-            )
+            ).publicly("column-repeated")
         seen.add(key)
 
 
@@ -208,6 +253,16 @@ def _example(value: Any) -> str:
     """A cell value for an error's detail, cut short: the detail names, it does not copy."""
     text = str(value)
     return text if len(text) <= _EXAMPLE_CHARS else f"{text[:_EXAMPLE_CHARS]}… ({len(text)} chars)"
+
+
+def _line_of(path: Path, offset: int) -> str:
+    """The line holding byte ``offset``, for the operator's console."""
+    try:
+        with path.open("rb") as fh:
+            lines = fh.read(offset).count(b"\n") + 1
+        return f"line {lines}"
+    except OSError:
+        return "line unknown"
 
 
 def _format_of(path: Path, fmt: Format) -> Literal["csv", "parquet"]:
@@ -226,7 +281,13 @@ def _row_word(off: int) -> str:
 
 
 def _require_column(
-    name: str, columns: list[str], *, site: str, file: str | None, what: str
+    name: str,
+    columns: list[str],
+    *,
+    site: str,
+    file: str | None,
+    what: str,
+    schema_columns: frozenset[str] | None = None,
 ) -> None:
     if name in columns:
         return
@@ -238,12 +299,17 @@ def _require_column(
             close = [folded[name.casefold()]]
     if close:
         hint = f"; did you mean '{close[0]}'?"
-    raise SiteDataError(
+    error = SiteDataError(
         site,
         f"{what} '{name}' is missing from the file{hint} (columns: {', '.join(columns[:20])})",
         file=file,
         column=name,
     )
+    if schema_columns is not None and not set(columns) & set(schema_columns):
+        # No declared name at all: a file without a header line, or another table. The header's
+        # cells may be a patient's values, so only their number leaves.
+        raise error.publicly("header-mismatch", n_columns=len(columns), what=what, column=name)
+    raise error.publicly("column-missing", what=what, column=name)
 
 
 def _as_text(value: Any) -> str:
@@ -450,6 +516,7 @@ def _check_missing(
     file: str | None,
     off: int,
     warnings: list[str],
+    notices: list[SiteMessage],
 ) -> None:
     missing = values.isna().to_numpy()
     n_missing = int(missing.sum())
@@ -469,6 +536,7 @@ def _check_missing(
             f"{where}: every value is missing; the declared value {spec.impute!r} is used for all "
             "rows, so this input carries no information at this site"
         )
+        notices.append(SiteMessage("warn-all-missing", {"column": spec.name}))
         return
     if not spec.imputable:
         row = int(np.flatnonzero(missing)[0]) + off
@@ -483,13 +551,20 @@ def _check_missing(
 
 
 def _range_warning(
-    values: pd.Series, spec: FeatureSpec, *, site: str, file: str | None, warnings: list[str]
+    values: pd.Series,
+    spec: FeatureSpec,
+    *,
+    site: str,
+    file: str | None,
+    warnings: list[str],
+    notices: list[SiteMessage],
 ) -> None:
     assert spec.min is not None and spec.max is not None
     arr = values.to_numpy()
     outside = int(np.sum((arr < spec.min) | (arr > spec.max)))
     if outside:
         warnings.append(
-            f"site '{site}', file '{file}', column '{spec.name}': some values lie outside the "
-            f"declared range [{spec.min:g}, {spec.max:g}] and are clipped to it"
+            f"site '{site}', file '{file}', column '{spec.name}': {outside} of {len(arr)} values "
+            f"lie outside the declared range [{spec.min:g}, {spec.max:g}] and are clipped to it"
         )
+        notices.append(SiteMessage("warn-out-of-range", {"column": spec.name, "count": outside}))

@@ -1,291 +1,126 @@
-"""The one egress guard every ClientApp reply passes through.
+"""The one egress guard every reply a site sends passes through, errors included.
 
-DESIGN.md's one rule of data flow: only aggregates leave a site. This module makes it structural.
-A reply's `RecordDict` is checked against one frozen allow-list (`DEFAULT_ALLOW_LIST`) of record
-names, their record type and their allowed keys (exact names or `fnmatch` patterns); model arrays
-must have exactly the keys, shapes and dtypes of the model state the coordinator sent, so nothing
-shaped per patient can ride along; lists and texts are bounded; and every count (keys such as
-`n`, `*_n`, `*_count`, `*_counts`, `num-examples`, and class counts implied by `prevalence` x `n`)
-must be 0 or at least the site's minimum cell size. Small-cell suppression is a disclosure-control
-heuristic (as in official statistics), not differential privacy: the DP guarantee covers only the
-model updates and the DP-released preprocessing aggregates.
+DESIGN.md's one rule of data flow: only aggregates leave a site. The guard is derived from one
+registry (``fedward.common.reply_fields``) in which every field a site may send declares its
+kind; a field that is not registered is refused whatever its name, and each value is checked by
+its kind: model arrays must have exactly the keys, shapes and dtypes of the model the
+coordinator sent; counts are 0 or at least the site's minimum cell size (as numbers, or as text
+that reads as a number); a rate and its denominator may not imply a small count, nor may
+accuracy and balanced accuracy together with n and prevalence; text is a fixed code or a
+sentence rendered from a template (``fedward.common.site_messages``) whose slots hold only the
+run schema's column names, the coordinator's own keys, codes and cell-safe numbers.
 
-`egress_mod` wraps this guard as a Flower client mod (see `flwr.clientapp.mod`); on any violation
-the reply's content is replaced by a refusal that carries no arrays or metrics, so nothing
-unchecked leaves. Refusal reasons name site, record and key but never the offending value (a small
-count is itself the thing being protected).
+The minimum cell size is the site's own (its policy, raised by the SuperNode operator's
+``min-cell-size`` node config), never read from the reply being checked. Small-cell
+suppression is a disclosure-control heuristic, not differential privacy: the DP guarantee covers
+only the model updates and the DP-released preprocessing aggregates.
+
+`EgressMod` wraps the guard as a Flower client mod (see ``flwr.clientapp.mod``) and sits
+outermost: a reply that fails is replaced by a templated refusal, and an error reply's reason is
+checked the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import math
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
-from types import MappingProxyType
-from typing import Literal
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedward.common.audit_keys import PUBLIC_KEYS as AUDIT_KEYS
-from fedward.common.config import BASELINE_FAMILIES
+from fedward.common import protocol
 from fedward.common.errors import FedwardError
-from fedward.common.metrics import PANEL_KEYS
-from fedward.common.protocol import FEDERATED_LOGISTIC
+from fedward.common.protocol import KEY_SCHEMA
+from fedward.common.reply_fields import (
+    ARRAYS_RECORD,
+    FEDWARD_RECORD,
+    METRICS_RECORD,
+    REGISTRY,
+    FieldSpec,
+    confusion_counts,
+    implied_counts_ok,
+)
+from fedward.common.site_messages import (
+    ERROR_NAMES,
+    MessageRefused,
+    SiteMessage,
+    SlotRules,
+    check,
+)
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["array", "metric", "config"]
 ExpectedArrays = dict[str, tuple[tuple[int, ...], str]]
 
-ARRAYS_RECORD = "arrays"
-METRICS_RECORD = "metrics"
-FEDWARD_RECORD = "fedward"
 REFUSED_STATUS = "egress-refused"
 NODE_CONFIG_MIN_CELL = "min-cell-size"
-REPLY_MIN_CELL_KEY = "min_cell_size"
-
-SPLIT_PREFIXES = ("", "train_", "tune_", "test_", "audit_", "eval_")
-"""Prefixes under which a per-split metric panel or histogram may be reported."""
-
-HISTOGRAM_FIELDS = ("bins", "pos_starts", "pos_counts", "neg_starts", "neg_counts")
-"""Keys of `CoarseHistogram.to_record()`; released as `<split>hist_<field>`."""
-
-COUNT_PATTERNS = (
-    "n",
-    "*_n",
-    "n_*",
-    "num-examples",
-    "num_examples",
-    "count",
-    "counts",
-    "*_count",
-    "*_counts",
-)
-"""Keys whose values (or list elements) count people: each must be 0 or >= min cell size."""
-
-
-@dataclass(frozen=True)
-class RecordRule:
-    """What one record name may hold: its Flower record type and its keys (exact or fnmatch)."""
-
-    kind: RecordKind
-    keys: frozenset[str] = frozenset()
-
-    def allows(self, key: str) -> bool:
-        if key in self.keys:
-            return True
-        return any(_is_pattern(p) and fnmatchcase(key, p) for p in self.keys)
-
-
-def _is_pattern(key: str) -> bool:
-    return any(ch in key for ch in "*?[")
-
-
-@dataclass(frozen=True)
-class AllowList:
-    """Record name -> `RecordRule`. Immutable; `extended` returns a new list with more keys."""
-
-    records: Mapping[str, RecordRule]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "records", MappingProxyType(dict(self.records)))
-
-    def extended(
-        self, record: str, keys: Iterable[str], *, kind: RecordKind | None = None
-    ) -> AllowList:
-        """A copy that also allows `keys` in `record` (a new record needs `kind`)."""
-        current = self.records.get(record)
-        if current is None:
-            if kind is None:
-                raise ValueError(f"record '{record}' is not on the allow-list: give its kind")
-            current = RecordRule(kind)
-        elif kind is not None and kind != current.kind:
-            raise ValueError(f"record '{record}' is a {current.kind} record, not {kind}")
-        merged = dict(self.records)
-        merged[record] = RecordRule(current.kind, current.keys | frozenset(keys))
-        return AllowList(merged)
-
-
-def _panel_keys() -> frozenset[str]:
-    return frozenset(f"{p}{k}" for p in SPLIT_PREFIXES for k in PANEL_KEYS)
-
-
-def _histogram_keys() -> frozenset[str]:
-    return frozenset(f"{p}hist_{f}" for p in SPLIT_PREFIXES for f in HISTOGRAM_FIELDS)
-
-
-_TRAINING_SCALARS = frozenset(
-    {
-        "num-examples",
-        "loss",
-        "train_loss",
-        "tune_loss",
-        "test_loss",
-        "eval_loss",
-        "steps",
-        "sample_rate",
-        "noise_multiplier",
-        "max_grad_norm",
-        "epsilon",
-        "delta",
-    }
+REASON_SOURCE = "reason_source"
+WARNINGS_SOURCE = "warnings_source"
+_HEX = re.compile(r"[0-9a-f]{8,64}")
+_PEOPLE_COUNT = re.compile(
+    r"(?:(?:has|have|had|only|of)\s+(?P<n>\d+)\b(?!\s*%))"
+    r"|(?:(?<![\w.])(?P<m>\d+)\s+(?:rows?|members?|non-members?|patients?|people|records?|"
+    r"positives?|negatives?|guesses|correct|canar(?:y|ies)))"
 )
 
-_MIA_KEYS = frozenset(AUDIT_KEYS) | {"audit_model"}
-
-_FEDWARD_KEYS = frozenset(
-    {
-        "site",
-        "status",
-        "reason",
-        "message",
-        "messages",
-        "error",
-        "run_id",
-        "round",
-        "server_round",
-        "dp",
-        "accountant",
-        "epsilon",
-        "delta",
-        "epsilon_round",
-        "epsilon_total",
-        "epsilon_budget",
-        "epsilon_remaining",
-        "epsilon_tuning",  # ε of the tuning trials recorded for this dataset (composed)
-        "delta_budget",
-        "noise_multiplier",
-        "sample_rate",
-        "steps",
-        "max_grad_norm",
-        "non_dp_outputs",
-        "schema_fingerprint",
-        "transform_fingerprint",
-        "config_hash",
-        "package_hash",
-        "split_seed",
-        "fedward_version",
-        REPLY_MIN_CELL_KEY,
-        "preprocessing_aggregates",  # JSON string, DP-released (noisy sums/counts)
-        "training_profile",  # JSON string, counts checked inside (see _check_profile)
-        # Structured refusals: what is wrong and where, never a cell value (SiteDataError.public()).
-        "error_kind",
-        "file",
-        "column",
-        "field",
-        "path",
-        # Evaluation bookkeeping.
-        "split",
-        "undefined_metrics",
-        "warnings",
-        "n_train",
-        # The site's budget and ledger head (the coordinator checks it is never rolled back).
-        "epsilon_lifetime",
-        "delta_lifetime",
-        "ledger_seq",
-        "ledger_head",
-        "dataset",
-        "privacy_unit",
-        "multi_row_patients",
-        "attempt",
-    }
-)
-
-BASELINE_SUFFIXES = (
-    "status",
-    "reason",
-    "memorises_rows",
-    "n_configurations",
-    "failed_configurations",
-    "fit_seconds",
-    "params",
-    "selection",
-    "tune_auroc",
-    "undefined_metrics",
-    "diff_auroc",
-    "diff_auroc_lo",
-    "diff_auroc_hi",
-    "diff_auroc_se",
-    *PANEL_KEYS,
-    *(f"hist_{f}" for f in HISTOGRAM_FIELDS),
-)
-"""Per-family keys of a site's baseline reply, released as `baseline_<family>_<suffix>`: the test
-panel and histogram, the search's outcome and the paired difference to the run's model."""
-
-
-def _baseline_keys() -> frozenset[str]:
-    return frozenset(
-        f"baseline_{family}_{suffix}"
-        for family in (*BASELINE_FAMILIES, FEDERATED_LOGISTIC)
-        for suffix in BASELINE_SUFFIXES
-    ) | {
-        "baseline_families",
-        "purpose",
-    }
-
-
-DEFAULT_ALLOW_LIST = AllowList(
-    {
-        # Model weights: keys/shapes/dtypes are checked against the state the coordinator sent.
-        ARRAYS_RECORD: RecordRule("array"),
-        # Scalar aggregates Flower strategies read (num-examples weights FedAvg).
-        METRICS_RECORD: RecordRule("metric", _TRAINING_SCALARS | _panel_keys() | _MIA_KEYS),
-        # fedward's own status, privacy accounting, panels and coarsened histograms.
-        FEDWARD_RECORD: RecordRule(
-            "config",
-            _FEDWARD_KEYS | _panel_keys() | _histogram_keys() | _MIA_KEYS | _baseline_keys(),
-        ),
-    }
-)
-"""The single allow-list shared by the ClientApp, the mod and the tests. Extend with `.extended`."""
+RULES: Mapping[str, str] = {
+    "unregistered": "unregistered field",
+    "kind": "wrong kind of value",
+    "small": "small count",
+    "implied": "implied small count",
+    "arrays": "model arrays do not match",
+    "template": "message not from a template",
+    "long": "value too long",
+}
 
 
 @dataclass(frozen=True)
 class EgressPolicy:
-    """Limits a reply must respect; `min_cell_size` is the site's (policy.min_cell_size)."""
+    """Limits a reply must respect; ``min_cell_size`` is the site's (its policy's)."""
 
     min_cell_size: int = 10
     max_list_len: int = 4096
-    max_str_len: int = 4000
-    # DP-released payloads may be longer than free text (one entry per feature of a wide schema).
-    long_text_keys: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType(
-            {"preprocessing_aggregates": 1_000_000, "training_profile": 1_000_000}
-        )
-    )
-    allow_list: AllowList = DEFAULT_ALLOW_LIST
-    count_patterns: tuple[str, ...] = COUNT_PATTERNS
 
     def __post_init__(self) -> None:
         if self.min_cell_size < 1:
             raise ValueError(f"min_cell_size must be >= 1, got {self.min_cell_size}")
-        if self.max_list_len < 1 or self.max_str_len < 1:
-            raise ValueError("max_list_len and max_str_len must be >= 1")
-
-    def is_count(self, key: str) -> bool:
-        return any(fnmatchcase(key, p) for p in self.count_patterns)
+        if self.max_list_len < 1:
+            raise ValueError("max_list_len must be >= 1")
 
 
 class EgressViolation(FedwardError):
-    """A reply would let something off the allow-list leave the site; names site, record, key."""
+    """A reply would let something unregistered or unsafe leave the site; names record and key."""
 
-    def __init__(self, site: str, record: str, key: str | None, reason: str) -> None:
+    def __init__(self, site: str, record: str, key: str | None, reason: str, rule: str) -> None:
         self.site = site
         self.record = record
         self.key = key
         self.reason = reason
+        self.rule = rule
         where = f"site '{site}': egress refused: record {_show(record)}"
         if key is not None:
             where += f", key {_show(key)}"
         super().__init__(f"{where}: {reason}")
 
+    def public_message(self, site: str) -> SiteMessage:
+        return SiteMessage("egress-refused", {"site": site, "rule": RULES[self.rule]})
+
 
 def _show(name: str, limit: int = 80) -> str:
-    """Quote a name for a message, truncated: a name is code-chosen, but keep it short anyway."""
+    """Quote a name for the site's log, truncated."""
     return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
@@ -294,225 +129,544 @@ def expected_from_array_record(record: ArrayRecord) -> ExpectedArrays:
     return {k: (tuple(int(d) for d in a.shape), str(a.dtype)) for k, a in record.items()}
 
 
-class EgressGuard:
-    """Checks a reply's RecordDict against a policy and the expected model state."""
+@dataclass(frozen=True)
+class SiteRules:
+    """What the guard knows of the site and of the question, never of the reply.
 
-    def __init__(self, policy: EgressPolicy, expected_arrays: ExpectedArrays | None = None) -> None:
+    ``columns`` are the names the run's schema declares and ``echo`` the texts the coordinator
+    itself sent (its keys and string values): a site may repeat those, nothing else free-form.
+    """
+
+    site: str
+    dataset: str = ""
+    columns: Collection[str] = ()
+    echo: Collection[str] = ()
+
+
+def rules_from_message(msg: Message, *, site: str, dataset: str = "") -> SiteRules:
+    """The schema's column names and the coordinator's own texts, from the question."""
+    columns: set[str] = set()
+    echo: set[str] = set()
+    if msg.has_content():
+        for name, record in msg.content.items():
+            echo.add(name)
+            if isinstance(record, ConfigRecord):
+                for key, value in record.items():
+                    echo.add(key)
+                    if isinstance(value, str) and len(value) <= 200:
+                        echo.add(value)
+                schema = record.get(KEY_SCHEMA)
+                if isinstance(schema, str):
+                    columns |= _schema_columns(schema)
+    echo.add(msg.metadata.message_type)
+    echo |= _PROTOCOL_NAMES
+    return SiteRules(site=site, dataset=dataset, columns=frozenset(columns), echo=frozenset(echo))
+
+
+_PROTOCOL_NAMES = frozenset(
+    {v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str)}
+    | {"message_type", "server-round"}
+)
+"""Record and key names of fedward's protocol: a site may name them in a refusal."""
+
+
+def _schema_columns(text: str) -> set[str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return set()
+    if not isinstance(data, dict):
+        return set()
+    out: set[str] = set()
+    label = data.get("label")
+    if isinstance(label, dict) and isinstance(label.get("column"), str):
+        out.add(label["column"])
+    for feature in data.get("features") or []:
+        if isinstance(feature, dict) and isinstance(feature.get("name"), str):
+            out.add(feature["name"])
+    if isinstance(data.get("patient_id"), str):
+        out.add(data["patient_id"])
+    return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_count(value: object) -> float | None:
+    """A number, or text that reads as one: a count sent as text is still a count."""
+    if _is_number(value):
+        return float(value)  # type: ignore[arg-type]
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+class EgressGuard:
+    """Checks a reply's RecordDict against the registry, the site's rules and the sent model."""
+
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        expected_arrays: ExpectedArrays | None = None,
+        rules: SiteRules | None = None,
+    ) -> None:
         self.policy = policy
         self.expected_arrays = expected_arrays
+        self.rules = rules
 
     def check(self, content: RecordDict, *, site: str) -> RecordDict:
-        """Return `content` unchanged if it may leave; raise EgressViolation otherwise."""
-        rules = self.policy.allow_list.records
+        """Return ``content`` unchanged if it may leave; raise EgressViolation otherwise."""
+        rules = self.rules or SiteRules(site=site)
+        scalars: dict[str, Any] = {}
         for name, record in content.items():
-            rule = rules.get(name)
-            if rule is None:
-                raise EgressViolation(site, name, None, "record name is not on the allow-list")
-            if rule.kind == "array":
+            if name == ARRAYS_RECORD:
                 if not isinstance(record, ArrayRecord):
-                    raise EgressViolation(site, name, None, "must be an ArrayRecord")
+                    raise EgressViolation(site, name, None, "must be an ArrayRecord", "kind")
                 self._check_arrays(name, record, site)
-            elif rule.kind == "metric":
-                if not isinstance(record, MetricRecord):
-                    raise EgressViolation(site, name, None, "must be a MetricRecord")
-                self._check_scalars(name, record, rule, site)
+            elif name in (METRICS_RECORD, FEDWARD_RECORD):
+                want = MetricRecord if name == METRICS_RECORD else ConfigRecord
+                if not isinstance(record, want):
+                    raise EgressViolation(site, name, None, f"must be a {want.__name__}", "kind")
+                scalars.update({k: (name, v) for k, v in record.items()})
             else:
-                if not isinstance(record, ConfigRecord):
-                    raise EgressViolation(site, name, None, "must be a ConfigRecord")
-                self._check_scalars(name, record, rule, site)
+                raise EgressViolation(site, name, None, "record is not registered", "unregistered")
+        values = {k: v for k, (_, v) in scalars.items()}
+        for key, (record_name, value) in scalars.items():
+            spec = REGISTRY.get(key)
+            if key in (REASON_SOURCE, WARNINGS_SOURCE):
+                continue
+            if spec is None or record_name not in spec.records:
+                raise EgressViolation(
+                    site, record_name, key, "field is not registered", "unregistered"
+                )
+            self._check_value(site, record_name, key, value, spec, values, rules)
+        self._check_confusion(site, values)
         return content
+
+    # ---- by kind --------------------------------------------------------------------------------
+
+    def _check_value(
+        self,
+        site: str,
+        record: str,
+        key: str,
+        value: Any,
+        spec: FieldSpec,
+        values: Mapping[str, Any],
+        rules: SiteRules,
+    ) -> None:
+        cell = self.policy.min_cell_size
+
+        def fail(reason: str, rule: str = "kind") -> EgressViolation:
+            return EgressViolation(site, record, key, reason, rule)
+
+        items: Sequence[Any] = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) > self.policy.max_list_len:
+            raise fail(f"list longer than {self.policy.max_list_len} items", "long")
+        if any(isinstance(v, bytes) for v in items):
+            raise fail("bytes never leave a site")
+        if any(isinstance(v, str) and len(v) > spec.max_len for v in items):
+            raise fail(f"text longer than {spec.max_len} characters", "long")
+        kind = spec.kind
+        if kind in ("count", "counts"):
+            if kind == "count" and isinstance(value, list):
+                raise fail("a count is one number")
+            for v in items:
+                n = _as_count(v)
+                if n is not None and 0 < n < cell:
+                    raise fail(f"a count is below the minimum cell size {cell}", "small")
+                if not _is_number(v):
+                    raise fail("a count must be a number")
+        elif kind in ("metric", "dp", "setting", "sequence", "duration", "positions"):
+            if key == "preprocessing_aggregates" and isinstance(value, str):
+                return
+            for v in items:
+                if not _is_number(v):
+                    raise fail(f"a {kind} must be a number")
+            if kind == "metric" and spec.denominator is not None:
+                n = _denominator(key, spec, values)
+                if n is not None and 0 < n < cell:
+                    raise fail("a metric of fewer people than the minimum cell size", "implied")
+        elif kind == "rate":
+            if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+                raise fail("a rate is a number in [0, 1]")
+            n = _denominator(key, spec, values)
+            if n is None:
+                raise fail("a rate travels with its denominator", "implied")
+            if not implied_counts_ok(float(value), n, cell):
+                raise fail(
+                    f"the rate implies a count below the minimum cell size {cell}", "implied"
+                )
+        elif kind == "flag":
+            if not isinstance(value, bool):
+                raise fail("a flag is true or false")
+        elif kind == "code":
+            for v in items:
+                allowed = spec.choices or ()
+                ok = (v in ERROR_NAMES) if key == "error_kind" else (v in allowed)
+                if not (isinstance(v, str) and ok):
+                    raise fail("not one of the field's fixed codes")
+        elif kind == "name":
+            if not isinstance(value, str) or not (
+                value in (rules.site, rules.dataset)
+                or _HEX.fullmatch(value)
+                or value in rules.echo
+                or _echoed_attempt(value, rules.echo)
+            ):
+                raise fail("a name is the site's own, a digest, or the coordinator's text")
+        elif kind == "message":
+            self._check_message(site, record, key, value, values, rules)
+        elif kind == "messages":
+            self._check_messages(site, record, key, value, values, rules)
+        elif kind == "profile":
+            self._check_profile(site, record, key, value)
+        elif kind == "json":
+            self._check_json(site, record, key, value)
+        else:  # "model" lives in the arrays record only
+            raise fail("model tensors travel in the arrays record")
+
+    def _slot_rules(self, rules: SiteRules) -> SlotRules:
+        return SlotRules(
+            site=rules.site,
+            min_cell=self.policy.min_cell_size,
+            columns=rules.columns,
+            keys=rules.echo,
+        )
+
+    def _check_message(
+        self,
+        site: str,
+        record: str,
+        key: str,
+        value: Any,
+        values: Mapping[str, Any],
+        rules: SiteRules,
+    ) -> None:
+        if key != "reason":
+            # Per-family baseline reasons and audit notes: sentences of fedward's own whose
+            # numbers are held to the cell rule (see _check_notes).
+            self._check_notes(site, record, key, [value])
+            return
+        source = values.get(REASON_SOURCE)
+        try:
+            if not isinstance(source, str):
+                raise MessageRefused("no template source")
+            text = check(SiteMessage.from_json(source), self._slot_rules(rules))
+        except (MessageRefused, ValueError) as exc:
+            raise EgressViolation(
+                site, record, key, f"not a templated message ({exc})", "template"
+            ) from None
+        if text != value:
+            raise EgressViolation(site, record, key, "text differs from its template", "template")
+
+    def _check_messages(
+        self,
+        site: str,
+        record: str,
+        key: str,
+        value: Any,
+        values: Mapping[str, Any],
+        rules: SiteRules,
+    ) -> None:
+        items = value if isinstance(value, list) else [value]
+        if key != "warnings":
+            self._check_notes(site, record, key, items)
+            return
+        sources = values.get(WARNINGS_SOURCE, [])
+        sources = sources if isinstance(sources, list) else [sources]
+        if len(sources) != len(items):
+            raise EgressViolation(site, record, key, "every warning needs its template", "template")
+        for text, source in zip(items, sources, strict=True):
+            try:
+                rendered = check(SiteMessage.from_json(str(source)), self._slot_rules(rules))
+            except (MessageRefused, ValueError) as exc:
+                raise EgressViolation(
+                    site, record, key, f"not a templated warning ({exc})", "template"
+                ) from None
+            if rendered != text:
+                raise EgressViolation(
+                    site, record, key, "warning differs from its template", "template"
+                )
+
+    def _check_notes(self, site: str, record: str, key: str, items: Sequence[Any]) -> None:
+        """Code-written sentences (audit notes, baseline reasons): no small count of people.
+
+        Their counts are filled in by the site's cell rule ("fewer than N"); the guard checks it
+        again for every number that counts people (next to rows, members, patients, ...).
+        """
+        cell = self.policy.min_cell_size
+        for text in items:
+            if not isinstance(text, str):
+                raise EgressViolation(site, record, key, "a note is text", "kind")
+            for match in _PEOPLE_COUNT.finditer(text):
+                number = float(match.group("n") or match.group("m"))
+                if number.is_integer() and 0 < number < cell:
+                    raise EgressViolation(
+                        site, record, key, f"a note names a count below {cell}", "small"
+                    )
+
+    def _check_json(self, site: str, record: str, key: str, value: Any) -> None:
+        try:
+            data = json.loads(value) if isinstance(value, str) else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or not all(
+            isinstance(v, int | float | str | bool) or v is None for v in data.values()
+        ):
+            raise EgressViolation(site, record, key, "settings are a flat JSON object", "kind")
+
+    def _check_profile(self, site: str, record: str, key: str, text: Any) -> None:
+        """A profile's counts (rows, splits, categories with missing) held to the minimum cell."""
+        cell = self.policy.min_cell_size
+
+        def fail(reason: str, rule: str = "small") -> EgressViolation:
+            return EgressViolation(site, record, key, reason, rule)
+
+        try:
+            profile = json.loads(text) if isinstance(text, str) else None
+        except json.JSONDecodeError:
+            profile = None
+        if not isinstance(profile, dict):
+            raise fail("not a JSON object", "kind")
+        n_rows = profile.get("n_rows")
+        splits = profile.get("splits") or {}
+        counts: list[Any] = [n_rows, *splits.values()]
+        n_train = splits.get("train") if isinstance(splits, dict) else None
+        known = [v for v in splits.values() if _is_number(v)]
+        if _is_number(n_rows) and len(known) == len(splits) - 1:
+            counts.append(n_rows - sum(known))  # the one hidden split, by subtraction
+        for feature in (profile.get("features") or {}).values():
+            if not isinstance(feature, dict):
+                continue
+            cats = feature.get("categories") or {}
+            shown = [v for v in cats.values() if _is_number(v)]
+            counts += shown
+            fraction = feature.get("missing_fraction")
+            if _is_number(n_train):
+                size = float(n_train)  # type: ignore[arg-type]
+                if _is_number(fraction):
+                    n_missing = round(float(fraction) * size)  # type: ignore[arg-type]
+                    counts += [n_missing, size - n_missing]
+                    if len(shown) >= len(cats) - 1:
+                        # all categories shown, or one hidden: the rest is recovered by subtraction
+                        counts.append(size - n_missing - sum(shown))
+                elif len(shown) == len(cats) and cats:
+                    counts.append(size - sum(shown))  # the suppressed missing cell
+        prevalence = profile.get("prevalence")
+        if (
+            _is_number(prevalence)
+            and _is_number(n_train)
+            and not implied_counts_ok(prevalence, n_train, cell)
+        ):
+            raise fail(f"prevalence implies a class count below {cell}", "implied")
+        for v in counts:
+            n = _as_count(v)
+            if n is not None and 0 < n < cell:
+                raise fail(
+                    f"a count (or a difference of counts) is below the minimum cell size {cell}"
+                )
+
+    def _check_confusion(self, site: str, values: Mapping[str, Any]) -> None:
+        """Accuracy with balanced accuracy, n and prevalence gives the confusion matrix."""
+        cell = self.policy.min_cell_size
+        for key, acc in values.items():
+            if not key.endswith("accuracy") or key.endswith("balanced_accuracy"):
+                continue
+            prefix = key[: -len("accuracy")]
+            bal = values.get(prefix + "balanced_accuracy")
+            prev = values.get(prefix + "prevalence")
+            n = values.get(prefix + "n", values.get("num-examples"))
+            if not all(_is_number(v) for v in (acc, bal, prev, n)):
+                continue
+            cells = confusion_counts(float(n), float(prev), float(acc), float(bal))  # type: ignore[arg-type]
+            if cells is not None and any(0 < c < cell for c in cells):
+                raise EgressViolation(
+                    site,
+                    FEDWARD_RECORD,
+                    key,
+                    "accuracy and balanced accuracy imply a confusion-matrix cell below "
+                    f"the minimum cell size {cell}",
+                    "implied",
+                )
 
     def _check_arrays(self, name: str, record: ArrayRecord, site: str) -> None:
         expected = self.expected_arrays
         if expected is None:
             raise EgressViolation(
-                site, name, None, "no expected model state was given, so arrays cannot be checked"
+                site, name, None, "no model was sent, so none may return", "arrays"
             )
         for key, array in record.items():
             if key not in expected:
                 raise EgressViolation(
-                    site, name, key, "array is not part of the model state (could be per-sample)"
+                    site, name, key, "array is not part of the model state", "arrays"
                 )
             shape, dtype = expected[key]
-            if tuple(array.shape) != shape:
+            if tuple(array.shape) != shape or str(array.dtype) != dtype:
                 raise EgressViolation(
-                    site, name, key, f"shape {tuple(array.shape)} differs from the model's {shape}"
-                )
-            if str(array.dtype) != dtype:
-                raise EgressViolation(
-                    site, name, key, f"dtype {array.dtype} differs from the model's {dtype}"
+                    site, name, key, f"shape or dtype differs from the model's {shape}", "arrays"
                 )
         missing = sorted(set(expected) - set(record.keys()))
         if missing:
             raise EgressViolation(
-                site, name, missing[0], f"{len(missing)} model array(s) missing from the reply"
+                site, name, missing[0], f"{len(missing)} model array(s) missing", "arrays"
             )
 
-    def _check_scalars(
-        self, name: str, record: MetricRecord | ConfigRecord, rule: RecordRule, site: str
-    ) -> None:
-        policy = self.policy
-        for key, value in record.items():
-            if not rule.allows(key):
-                raise EgressViolation(site, name, key, "key is not on the allow-list")
-            values = value if isinstance(value, list) else [value]
-            if isinstance(value, list) and len(value) > policy.max_list_len:
-                raise EgressViolation(
-                    site, name, key, f"list longer than the allowed {policy.max_list_len} items"
-                )
-            for v in values:
-                if isinstance(v, bytes):
-                    raise EgressViolation(site, name, key, "bytes values may not leave a site")
-                limit = policy.long_text_keys.get(key, policy.max_str_len)
-                if isinstance(v, str) and len(v) > limit:
-                    raise EgressViolation(
-                        site, name, key, f"text longer than the allowed {limit} chars"
-                    )
-            if policy.is_count(key):
-                for v in values:
-                    if _is_small(v, policy.min_cell_size):
-                        raise EgressViolation(
-                            site,
-                            name,
-                            key,
-                            f"a count is below the minimum cell size {policy.min_cell_size}",
-                        )
-        self._check_implied_counts(name, record, site)
-        if "training_profile" in record:
-            self._check_profile(name, str(record["training_profile"]), site)
 
-    def _check_profile(self, name: str, text: str, site: str) -> None:
-        """A profile is JSON: hold its counts (rows, split sizes, category counts) to the minimum."""
-        try:
-            profile = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise EgressViolation(site, name, "training_profile", "not valid JSON") from exc
-        if not isinstance(profile, dict):
-            raise EgressViolation(site, name, "training_profile", "not a JSON object")
-        counts: list[object] = [profile.get("n_rows")]
-        counts += list((profile.get("splits") or {}).values())
-        for feature in (profile.get("features") or {}).values():
-            if isinstance(feature, dict):
-                counts += list((feature.get("categories") or {}).values())
-        if any(_is_small(v, self.policy.min_cell_size) for v in counts):
-            raise EgressViolation(
-                site,
-                name,
-                "training_profile",
-                f"a count is below the minimum cell size {self.policy.min_cell_size}",
-            )
-
-    def _check_implied_counts(
-        self, name: str, record: MetricRecord | ConfigRecord, site: str
-    ) -> None:
-        """`prevalence` next to `n` releases both class counts: hold them to the same minimum."""
-        for key, value in record.items():
-            if not key.endswith("prevalence") or isinstance(value, list | str | bytes | bool):
-                continue
-            n = record.get(key[: -len("prevalence")] + "n")
-            if not isinstance(n, int | float) or isinstance(n, bool):
-                continue
-            positives = round(float(value) * float(n))
-            negatives = round(float(n)) - positives
-            if _is_small(positives, self.policy.min_cell_size) or _is_small(
-                negatives, self.policy.min_cell_size
-            ):
-                raise EgressViolation(
-                    site,
-                    name,
-                    key,
-                    "prevalence and n imply a class count below the minimum cell size "
-                    f"{self.policy.min_cell_size}",
-                )
+def _echoed_attempt(value: str, echo: Collection[str]) -> bool:
+    """A round's attempt id, "<run id>:<round>", built from the coordinator's own run id."""
+    run_id, _, number = value.rpartition(":")
+    return number.isdigit() and run_id in echo
 
 
-def _is_small(value: object, min_cell: int) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return 0 < value < min_cell
+def _denominator(key: str, spec: FieldSpec, values: Mapping[str, Any]) -> float | None:
+    """The n of a rate or metric: its declared field, else the reply's num-examples."""
+    for name in (spec.denominator, "num-examples"):
+        n = _as_count(values.get(name)) if name else None
+        if n is not None and math.isfinite(n):
+            return n
+    return None
 
 
-def _site_name(content: RecordDict, context: Context) -> str:
-    record = content.get(FEDWARD_RECORD)
-    if isinstance(record, ConfigRecord) and isinstance(record.get("site"), str):
-        return str(record["site"])
-    return f"node {context.node_id}"
+def guard_for(msg: Message, *, site: str, dataset: str = "", min_cell: int = 10) -> EgressGuard:
+    """The guard a site applies to its reply to ``msg`` (the model and texts it was sent)."""
+    sent = msg.content.get(ARRAYS_RECORD) if msg.has_content() else None
+    expected = expected_from_array_record(sent) if isinstance(sent, ArrayRecord) else {}
+    rules = rules_from_message(msg, site=site, dataset=dataset)
+    return EgressGuard(EgressPolicy(min_cell_size=min_cell), expected, rules)
 
 
-def _min_cell_size(content: RecordDict, context: Context, default: int) -> int:
-    """The node config's `min-cell-size` (else `default`), raised by the reply's value if higher.
-
-    The node config is set by the site operator when starting the SuperNode
-    (`--node-config "min-cell-size=20"`); the ClientApp handler also reports its site config's
-    `policy.min_cell_size` as `fedward.min_cell_size`. The stricter (larger) one wins, so neither
-    the handler nor a missing node config can lower the bar the other sets.
-    """
-    base = context.node_config.get(NODE_CONFIG_MIN_CELL, default)
-    result = int(base) if isinstance(base, int | float) and not isinstance(base, bool) else default
-    record = content.get(FEDWARD_RECORD)
-    if isinstance(record, ConfigRecord):
-        reported = record.get(REPLY_MIN_CELL_KEY)
-        if isinstance(reported, int) and not isinstance(reported, bool):
-            result = max(result, reported)
-    return max(result, 1)
+# ---- the mod ------------------------------------------------------------------------------------
 
 
-def refusal_content(site: str, reason: str) -> RecordDict:
-    """The only content a refused reply carries: no arrays, no metrics."""
+@dataclass(frozen=True)
+class SiteView:
+    """The site as its own configuration declares it: name, dataset id, minimum cell size."""
+
+    site: str
+    min_cell_size: int
+    dataset: str = ""
+
+
+SiteResolver = Callable[[Message, Context], SiteView]
+
+
+def _default_view(msg: Message, context: Context) -> SiteView:
+    return SiteView(site=f"node {context.node_id}", min_cell_size=10)
+
+
+def node_min_cell(context: Context, base: int) -> int:
+    """The SuperNode operator's ``min-cell-size`` raises (never lowers) the site's own."""
+    value = context.node_config.get(NODE_CONFIG_MIN_CELL, 0)
+    node = int(value) if _is_number(value) else 0
+    return max(base, node, 1)
+
+
+def refusal_content(site: str, message: SiteMessage) -> RecordDict:
+    """A refusal's whole content: a status and one templated sentence, with its source."""
     return RecordDict(
-        {FEDWARD_RECORD: ConfigRecord({"site": site, "status": REFUSED_STATUS, "reason": reason})}
+        {
+            FEDWARD_RECORD: ConfigRecord(
+                {
+                    "site": site,
+                    "status": REFUSED_STATUS,
+                    "reason": message.text,
+                    REASON_SOURCE: message.to_json(),
+                }
+            )
+        }
     )
 
 
+@dataclass
 class EgressMod:
-    """Flower client mod running `EgressGuard` on every reply (see `egress_mod`)."""
+    """Flower client mod running `EgressGuard` on every reply, outermost, errors included."""
 
-    def __init__(self, policy: EgressPolicy | None = None) -> None:
-        self.policy = policy or EgressPolicy()
+    resolve: SiteResolver = _default_view
+    policy: EgressPolicy = field(default_factory=EgressPolicy)
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(msg, context)
-        if reply.has_error() or not reply.has_content():
+        return self.guard(msg, context, reply)
+
+    def errors_only(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        """The mod for transports whose own messages are protocol (SecAgg+): error replies only."""
+        reply = call_next(msg, context)
+        return self.guard(msg, context, reply) if reply.has_error() else reply
+
+    def guard(self, msg: Message, context: Context, reply: Message) -> Message:
+        try:
+            view = self.resolve(msg, context)
+        except Exception:  # an unusable site config: the strictest rules, a node id for a name
+            log.warning("egress: site config unusable; applying the defaults", exc_info=True)
+            view = _default_view(msg, context)
+        cell = node_min_cell(context, max(view.min_cell_size, self.policy.min_cell_size))
+        policy = EgressPolicy(min_cell_size=cell, max_list_len=self.policy.max_list_len)
+        rules = rules_from_message(msg, site=view.site, dataset=view.dataset)
+        if reply.has_error():
+            return self._guard_error(msg, reply, rules, policy, view)
+        if not reply.has_content():
             return reply
-        content = reply.content
-        site = _site_name(content, context)
-        policy = dataclasses.replace(
-            self.policy,
-            min_cell_size=_min_cell_size(content, context, self.policy.min_cell_size),
-        )
         sent = msg.content.get(ARRAYS_RECORD) if msg.has_content() else None
         # Arrays may only echo the model the coordinator sent; none sent -> none may go back.
         expected = expected_from_array_record(sent) if isinstance(sent, ArrayRecord) else {}
+        record = reply.content.get(FEDWARD_RECORD)
+        site = str(record.get("site")) if isinstance(record, ConfigRecord) else view.site
+        rules = SiteRules(site=site, dataset=view.dataset, columns=rules.columns, echo=rules.echo)
         try:
-            EgressGuard(policy, expected).check(content, site=site)
+            EgressGuard(policy, expected, rules).check(reply.content, site=site)
         except EgressViolation as exc:
             log.warning("%s", exc)
-            reply.content = refusal_content(site, str(exc))
+            reply.content = refusal_content(site, exc.public_message(site))
+        return reply
+
+    def _guard_error(
+        self, msg: Message, reply: Message, rules: SiteRules, policy: EgressPolicy, view: SiteView
+    ) -> Message:
+        """An error reply's reason leaves too: it must be a templated refusal as JSON."""
+        reason = reply.error.reason or ""
+        try:
+            data = json.loads(reason)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            content = RecordDict({FEDWARD_RECORD: ConfigRecord(data)})
+            site = str(data.get("site", view.site))
+            rules = SiteRules(
+                site=site, dataset=view.dataset, columns=rules.columns, echo=rules.echo
+            )
+            EgressGuard(policy, {}, rules).check(content, site=site)
+        except (ValueError, TypeError, EgressViolation) as exc:
+            log.warning("egress: error reply refused (%s): %s", exc, reason[:200])
+            message = SiteMessage("unexpected", {"site": view.site, "error": "Exception"})
+            refused = dict(refusal_content(view.site, message)[FEDWARD_RECORD])
+            return Message(Error(code=reply.error.code, reason=json.dumps(refused)), reply_to=msg)
         return reply
 
 
-_DEFAULT_MOD = EgressMod()
-
-
-def egress_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower client mod with the default policy: `ClientApp(mods=[egress_mod])`."""
-    return _DEFAULT_MOD(msg, context, call_next)
+egress_mod = EgressMod()
+"""The mod with no site config to read (minimum cell 10); the ClientApp builds its own."""
 
 
 __all__ = [
     "ARRAYS_RECORD",
-    "COUNT_PATTERNS",
-    "DEFAULT_ALLOW_LIST",
     "FEDWARD_RECORD",
     "METRICS_RECORD",
+    "REASON_SOURCE",
     "REFUSED_STATUS",
-    "AllowList",
+    "WARNINGS_SOURCE",
     "EgressGuard",
     "EgressMod",
     "EgressPolicy",
     "EgressViolation",
-    "RecordRule",
+    "SiteRules",
+    "SiteView",
     "egress_mod",
     "expected_from_array_record",
+    "guard_for",
+    "node_min_cell",
     "refusal_content",
+    "rules_from_message",
 ]

@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Self
+
+from fedward.common.site_messages import SiteMessage
 
 
 class FedwardError(Exception):
-    """Base class for every error fedward raises on purpose."""
+    """Base class for every error fedward raises on purpose.
+
+    Its text is for the person at the machine that raised it. What a site may send about it is a
+    templated message (``fedward.common.site_messages``): ``publicly`` picks the template, and
+    ``public_message`` falls back to one per class that names no data.
+    """
+
+    code: str | None = None
+    slots: dict[str, Any]
+
+    def publicly(self, code: str, **slots: Any) -> Self:
+        """Set the template a site sends for this error (its slots checked again at egress)."""
+        self.code = code
+        self.slots = slots
+        return self
+
+    def public_message(self, site: str) -> SiteMessage:
+        if self.code is not None:
+            return SiteMessage(self.code, {"site": site, **getattr(self, "slots", {})})
+        return self._default_message(site)
+
+    def _default_message(self, site: str) -> SiteMessage:
+        return SiteMessage("refused", {"site": site, "error": type(self).__name__})
 
 
 class ConfigError(FedwardError):
@@ -21,6 +46,9 @@ class ConfigError(FedwardError):
             where += f": field '{field}'"
         super().__init__(f"{where}: {reason}")
 
+    def _default_message(self, site: str) -> SiteMessage:
+        return SiteMessage("site-config-invalid", {"site": site})
+
 
 class PolicyError(FedwardError):
     """A site's own policy refuses what the coordinator asked for."""
@@ -31,6 +59,9 @@ class PolicyError(FedwardError):
         self.reason = reason
         where = f"site '{site}'" + (f", policy in '{self.file}'" if self.file else "")
         super().__init__(f"{where}: {reason}")
+
+    def _default_message(self, site: str) -> SiteMessage:
+        return SiteMessage("policy-refused", {"site": site, "policy": "request not allowed"})
 
 
 class SiteDataError(FedwardError):
@@ -60,8 +91,13 @@ class SiteDataError(FedwardError):
         super().__init__(self._public + (f" ({detail})" if detail else ""))
 
     def public(self) -> str:
-        """The message without per-row details: what may leave the site."""
+        """The message without per-row details, for the site's own console."""
         return self._public
+
+    def _default_message(self, site: str) -> SiteMessage:
+        if self.column:
+            return SiteMessage("column-invalid", {"site": site, "column": self.column})
+        return SiteMessage("data-invalid", {"site": site})
 
 
 class MessageError(FedwardError):
@@ -79,3 +115,10 @@ class MessageError(FedwardError):
         super().__init__(
             f"message record '{record}'" + (f", key '{key}'" if key else "") + f": {reason}"
         )
+
+    def _default_message(self, site: str) -> SiteMessage:
+        if self.key:
+            return SiteMessage(
+                "message-invalid", {"site": site, "record": self.record, "key": self.key}
+            )
+        return SiteMessage("message-record-invalid", {"site": site, "record": self.record})

@@ -142,6 +142,14 @@ class DataSchema(BaseModel):
     def used_features(self) -> list[FeatureSpec]:
         return [f for f in self.features if not f.drop]
 
+    @property
+    def column_names(self) -> frozenset[str]:
+        """Every column the schema declares: the names a site's messages may use."""
+        names = {self.label.column, *(f.name for f in self.features)}
+        if self.patient_id is not None:
+            names.add(self.patient_id)
+        return frozenset(names)
+
     def feature(self, name: str) -> FeatureSpec:
         for f in self.features:
             if f.name == name:

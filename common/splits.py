@@ -86,7 +86,7 @@ def split_site(
     if len(y) < min_rows:
         raise SiteDataError(
             site, f"only {len(y)} rows; at least {min_rows} are needed (splits.min_rows)", file=file
-        )
+        ).publicly("split-impossible", setting="min_rows")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0/1")
     y = y.astype(np.int64)
@@ -94,7 +94,7 @@ def split_site(
     if (counts == 0).any():
         raise SiteDataError(
             site, f"only one class present ({int(counts.max())} rows); both are needed", file=file
-        )
+        ).publicly("split-impossible", setting="classes")
     held_out = [n for n in ("tune", "test", "audit") if fractions[n] > 0]
     need = min_per_class * (len(held_out) + 1)
     for cls in (0, 1):
@@ -105,7 +105,7 @@ def split_site(
                 f"with at least {min_per_class} each need {need} (negatives {int(counts[0])}, "
                 f"positives {int(counts[1])})",
                 file=file,
-            )
+            ).publicly("split-impossible", setting="min_per_class")
 
     derived = site_seed(seed, site)
     rng = np.random.default_rng(derived)
@@ -237,7 +237,7 @@ def _grouped(
                         f"every split stratified (negatives {int(counts[0])}, positives "
                         f"{int(counts[1])}, groups {n_groups})",
                         file=file,
-                    )
+                    ).publicly("split-impossible", setting="min_per_class")
     return parts
 
 

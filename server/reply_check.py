@@ -25,7 +25,8 @@ from fedward.common.protocol import (
 )
 
 _LIST_KEYS = ("non_dp_outputs", "warnings", "undefined_metrics")
-_TRAIN_METRICS = ("num-examples", "train_loss")
+_TRAIN_METRICS = ("num-examples",)
+_OPTIONAL_TRAIN_METRICS = ("train_loss",)  # sent only by a site training without DP
 
 
 def _number(value: Any) -> bool:
@@ -63,7 +64,9 @@ def malformed_reply(msg: Message, phase: str) -> str | None:
     if phase == "train":
         if ARRAYS not in content.array_records:
             return f"no ArrayRecord '{ARRAYS}' (the model update)"
-        for key in _TRAIN_METRICS:
+        for key in _TRAIN_METRICS + _OPTIONAL_TRAIN_METRICS:
+            if key not in metrics and key in _OPTIONAL_TRAIN_METRICS:
+                continue
             value = metrics.get(key)
             if not _number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
                 return f"metric '{key}' is {value!r}, not a finite number"

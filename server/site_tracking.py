@@ -454,7 +454,9 @@ class SiteTracking(Strategy):
             msg.content = RecordDict(
                 {
                     ARRAYS: msg.content.array_records[ARRAYS],
-                    METRICS: MetricRecord({k: site_metrics[k] for k in _AGGREGATED_TRAIN_KEYS}),
+                    METRICS: MetricRecord(
+                        {k: site_metrics[k] for k in _AGGREGATED_TRAIN_KEYS if k in site_metrics}
+                    ),
                 }
             )
         arrays, agg = self.strategy.aggregate_train(server_round, ok)
@@ -480,7 +482,7 @@ class SiteTracking(Strategy):
             return ok, {}
         if self._train_arrays is None:
             raise RuntimeError("aggregate_train before configure_train: no global model to check")
-        screening = self.validator.screen(ok, self._train_arrays, _AGGREGATED_TRAIN_KEYS)
+        screening = self.validator.screen(ok, self._train_arrays, ("num-examples",))
         for msg in ok:
             node = msg.metadata.src_node_id
             if node not in screening.rejected:

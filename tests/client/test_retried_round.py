@@ -69,8 +69,8 @@ def test_a_replayed_attempt_or_an_older_round_is_refused_without_a_row(
     ledger, _ = ledger_after_retry
     before = len(ledger.entries())
     replay = _train(run, tmp_path, 3, "b3")
-    assert replay["status"] == "refused" and "already trained" in replay["reason"]
+    assert replay["status"] == "refused" and "replay refused" in replay["reason"]
     _train(run, tmp_path, 4, "a4")
     older = _train(run, tmp_path, 3, "c3")
-    assert older["status"] == "refused" and "older than round 4" in older["reason"]
+    assert older["status"] == "refused" and "replay refused" in older["reason"]
     assert len(ledger.entries()) == before + 1  # only round 4

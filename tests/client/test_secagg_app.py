@@ -49,7 +49,9 @@ def test_fit_metrics_are_scalars_with_the_sites_privacy_spend(
     assert all(isinstance(v, int | float | str | bool) for v in metrics.values())
     assert metrics["site"] == "cleveland"
     assert 0 < metrics["epsilon"] <= heart_run.privacy.target_epsilon
-    assert "train_loss" in json.loads(metrics["non_dp_outputs"])
+    # Under DP the training loss is not sent (it would escape ε every round).
+    assert "train_loss" not in json.loads(metrics["non_dp_outputs"])
+    assert "train_loss" not in metrics
 
 
 def test_fit_is_dp_sgd_recorded_in_the_sites_ledger_first(
@@ -72,7 +74,9 @@ def test_a_refusal_leaves_as_an_error_reply_with_the_structured_reason() -> None
     msg = make_message(RecordDict(), "train", dst_node_id=7)
 
     def refuse(m: Message, ctx: Any) -> Message:
-        raise PolicyError("st-mary", "the run asks for training without DP")
+        raise PolicyError("st-mary", "the run asks for training without DP").publicly(
+            "non-dp-refused"
+        )
 
     reply = refusal_as_error(msg, make_context(NODE, node_id=7), refuse)
     assert reply.has_error()

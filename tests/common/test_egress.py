@@ -20,17 +20,21 @@ from flwr.app import (
 )
 
 from fedward.common.egress import (
-    DEFAULT_ALLOW_LIST,
+    REASON_SOURCE,
     REFUSED_STATUS,
     EgressGuard,
+    EgressMod,
     EgressPolicy,
     EgressViolation,
-    RecordRule,
+    SiteRules,
+    SiteView,
     egress_mod,
     expected_from_array_record,
     refusal_content,
 )
 from fedward.common.metrics import metric_panel, score_histogram
+from fedward.common.reply_fields import REGISTRY
+from fedward.common.site_messages import SiteMessage
 
 SITE = "cleveland"
 
@@ -52,9 +56,12 @@ def _legit_content(**fedward_extra: object) -> RecordDict:
     )
 
 
+RULES = SiteRules(site=SITE, dataset="heart", columns=frozenset({"age", "chol", "label"}))
+
+
 def _guard(min_cell: int = 10) -> EgressGuard:
     return EgressGuard(
-        EgressPolicy(min_cell_size=min_cell), expected_from_array_record(_model_record())
+        EgressPolicy(min_cell_size=min_cell), expected_from_array_record(_model_record()), RULES
     )
 
 
@@ -98,7 +105,7 @@ def test_per_sample_array_next_to_the_model_is_refused() -> None:
     content = _legit_content()
     content["arrays"] = arrays
     exc = _violation(content)
-    assert exc.key == "scores" and "per-sample" in str(exc)
+    assert exc.key == "scores" and "not part of the model state" in str(exc)
 
 
 def test_model_array_with_another_shape_is_refused() -> None:
@@ -127,7 +134,7 @@ def test_reply_missing_a_model_array_is_refused() -> None:
 
 
 def test_arrays_without_an_expected_model_state_are_refused() -> None:
-    with pytest.raises(EgressViolation, match="no expected model state"):
+    with pytest.raises(EgressViolation, match="no model was sent"):
         EgressGuard(EgressPolicy(), None).check(_legit_content(), site=SITE)
 
 
@@ -168,18 +175,18 @@ def test_min_cell_size_of_the_policy_applies() -> None:
 
 
 def test_list_longer_than_allowed_is_refused() -> None:
-    content = _legit_content(messages=["x"] * 5000)
+    content = _legit_content(undefined_metrics=["auroc"] * 5000)
     assert "longer than" in str(_violation(content))
 
 
 def test_bytes_value_is_refused() -> None:
-    content = _legit_content(error=b"raw bytes")
+    content = _legit_content(status=b"raw bytes")
     assert "bytes" in str(_violation(content))
 
 
 def test_very_long_text_is_refused() -> None:
-    content = _legit_content(error="x" * 10_000)
-    assert "text longer" in str(_violation(content))
+    content = _legit_content(status="x" * 10_000)
+    assert "longer than" in str(_violation(content))
 
 
 def test_metric_panel_and_coarse_histogram_from_metrics_module_pass() -> None:
@@ -196,34 +203,112 @@ def test_metric_panel_and_coarse_histogram_from_metrics_module_pass() -> None:
 
 
 def test_refusal_content_itself_passes_the_guard() -> None:
-    _guard().check(refusal_content(SITE, "why"), site=SITE)
+    message = SiteMessage("data-invalid", {"site": SITE})
+    _guard().check(refusal_content(SITE, message), site=SITE)
 
 
-# ---- allow-list ----
+# ---- the registry: kinds, not key names ----
 
 
-def test_default_allow_list_cannot_be_mutated() -> None:
-    with pytest.raises(TypeError):
-        DEFAULT_ALLOW_LIST.records["anything"] = RecordRule("config")
+def test_every_registered_field_declares_a_kind() -> None:
+    assert REGISTRY and all(spec.kind for spec in REGISTRY.values())
 
 
-def test_extended_allow_list_accepts_new_key_and_leaves_default_alone() -> None:
-    extended = DEFAULT_ALLOW_LIST.extended("metrics", ["baseline_*_auroc"])
+def test_a_count_sent_as_text_is_still_a_count() -> None:
     content = _legit_content()
-    content["metrics"] = MetricRecord({"num-examples": 120, "baseline_knn_auroc": 0.8})
-    policy = EgressPolicy(allow_list=extended)
-    EgressGuard(policy, expected_from_array_record(_model_record())).check(content, site=SITE)
-    assert not DEFAULT_ALLOW_LIST.records["metrics"].allows("baseline_knn_auroc")
+    content["metrics"] = MetricRecord({"num-examples": 120})
+    content["fedward"]["n_train"] = "3"
+    assert _violation(content).rule == "small"
 
 
-def test_extending_with_a_new_record_requires_its_kind() -> None:
-    with pytest.raises(ValueError, match="kind"):
-        DEFAULT_ALLOW_LIST.extended("profile", ["mean_*"])
-    assert (
-        DEFAULT_ALLOW_LIST.extended("profile", ["mean_*"], kind="metric")
-        .records["profile"]
-        .allows("mean_age")
+def test_audit_counts_are_count_checked_whatever_their_name() -> None:
+    for key in ("mia_canary_correct", "mia_n_members", "mia_n_nonmembers", "n_train"):
+        content = _legit_content(**{key: 4})
+        assert _violation(content).rule == "small", key
+
+
+def test_accuracy_implying_one_misclassified_row_is_refused() -> None:
+    content = _legit_content(test_n=50, test_accuracy=0.98)
+    assert _violation(content).rule == "implied"
+    _guard().check(_legit_content(test_n=50, test_accuracy=0.8), site=SITE)
+
+
+def test_rate_without_its_denominator_is_refused() -> None:
+    content = _legit_content(test_prevalence=0.5)
+    content["metrics"] = MetricRecord({"loss": 0.1})
+    with pytest.raises(EgressViolation):
+        EgressGuard(EgressPolicy(), None, RULES).check(
+            RecordDict({"fedward": content["fedward"]}), site=SITE
+        )
+
+
+def test_accuracy_with_balanced_accuracy_solving_a_small_confusion_cell_is_refused() -> None:
+    # n=100, 30 positives: TP=25 FN=5 TN=60 FP=10 -> accuracy 0.85, balanced (25/30+60/70)/2
+    bal = (25 / 30 + 60 / 70) / 2
+    content = _legit_content(test_n=100, test_prevalence=0.3, test_accuracy=0.85)
+    content["fedward"]["test_balanced_accuracy"] = bal
+    assert _violation(content).rule == "implied"
+
+
+def test_profile_whose_categories_and_size_recover_a_suppressed_missing_cell_is_refused() -> None:
+    import json
+
+    profile = {
+        "n_rows": 200,
+        "splits": {"train": 161, "tune": 39},
+        "prevalence": 0.5,
+        "features": {
+            "fbs": {
+                "kind": "categorical",
+                "missing_fraction": None,
+                "categories": {"0": 149, "1": 10},
+            }
+        },
+    }
+    content = RecordDict(
+        {"fedward": ConfigRecord({"site": SITE, "training_profile": json.dumps(profile)})}
     )
+    with pytest.raises(EgressViolation, match="difference"):
+        EgressGuard(EgressPolicy(), None, RULES).check(content, site=SITE)
+
+
+def test_free_text_reason_is_refused_even_when_harmless() -> None:
+    content = RecordDict(
+        {"fedward": ConfigRecord({"site": SITE, "status": "refused", "reason": "no"})}
+    )
+    assert _violation(content).rule == "template"
+
+
+def test_templated_reason_naming_a_header_cell_is_refused() -> None:
+    message = SiteMessage(
+        "column-missing", {"site": SITE, "what": "label column", "column": "MRN-884213"}
+    )
+    record = {
+        "site": SITE,
+        "status": "refused",
+        "reason": message.text,
+        REASON_SOURCE: message.to_json(),
+    }
+    assert _violation(RecordDict({"fedward": ConfigRecord(record)})).rule == "template"
+    ok = SiteMessage("column-missing", {"site": SITE, "what": "label column", "column": "label"})
+    record.update({"reason": ok.text, REASON_SOURCE: ok.to_json()})
+    _guard().check(RecordDict({"fedward": ConfigRecord(record)}), site=SITE)
+
+
+def test_reason_that_differs_from_its_template_is_refused() -> None:
+    message = SiteMessage("data-invalid", {"site": SITE})
+    record = {
+        "site": SITE,
+        "reason": message.text + " (MRN-884213)",
+        REASON_SOURCE: message.to_json(),
+    }
+    assert _violation(RecordDict({"fedward": ConfigRecord(record)})).rule == "template"
+
+
+def test_a_small_count_in_a_message_slot_is_refused() -> None:
+    message = SiteMessage("warn-out-of-range", {"column": "age", "count": 2})
+    record = {"site": SITE, "warnings": [message.text], "warnings_source": [message.to_json()]}
+    assert _violation(RecordDict({"fedward": ConfigRecord(record)})).rule == "template"
 
 
 def test_policy_refuses_min_cell_size_below_one() -> None:
@@ -288,38 +373,36 @@ def test_mod_replaces_a_per_sample_array_leak_with_a_refusal() -> None:
     arrays["scores"] = Array(np.zeros(120, dtype=np.float32))
     content = _legit_content()
     content["arrays"] = arrays
-    _assert_refused(_run_mod(content), "'scores'", SITE)
+    _assert_refused(_run_mod(content), "model arrays do not match")
 
 
 def test_mod_refuses_an_unknown_record() -> None:
     content = _legit_content()
     content["rows"] = ConfigRecord({"age": [63, 67, 41]})
-    _assert_refused(_run_mod(content), "'rows'")
+    _assert_refused(_run_mod(content), "unregistered field")
 
 
 def test_mod_refuses_an_unknown_key() -> None:
     content = _legit_content(patient_ids=["p1", "p2"])
-    _assert_refused(_run_mod(content), "'patient_ids'")
+    _assert_refused(_run_mod(content), "unregistered field")
 
 
 def test_mod_refuses_a_small_count() -> None:
     content = _legit_content()
     content["metrics"] = MetricRecord({"num-examples": 4})
-    _assert_refused(_run_mod(content), "'num-examples'")
+    _assert_refused(_run_mod(content), "small count")
 
 
 def test_mod_reads_min_cell_size_from_node_config() -> None:
     assert "arrays" in _run_mod(_legit_content()).content  # 120 >= default 10
-    _assert_refused(_run_mod(_legit_content(), min_cell_size=200), "minimum cell size 200")
+    _assert_refused(_run_mod(_legit_content(), min_cell_size=200), "small count")
 
 
-def test_mod_raises_min_cell_size_to_the_replys_stricter_value() -> None:
-    _assert_refused(_run_mod(_legit_content(min_cell_size=500)), "minimum cell size 500")
-
-
-def test_mod_ignores_a_reply_trying_to_lower_the_node_min_cell_size() -> None:
+def test_mod_takes_min_cell_size_from_the_site_never_from_the_reply() -> None:
+    strict = EgressMod(resolve=lambda _m, _c: SiteView(site=SITE, min_cell_size=500))
     content = _legit_content(min_cell_size=1)
-    _assert_refused(_run_mod(content, min_cell_size=200), "minimum cell size 200")
+    reply = strict(_incoming(), _context(), lambda m, _c: Message(content, reply_to=m))
+    _assert_refused(reply, "small count")
 
 
 def test_mod_names_the_node_when_the_reply_has_no_site() -> None:
@@ -328,11 +411,12 @@ def test_mod_names_the_node_when_the_reply_has_no_site() -> None:
 
 
 def test_mod_refuses_arrays_when_the_coordinator_sent_none() -> None:
-    _assert_refused(_run_mod(_legit_content(), with_arrays=False), "'weight'")
+    _assert_refused(_run_mod(_legit_content(), with_arrays=False), "model arrays do not match")
 
 
-def test_mod_passes_an_error_reply_through() -> None:
+def test_mod_replaces_a_free_text_error_reason_with_a_templated_one() -> None:
     msg = _incoming()
-    error = Error(code=0, reason="handler failed")
+    error = Error(code=0, reason="handler failed on patient MRN-884213")
     reply = egress_mod(msg, _context(), lambda m, _c: Message(error, reply_to=m))
-    assert reply.has_error() and reply.error.reason == "handler failed"
+    assert reply.has_error() and "MRN-884213" not in reply.error.reason
+    assert "unexpected Exception" in reply.error.reason

@@ -24,10 +24,8 @@ from fedward.common.egress import (
     ARRAYS_RECORD,
     FEDWARD_RECORD,
     REFUSED_STATUS,
-    EgressGuard,
-    EgressPolicy,
     EgressViolation,
-    expected_from_array_record,
+    guard_for,
 )
 from fedward.common.protocol import MSG_AUDIT, MSG_BASELINES, MSG_PROFILE
 from fedward.server.app import CoordinatorSettings, coordinate
@@ -108,12 +106,11 @@ def test_every_reply_passes_the_allow_list_and_none_was_refused(
                 f"site {s.site}, {s.asked.metadata.message_type}: {status.get('reason')!r}"
             )
             continue
-        sent_arrays = s.asked.content.get(ARRAYS_RECORD)
-        expected = (
-            expected_from_array_record(sent_arrays) if isinstance(sent_arrays, ArrayRecord) else {}
-        )
+        record = content.config_records.get(FEDWARD_RECORD)
+        site = str(record["site"]) if record is not None else f"node {s.site}"
+        dataset = str(record.get("dataset", "")) if record is not None else ""
         try:
-            EgressGuard(EgressPolicy(), expected).check(content, site=str(s.site))
+            guard_for(s.asked, site=site, dataset=dataset).check(content, site=site)
         except EgressViolation as exc:
             violations.append(f"{s.asked.metadata.message_type}: {exc}")
     assert refused == []

@@ -168,6 +168,7 @@ def test_a_site_with_a_deleted_ledger_row_refuses_to_train_and_keeps_its_history
     )
     info = dict(reply.content[REPLY])
     assert info["status"] == "refused" and info["site"] == "cleveland"
-    assert "entry 2 is missing" in str(info["reason"]) and LEDGER_FILE in str(info["reason"])
+    # What is wrong ("entry 2 is missing") and where stay in the site's log and `site verify`.
+    assert "integrity check" in str(info["reason"]) and LEDGER_FILE not in str(info["reason"])
     assert "arrays" not in reply.content
     assert [e.seq for e in Ledger(state / "cleveland").entries()] == [1, 3]  # nothing added

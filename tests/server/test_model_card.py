@@ -139,7 +139,8 @@ def test_the_metrics_are_the_test_panels_with_their_intervals(finished_run: Path
             "lower_bound": panel["auroc_lo"],
             "upper_bound": panel["auroc_hi"],
         }
-        assert metrics[(f"site={site}", "balanced_accuracy")]["threshold"] == 0.5
+        if (f"site={site}", "balanced_accuracy") in metrics:  # absent where a cell is small
+            assert metrics[(f"site={site}", "balanced_accuracy")]["threshold"] == 0.5
     assert metrics[("pooled", "auroc")]["value"] == test["pooled"]["auroc"]
     assert "confidence_interval" not in metrics[("pooled", "auroc")]
     assert written["quantitative_analysis"]["score_histograms"] == test["histograms"]
