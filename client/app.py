@@ -861,6 +861,8 @@ def audit(msg: Message, context: Context) -> Message:
 
     req = _request(msg, context)
     site, run = req.site, req.run
+    if str(req.cfg.get(KEY_AUDIT_MODEL, "run") or "run") not in AUDIT_MODELS:
+        raise MessageError(CONFIG, KEY_AUDIT_MODEL, "not one of the models a site audits")
     # A companion's config resets its [audit] section: the approved parent's settings govern.
     parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
     settings = RunConfig.from_json(parent_text).audit if parent_text else run.audit
@@ -883,8 +885,6 @@ def audit(msg: Message, context: Context) -> Message:
         run, transform.n_outputs, site.schema.image_shape, plan, settings=settings
     )
     name = str(req.cfg.get(KEY_AUDIT_MODEL, "run") or "run")
-    if name not in AUDIT_MODELS:
-        raise MessageError(CONFIG, KEY_AUDIT_MODEL, f"unknown model '{name[:40]}'")
     public = run_audit(
         model,
         mechanism,

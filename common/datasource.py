@@ -136,6 +136,17 @@ def table_from_frame(
         raise SiteDataError(site, "table has no rows", file=file).publicly("data-empty")
     raw = raw.reset_index(drop=True)
     columns = [str(c) for c in raw.columns]
+    if not set(columns) & schema.column_names:
+        # Not one declared name: a file without its header line, or another table. Its first
+        # line may be a patient's row, so only the number of columns leaves the site.
+        _require_column(
+            schema.label.column,
+            columns,
+            site=site,
+            file=file,
+            what="label column",
+            schema_columns=schema.column_names,
+        )
     _refuse_duplicates(columns, site=site, file=file)
     _require_column(
         schema.label.column,
