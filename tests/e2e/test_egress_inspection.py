@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Message
 
 from fedward.client.app import app
 from fedward.common.config import RunConfig
+from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import (
     ARRAYS_RECORD,
     FEDWARD_RECORD,
@@ -29,6 +30,7 @@ from fedward.common.egress import (
 )
 from fedward.common.protocol import MSG_AUDIT, MSG_BASELINES, MSG_PROFILE
 from fedward.server.app import CoordinatorSettings, coordinate
+from tests.hostile.canaries import CANARIES, plant
 from tests.server.loopback import LoopbackGrid, server_context
 
 pytestmark = pytest.mark.slow
@@ -69,7 +71,17 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[CapturingApp, 
     )
     capture = CapturingApp()
     root = tmp_path_factory.mktemp("egress")
-    settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
+    # The four hospitals' own files, each carrying canaries in a cell, its header, its name and
+    # its folder: nothing of them may appear in any byte a site sends.
+    configs = write_site_files("heart-disease", root / "sites", seed=0)
+    for config in configs:
+        plant(config, auto_approve=True)
+    settings = CoordinatorSettings(
+        run=run,
+        run_dir=str(root / "run"),
+        engine="simulation",
+        sim_site_configs=[str(c) for c in configs],
+    )
     path = coordinate(LoopbackGrid(capture, 4), server_context(), settings).path
     return capture, path
 
@@ -134,3 +146,21 @@ def test_no_reply_carries_anything_shaped_like_the_sites_rows(
             if isinstance(record, ArrayRecord):
                 for key, arr in record.items():
                     assert arr.numpy().size <= largest, (s.site, name, key)
+
+
+def test_no_byte_on_the_wire_carries_a_canary_or_a_site_path(
+    federation: tuple[CapturingApp, Path],
+) -> None:
+    """Every reply serialised as Flower sends it: no planted cell, header, file or folder name."""
+    from flwr.common.serde import message_to_proto
+
+    capture, path = federation
+    root = str(path.parent).encode()
+    scanned = 0
+    for s in capture.sent:
+        wire = message_to_proto(s.reply).SerializeToString()
+        scanned += len(wire)
+        for canary in CANARIES:
+            assert canary.encode() not in wire, (canary, s.asked.metadata.message_type)
+        assert root not in wire, s.asked.metadata.message_type
+    assert scanned > 0

@@ -39,12 +39,13 @@ from fedward.common.protocol import (
 )
 from fedward.common.site_messages import SiteMessage
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
-
-CELL_CANARY = "MRN-884213"
-HEADER_CANARY = "ZQXJHDR9931"
-FOLDER_CANARY = "CANARYDIR7731"
-FILE_CANARY = "canaryfile5521"
-NUMBER_CANARY = "89.4567"
+from tests.hostile.canaries import (
+    CANARIES,
+    CELL_CANARY,
+    FILE_CANARY,
+    FOLDER_CANARY,
+    plant,
+)
 
 
 @dataclass(frozen=True)
@@ -55,26 +56,6 @@ class Federation:
     latin1: Path
     ragged: Path
     root: Path
-
-
-def _plant(site_toml: Path, *, auto_approve: bool) -> None:
-    """Move the data under canary names, add a canary column and cell, an unusual number."""
-    site_dir = site_toml.parent
-    lines = (site_dir / "data.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    age = header.index("age")
-    rows = [line.split(",") for line in lines[1:]]
-    rows[0][age] = NUMBER_CANARY
-    out = [",".join([*header, HEADER_CANARY])]
-    out += [",".join([*r, CELL_CANARY if i == 0 else "x"]) for i, r in enumerate(rows)]
-    folder = site_dir / FOLDER_CANARY
-    folder.mkdir()
-    (folder / f"{FILE_CANARY}.csv").write_text("\n".join(out) + "\n")
-    (site_dir / "data.csv").unlink()
-    text = site_toml.read_text().replace('"data.csv"', f'"{FOLDER_CANARY}/{FILE_CANARY}.csv"')
-    if not auto_approve:
-        text = text.replace("auto_approve = true", "auto_approve = false")
-    site_toml.write_text(text)
 
 
 def _rewrite(site_toml: Path, edit: Callable[[list[str]], bytes]) -> Path:
@@ -88,7 +69,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     root = tmp_path_factory.mktemp("curious")
     configs = write_site_files("heart-disease", root, seed=0)
     for i, config in enumerate(configs):
-        _plant(config, auto_approve=i != 1)
+        plant(config, auto_approve=i != 1)
     headerless = _rewrite(
         configs[2],
         # No header line: the first patient's row (with the cell and number canaries) is read as one.
@@ -98,7 +79,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
         configs[3], lambda ls: ("\n".join([*ls[:5], ls[5] + "é", *ls[6:]]) + "\n").encode("latin-1")
     )
     extra = write_site_files("heart-disease", root / "more", seed=0)
-    _plant(extra[0], auto_approve=True)
+    plant(extra[0], auto_approve=True)
     ragged = _rewrite(
         extra[0], lambda ls: ("\n".join([*ls[:40], ls[40] + ",1,2,3", *ls[41:]]) + "\n").encode()
     )
@@ -129,7 +110,7 @@ def _assert_nothing_leaks(reply: Message, asked: Message, fed: Federation) -> di
         info: dict[str, object] = json.loads(reply.error.reason)
     else:
         info = dict(reply.content[FEDWARD_RECORD])
-    for canary in (CELL_CANARY, HEADER_CANARY, FOLDER_CANARY, FILE_CANARY, NUMBER_CANARY):
+    for canary in CANARIES:
         assert canary.encode() not in wire, (canary, info)
     assert str(fed.root).encode() not in wire, info
     assert b"JaneDoe" not in wire and not re.search(rb"(line|row) \d", wire), info
