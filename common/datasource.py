@@ -136,40 +136,25 @@ def table_from_frame(
         raise SiteDataError(site, "table has no rows", file=file).publicly("data-empty")
     raw = raw.reset_index(drop=True)
     columns = [str(c) for c in raw.columns]
+
+    def require(name: str, what: str) -> None:
+        _require_column(
+            name, columns, site=site, file=file, what=what, schema_columns=schema.column_names
+        )
+
     if not set(columns) & schema.column_names:
         # Not one declared name: a file without its header line, or another table. Its first
         # line may be a patient's row, so only the number of columns leaves the site.
-        _require_column(
-            schema.label.column,
-            columns,
-            site=site,
-            file=file,
-            what="label column",
-            schema_columns=schema.column_names,
-        )
+        require(schema.label.column, "label column")
     _refuse_duplicates(columns, site=site, file=file)
-    _require_column(
-        schema.label.column,
-        columns,
-        site=site,
-        file=file,
-        what="label column",
-        schema_columns=schema.column_names,
-    )
+    require(schema.label.column, "label column")
     labels = _labels(raw[schema.label.column], schema.label, site=site, file=file, off=row_offset)
 
     warnings: list[str] = []
     notices: list[SiteMessage] = []
     out: dict[str, pd.Series] = {}
     for spec in schema.used_features:
-        _require_column(
-            spec.name,
-            columns,
-            site=site,
-            file=file,
-            what="feature column",
-            schema_columns=schema.column_names,
-        )
+        require(spec.name, "feature column")
         col = raw[spec.name]
         if spec.kind == "numeric":
             values = _numeric(col, spec, site=site, file=file, off=row_offset)
@@ -184,14 +169,7 @@ def table_from_frame(
 
     groups = None
     if schema.patient_id is not None:
-        _require_column(
-            schema.patient_id,
-            columns,
-            site=site,
-            file=file,
-            what="patient id column",
-            schema_columns=schema.column_names,
-        )
+        require(schema.patient_id, "patient id column")
         ids = raw[schema.patient_id]
         missing = ids.isna().to_numpy()
         if missing.any():

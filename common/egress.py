@@ -318,10 +318,8 @@ class EgressGuard:
                 or _echoed_attempt(value, rules.echo)
             ):
                 raise fail("a name is the site's own, a digest, or the coordinator's text")
-        elif kind == "message":
+        elif kind in ("message", "messages"):
             self._check_message(site, record, key, value, values, rules)
-        elif kind == "messages":
-            self._check_messages(site, record, key, value, values, rules)
         elif kind == "profile":
             self._check_profile(site, record, key, value)
         elif kind == "json":
@@ -346,50 +344,30 @@ class EgressGuard:
         values: Mapping[str, Any],
         rules: SiteRules,
     ) -> None:
-        if key != "reason":
+        """A reason or warnings: each text must be what its template renders from its source."""
+        texts = value if isinstance(value, list) else [value]
+        source_key = {"reason": REASON_SOURCE, "warnings": WARNINGS_SOURCE}.get(key)
+        if source_key is None:
             # Per-family baseline reasons and audit notes: sentences of fedward's own whose
             # numbers are held to the cell rule (see _check_notes).
-            self._check_notes(site, record, key, [value])
+            self._check_notes(site, record, key, texts)
             return
-        source = values.get(REASON_SOURCE)
-        try:
-            if not isinstance(source, str):
-                raise MessageRefused("no template source")
-            text = check(SiteMessage.from_json(source), self._slot_rules(rules))
-        except (MessageRefused, ValueError) as exc:
-            raise EgressViolation(
-                site, record, key, f"not a templated message ({exc})", "template"
-            ) from None
-        if text != value:
-            raise EgressViolation(site, record, key, "text differs from its template", "template")
-
-    def _check_messages(
-        self,
-        site: str,
-        record: str,
-        key: str,
-        value: Any,
-        values: Mapping[str, Any],
-        rules: SiteRules,
-    ) -> None:
-        items = value if isinstance(value, list) else [value]
-        if key != "warnings":
-            self._check_notes(site, record, key, items)
-            return
-        sources = values.get(WARNINGS_SOURCE, [])
+        sources = values.get(source_key)
         sources = sources if isinstance(sources, list) else [sources]
-        if len(sources) != len(items):
-            raise EgressViolation(site, record, key, "every warning needs its template", "template")
-        for text, source in zip(items, sources, strict=True):
+        if len(sources) != len(texts):
+            raise EgressViolation(site, record, key, "every text needs its template", "template")
+        for text, source in zip(texts, sources, strict=True):
             try:
-                rendered = check(SiteMessage.from_json(str(source)), self._slot_rules(rules))
+                if not isinstance(source, str):
+                    raise MessageRefused("no template source")
+                rendered = check(SiteMessage.from_json(source), self._slot_rules(rules))
             except (MessageRefused, ValueError) as exc:
                 raise EgressViolation(
-                    site, record, key, f"not a templated warning ({exc})", "template"
+                    site, record, key, f"not a templated message ({exc})", "template"
                 ) from None
             if rendered != text:
                 raise EgressViolation(
-                    site, record, key, "warning differs from its template", "template"
+                    site, record, key, "text differs from its template", "template"
                 )
 
     def _check_notes(self, site: str, record: str, key: str, items: Sequence[Any]) -> None:
