@@ -30,6 +30,10 @@ def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     link_port = free_port()
     _, env = connection_home(tmp, "fedward-test", link_port)
     site_configs = write_site_files("heart-disease", tmp / "sites", seed=3)
+    # The run's own defaults, but three configurations per baseline family instead of twenty: every
+    # family still runs at every SuperNode (test_simulation.py's run tunes with the same budget).
+    run_toml = tmp / "run.toml"
+    run_toml.write_text("[tuning]\nbudget = 3\n")
     group = ProcessGroup()
     try:
         start_insecure_federation(group, tmp, env, link_port, site_configs)
@@ -42,7 +46,7 @@ def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 "fedward-test",
                 "--stream",
                 "--run-config",
-                f"output-dir='{out}' rounds=2 run-name='deployment-proof'",
+                f"run-config='{run_toml}' output-dir='{out}' rounds=2 run-name='deployment-proof'",
             ],
             env=env,
             cwd=tmp,
@@ -100,6 +104,7 @@ def test_each_supernode_ran_the_baseline_suite_and_only_metrics_came_back(
     report = json.loads((deployed_run / "baselines.json").read_text())
     sites = {"cleveland", "hungary", "switzerland", "va-long-beach"}
     assert report["pooled_reference"] is None  # simulation only: no site's data is pooled here
+    assert report["budget"]["configurations_per_family"] == 3  # the run config reached the app
     for key, sec in report["families"].items():
         assert set(sec["sites"]) == sites, key
         assert sec["pooled"] is not None, key

@@ -53,6 +53,7 @@ def _artefact_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def card_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _browser_or_skip()  # before the federation: no browser, no run to render
     run = RunConfig(
         rounds=2,
         evaluation={"bootstrap": 20},
