@@ -98,19 +98,40 @@ def test_a_clinic_gets_encrypted_predictions_from_a_released_model(
         )
         wait_for_port(port, timeout=120)
         out = tmp_path / "predictions.csv"
+        asked: list[subprocess.Popen[str]] = []
 
-        def predict(
-            data: Path, out: Path, token: Path, *extra: str
-        ) -> subprocess.CompletedProcess[str]:
-            return _fedward(
-                *("he", "predict", "--server", f"127.0.0.1:{port}", "--data", str(data)),
-                *("--out", str(out), "--ca-cert", str(tls_files.ca), "--token-file", str(token)),
-                *extra,
+        def predict(data: Path, out: Path, token: Path, *extra: str) -> subprocess.Popen[str]:
+            """`fedward he predict` against the running server, started now."""
+            proc = subprocess.Popen(
+                [
+                    *(FEDWARD, "he", "predict", "--server", f"127.0.0.1:{port}"),
+                    *("--data", str(data), "--out", str(out), "--ca-cert", str(tls_files.ca)),
+                    *("--token-file", str(token), *extra),
+                ],
                 env=env,
-                check=False,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
+            asked.append(proc)
+            return proc
 
-        result = predict(data, out, tmp_path / "token.txt", "--id-column", "patient_id")
+        def finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+            stdout, stderr = proc.communicate(timeout=300)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+        # Three clinic commands at once (each spends seconds starting): the real request, a CSV
+        # without a model column and a wrong token.
+        broken = tmp_path / "broken.csv"
+        table.drop(columns=["age"]).to_csv(broken, index=False)
+        (tmp_path / "bad.txt").write_text("not-the-token")
+        started = (
+            predict(data, out, tmp_path / "token.txt", "--id-column", "patient_id"),
+            predict(broken, tmp_path / "never-broken.csv", tmp_path / "token.txt"),
+            predict(data, tmp_path / "never-denied.csv", tmp_path / "bad.txt"),
+        )
+        result, refused, denied = (finished(proc) for proc in started)
+
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"{len(table)} predictions written" in result.stderr
         with out.open() as fh:
@@ -130,17 +151,13 @@ def test_a_clinic_gets_encrypted_predictions_from_a_released_model(
         assert (predicted == (reference >= 0.5))[clear].all()
 
         # A CSV without a model column is refused naming it; the server serves on.
-        broken = tmp_path / "broken.csv"
-        table.drop(columns=["age"]).to_csv(broken, index=False)
-        refused = predict(broken, tmp_path / "never.csv", tmp_path / "token.txt")
         assert refused.returncode != 0
         assert "missing column(s) age" in " ".join(refused.stderr.split())  # rich wraps lines
-        assert not (tmp_path / "never.csv").exists()
+        assert not (tmp_path / "never-broken.csv").exists()
 
         # A wrong token is refused by the running server with its gRPC status.
-        (tmp_path / "bad.txt").write_text("not-the-token")
-        denied = predict(data, tmp_path / "never.csv", tmp_path / "bad.txt")
         assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr
+        assert not (tmp_path / "never-denied.csv").exists()
 
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read()
         text = scraped.decode()
@@ -148,6 +165,10 @@ def test_a_clinic_gets_encrypted_predictions_from_a_released_model(
         assert 'fedward_he_errors_total{code="UNAUTHENTICATED",method="GetModelInfo"} 1.0' in text
         assert server.poll() is None
     finally:
+        for proc in asked:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         group.stop()
     log = (tmp_path / "serve.log").read_text()
     assert "with TLS" in log and "model.ts" not in log
