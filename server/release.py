@@ -10,6 +10,12 @@ privacy officer's audit trail.
 
 The weights leave as TorchScript: loadable with ``torch.jit.load`` and no fedward code, checked
 after saving to give the same logits as the model that was trained.
+
+Hashes show that files agree with each other, not who made them: anyone who can write a release
+folder can edit a file and rehash the manifest. So a sign-off made with ``key`` carries the
+signer's Ed25519 signature over the record (its file hashes included), an export made with
+``key`` writes ``MANIFEST.sig`` beside MANIFEST.json, and ``verify_release(..., trust=...)``
+accepts them only when the keys are in the receiver's trust file (``release_signing``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,7 +41,20 @@ from fedward.common.config import ModelConfig
 from fedward.common.errors import FedwardError
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
+from fedward.server.release_signing import (
+    MANIFEST_DOMAIN,
+    SIGNATURE_FORMAT,
+    SIGNOFF_DOMAIN,
+    TrustFile,
+    canonical_json,
+    sign,
+    signature_key,
+    verifies,
+)
 from fedward.server.run_folder import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # torch 2.13 marks torch.jit deprecated in favour of torch.export; TorchScript is still what a
 # consumer can load with stock torch and no fedward code, so the warning is not passed on.
@@ -44,6 +63,8 @@ _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 SIGNOFFS_FILE = "signoffs.jsonl"
 RELEASES_FILE = "releases.jsonl"
 MANIFEST_FILE = "MANIFEST.json"
+# The detached signature of MANIFEST.json's exact bytes; not listed in the manifest it signs.
+MANIFEST_SIG_FILE = "MANIFEST.sig"
 SIGNOFF_FILE = "signoff.json"
 MODEL_FILE = "model.ts"
 RELEASE_FORMAT = "fedward-release/1"
@@ -148,11 +169,21 @@ def _now() -> str:
 # ---- sign-off ------------------------------------------------------------------------------------
 
 
-def sign_off(run_dir: str | Path, *, by: str, role: str, note: str = "") -> dict[str, Any]:
+def sign_off(
+    run_dir: str | Path,
+    *,
+    by: str,
+    role: str,
+    note: str = "",
+    key: Ed25519PrivateKey | None = None,
+) -> dict[str, Any]:
     """Record that ``by`` (in ``role``) approves this exact model and card for release.
 
     The record holds the SHA-256 of every file in ``SIGNED_FILES`` as they are now; the gate
-    counts it only while those files are unchanged.
+    counts it only while those files are unchanged. With ``key`` the record also holds
+    ``signature``: the signer's Ed25519 signature over the canonical JSON of everything else in
+    it, with the public key and its fingerprint, so that renaming the signer or editing any hash
+    afterwards shows.
     """
     run = Path(run_dir)
     name, role = by.strip(), role.strip()
@@ -181,8 +212,33 @@ def sign_off(run_dir: str | Path, *, by: str, role: str, note: str = "") -> dict
         "run_id": _run_identity(run)["run_id"],
         "sha256": {f: sha256_file(run / f) for f in SIGNED_FILES},
     }
+    if key is not None:
+        record["signature"] = sign(key, SIGNOFF_DOMAIN, canonical_json(record))
     _append_line(run / SIGNOFFS_FILE, record)
     return record
+
+
+def signoff_signature_problem(record: dict[str, Any], where: str) -> str | None:
+    """Why a signed sign-off's signature does not verify against its own key; None when it does
+    or when the record is unsigned (``where`` names the file in the sentence)."""
+    if "signature" not in record:
+        return None
+    try:
+        public, value = signature_key(record["signature"], f"{where}: signature")
+    except FedwardError as exc:
+        return f"{exc}: the sign-off by {record.get('by') or '(no name)'} cannot be verified."
+    payload = {k: v for k, v in record.items() if k != "signature"}
+    try:
+        message = canonical_json(payload)
+    except ValueError:  # NaN or infinity: never in a record fedward signed
+        message = b""
+    if not verifies(public, value, SIGNOFF_DOMAIN, message):
+        return (
+            f"{where}: the signature does not match the sign-off by {record.get('by') or '(no name)'}"
+            f" ({record.get('role') or 'no role'}): its signer, role, time, note or file hashes "
+            "were changed after it was signed."
+        )
+    return None
 
 
 def _stale_files(record: dict[str, Any], current: dict[str, str | None]) -> list[str]:
@@ -217,7 +273,7 @@ def _signoff_problem(run: Path) -> tuple[dict[str, Any] | None, str | None]:
         else:
             unreadable += 1
     for rec in reversed(records):
-        if not _stale_files(rec, current):
+        if not _stale_files(rec, current) and signoff_signature_problem(rec, "") is None:
             return rec, None
     if not records:
         return None, (
@@ -225,6 +281,9 @@ def _signoff_problem(run: Path) -> tuple[dict[str, Any] | None, str | None]:
             "record a sign-off with `fedward release sign-off RUN_DIR --by NAME --role ROLE`."
         )
     last = records[-1]
+    forged = signoff_signature_problem(last, SIGNOFFS_FILE)
+    if forged is not None and not _stale_files(last, current):
+        return None, f"{forged} The model and card must be signed off again."
     changed = ", ".join(_stale_files(last, current))
     return None, (
         f"{SIGNOFFS_FILE} holds no valid sign-off: the latest, by {last.get('by') or '(no name)'} "
@@ -454,12 +513,19 @@ def _signed_bytes(run: Path, name: str, signoff: dict[str, Any]) -> bytes:
     return data
 
 
-def release(run_dir: str | Path, out_dir: str | Path, *, by: str | None = None) -> Path:
+def release(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    by: str | None = None,
+    key: Ed25519PrivateKey | None = None,
+) -> Path:
     """Export the run's model as one verified file set in ``out_dir/<run-name>-<run-id[:8]>/``.
 
     Refuses (``ReleaseRefused``, every problem listed) unless ``check_release`` passes, and never
     overwrites a release. Written to a hidden staging folder and renamed into place, so a crash
     leaves no half release. ``by`` is who performs the export (default: the account running it).
+    With ``key``, MANIFEST.sig holds the exporter's signature of MANIFEST.json's exact bytes.
     """
     run = Path(run_dir)
     check = check_release(run)
@@ -481,6 +547,8 @@ def release(run_dir: str | Path, out_dir: str | Path, *, by: str | None = None) 
     stage = Path(tempfile.mkdtemp(dir=out, prefix=f".{target.name}.partial-"))
     try:
         manifest = _write_release(run, stage, identity, signoff, by)
+        if key is not None:
+            _sign_manifest(stage, key)
         if target.exists():
             raise ReleaseRefused(run, [f"{target} appeared while the release was being written."])
         os.rename(stage, target)
@@ -494,11 +562,42 @@ def release(run_dir: str | Path, out_dir: str | Path, *, by: str | None = None) 
             "released_by": manifest["released_by"],
             "release_dir": str(target.resolve()),
             "manifest_sha256": sha256_file(target / MANIFEST_FILE),
+            "manifest_key_fingerprint": (
+                None
+                if key is None
+                else json.loads((target / MANIFEST_SIG_FILE).read_text())["key_fingerprint"]
+            ),
             "run_id": identity["run_id"],
-            "signoff": {k: signoff.get(k) for k in ("by", "role", "at")},
+            "signoff": _signer_summary(signoff),
         },
     )
     return target
+
+
+def _signer_summary(signoff: dict[str, Any]) -> dict[str, Any]:
+    """Who signed off, when, and with which key (None for an unsigned sign-off)."""
+    signature = signoff.get("signature")
+    return {
+        **{k: signoff.get(k) for k in ("by", "role", "at")},
+        "key_fingerprint": signature.get("key_fingerprint")
+        if isinstance(signature, dict)
+        else None,
+    }
+
+
+def _sign_manifest(folder: Path, key: Ed25519PrivateKey) -> None:
+    """MANIFEST.sig: a detached signature of MANIFEST.json's bytes exactly as written."""
+    data = (folder / MANIFEST_FILE).read_bytes()
+    block = sign(key, MANIFEST_DOMAIN, data)
+    atomic_write_json(
+        folder / MANIFEST_SIG_FILE,
+        {
+            "format": SIGNATURE_FORMAT,
+            "signed_file": MANIFEST_FILE,
+            "signed_sha256": hashlib.sha256(data).hexdigest(),
+            **block,
+        },
+    )
 
 
 def _write_release(
@@ -541,7 +640,7 @@ def _write_release(
         "torch_version": torch.__version__,
         "released_at": _now(),
         "released_by": released_by,
-        "signed_off_by": {k: signoff.get(k) for k in ("by", "role", "at")},
+        "signed_off_by": _signer_summary(signoff),
         "model": {
             "file": MODEL_FILE,
             "format": "TorchScript (torch.jit.load; eval mode, CPU)",
@@ -564,20 +663,61 @@ def _write_release(
 # ---- verification ---------------------------------------------------------------------------------
 
 
-def verify_release(release_dir: str | Path) -> list[str]:
-    """Every way the release folder differs from its MANIFEST.json; empty when all hashes match."""
+@dataclass
+class ReleaseVerification:
+    """What ``verify_release_report`` found.
+
+    ``problems``: every way the folder is wrong (empty when it verifies). ``signers``: one
+    sentence per signature that verified, naming the key's owner when a trust file was given.
+    ``authenticity_checked``: whether a trust file was given, i.e. whether the signers were checked
+    against keys the receiver trusts rather than only against the keys the folder itself carries.
+    """
+
+    problems: list[str] = field(default_factory=list)
+    signers: list[str] = field(default_factory=list)
+    authenticity_checked: bool = False
+
+
+def verify_release(release_dir: str | Path, trust: TrustFile | None = None) -> list[str]:
+    """Every way the release folder differs from its MANIFEST.json or, with ``trust``, fails to
+    be signed by the trust file's signers; empty when it verifies."""
+    return verify_release_report(release_dir, trust).problems
+
+
+def verify_release_report(
+    release_dir: str | Path, trust: TrustFile | None = None
+) -> ReleaseVerification:
+    """Hashes, then signatures: MANIFEST.sig over MANIFEST.json and the sign-off's own signature.
+
+    A signature that does not verify against its own key is always a problem (the signed bytes
+    were changed). Without ``trust`` that is all that can be said: whoever rewrote the folder
+    could have signed it again with a key of their own. With ``trust`` both signatures must exist
+    and be made by keys it lists, and the sign-off's name and role must be the key owner's.
+    """
     folder = Path(release_dir)
+    result = ReleaseVerification(authenticity_checked=trust is not None)
     if not folder.is_dir():
-        return [f"{folder} is not a release folder."]
-    problems: list[str] = []
+        result.problems.append(f"{folder} is not a release folder.")
+        return result
     manifest = _read_object(
-        folder / MANIFEST_FILE, "this is not a fedward release folder", problems
+        folder / MANIFEST_FILE, "this is not a fedward release folder", result.problems
     )
     if manifest is None:
-        return problems
+        return result
     files = manifest.get("files")
     if not isinstance(files, dict):
-        return [f"{MANIFEST_FILE} lists no files."]
+        result.problems.append(f"{MANIFEST_FILE} lists no files.")
+        result.problems += _manifest_signature(folder, trust, result.signers)
+        return result
+    result.problems += _file_problems(folder, manifest, files)
+    result.problems += _manifest_signature(folder, trust, result.signers)
+    result.problems += _signoff_signature(folder, trust, result.signers)
+    return result
+
+
+def _file_problems(folder: Path, manifest: dict[str, Any], files: dict[str, Any]) -> list[str]:
+    """Every file against its listed hash and size; unlisted and missing files."""
+    problems: list[str] = []
     for name in RELEASE_FILES:
         if name not in files:
             problems.append(f"{MANIFEST_FILE} does not list {name}, which every release holds.")
@@ -604,7 +744,7 @@ def verify_release(release_dir: str | Path) -> list[str]:
             )
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
-        if path.is_file() and rel != MANIFEST_FILE and rel not in files:
+        if path.is_file() and rel not in (MANIFEST_FILE, MANIFEST_SIG_FILE) and rel not in files:
             problems.append(f"{rel} is in the release folder but not listed in {MANIFEST_FILE}.")
     problems += _signoff_consistency(folder, manifest, files)
     return problems
@@ -631,4 +771,91 @@ def _signoff_consistency(
         out.append(
             f"{SIGNOFF_FILE} was signed for different weights than {MODEL_FILE} was made from."
         )
+    named = manifest.get("signed_off_by")
+    if isinstance(named, dict) and isinstance(signoff, dict):
+        actual = _signer_summary(signoff)
+        for k in ("by", "role", "at", "key_fingerprint"):
+            if k in named and named.get(k) != actual.get(k):
+                out.append(
+                    f"{MANIFEST_FILE} says the sign-off's {k} is {json.dumps(named.get(k))} but "
+                    f"{SIGNOFF_FILE} says {json.dumps(actual.get(k))}."
+                )
     return out
+
+
+def _manifest_signature(folder: Path, trust: TrustFile | None, signers: list[str]) -> list[str]:
+    """MANIFEST.sig must verify over MANIFEST.json's bytes; with ``trust``, by a listed key."""
+    sig_path = folder / MANIFEST_SIG_FILE
+    if not sig_path.exists():
+        if trust is None:
+            return []
+        return [
+            f"{MANIFEST_SIG_FILE} is missing: the release was exported without --key, so nothing "
+            f"shows who made it; {trust.path} cannot vouch for it."
+        ]
+    problems: list[str] = []
+    sig = _read_object(sig_path, "it should hold the signature of MANIFEST.json", problems)
+    if sig is None:
+        return problems
+    try:
+        public, value = signature_key(sig, MANIFEST_SIG_FILE)
+    except FedwardError as exc:
+        return [f"{exc}; MANIFEST.json's signature cannot be checked."]
+    owner = trust.signer_for(public) if trust is not None else None
+    if trust is not None and owner is None:
+        problems.append(
+            f"{MANIFEST_SIG_FILE}: MANIFEST.json is signed with key {sig['key_fingerprint']}, "
+            f"which {trust.path} does not list: the release was not signed by a trusted signer."
+        )
+    if not verifies(public, value, MANIFEST_DOMAIN, (folder / MANIFEST_FILE).read_bytes()):
+        problems.append(
+            f"{MANIFEST_SIG_FILE}: the signature does not match {MANIFEST_FILE}: "
+            f"{MANIFEST_FILE} was changed after it was signed."
+        )
+    if not problems:
+        who = f"{owner.name} ({owner.role})" if owner is not None else "a key the folder carries"
+        signers.append(f"{MANIFEST_FILE} signed by {who}, key {sig['key_fingerprint']}")
+    return problems
+
+
+def _signoff_signature(folder: Path, trust: TrustFile | None, signers: list[str]) -> list[str]:
+    """signoff.json's signature must verify; with ``trust``, by the key of the person it names."""
+    signoff, error = _read_json(folder / SIGNOFF_FILE)
+    if error is not None or not isinstance(signoff, dict):
+        return []  # reported with the hashes
+    by, role = str(signoff.get("by") or ""), str(signoff.get("role") or "")
+    if "signature" not in signoff:
+        if trust is None:
+            return []
+        return [
+            f"{SIGNOFF_FILE} is not signed: the sign-off by {by or '(no name)'} was recorded "
+            f"without --key, so {trust.path} cannot show that {by or 'anyone'} made it."
+        ]
+    problem = signoff_signature_problem(signoff, SIGNOFF_FILE)
+    if problem is not None:
+        return [problem]
+    public, _ = signature_key(signoff["signature"], SIGNOFF_FILE)
+    key_print = signoff["signature"]["key_fingerprint"]
+    if trust is None:
+        signers.append(f"sign-off by {by} ({role}) signed by a key the folder carries, {key_print}")
+        return []
+    owner = trust.signer_for(public)
+    if owner is None:
+        return [
+            f"{SIGNOFF_FILE}: the sign-off by {by} ({role}) is signed with key {key_print}, which "
+            f"{trust.path} does not list: it was not made by a trusted signer."
+        ]
+    problems = []
+    if owner.name != by.strip():
+        problems.append(
+            f"{SIGNOFF_FILE} names '{by}' as the signer but is signed with the key {trust.path} "
+            f"lists for '{owner.name}' ({owner.role})."
+        )
+    if owner.role.casefold() != role.strip().casefold():
+        problems.append(
+            f"{SIGNOFF_FILE} gives the role '{role}' but {trust.path} lists {owner.name} as "
+            f"'{owner.role}'."
+        )
+    if not problems:
+        signers.append(f"sign-off by {owner.name} ({owner.role}), key {key_print}")
+    return problems

@@ -1,18 +1,24 @@
-"""`fedward release …`: sign off a run, check it, export it through the release gate, verify it.
+"""`fedward release …`: make a signing key, sign off a run, check it, export it through the
+release gate, verify it.
 
 A refusal exits with code 1 and prints every problem, so the person at the terminal sees all that
-stands between the run and a release at once instead of fixing one thing per attempt.
+stands between the run and a release at once instead of fixing one thing per attempt. A sign-off or
+export without --key still works but says loudly that it is unsigned: a receiver with a trust file
+will refuse it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from fedward.common.errors import FedwardError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 release_app = typer.Typer(
     help="Release a finished run's model: only with its DP guarantee, a passed membership audit "
@@ -21,6 +27,15 @@ release_app = typer.Typer(
 )
 
 RunDir = Annotated[Path, typer.Argument(help="A finished run folder.", show_default=False)]
+KeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        help="Your private signing key (NAME.key from `fedward release keygen`). Without it the "
+        "record is unsigned and `release verify --trust` refuses it.",
+        show_default=False,
+    ),
+]
 
 
 def _fail(headline: str, problems: list[str]) -> NoReturn:
@@ -28,6 +43,56 @@ def _fail(headline: str, problems: list[str]) -> NoReturn:
     for problem in problems:
         typer.echo(f"  - {problem}", err=True)
     raise typer.Exit(1)
+
+
+def _load_key(path: Path | None, what: str) -> Ed25519PrivateKey | None:
+    from fedward.server.release_signing import load_private_key
+
+    if path is None:
+        return None
+    try:
+        return load_private_key(path)
+    except FedwardError as exc:
+        _fail(f"{what}:", [str(exc)])
+
+
+def _unsigned(what: str) -> None:
+    typer.echo(
+        f"WARNING: {what} is NOT SIGNED (no --key): anyone who can write these files could "
+        "have made it, and `fedward release verify --trust` will refuse it.",
+        err=True,
+    )
+
+
+@release_app.command("keygen")
+def keygen(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the key files.", show_default=False)
+    ],
+    name: Annotated[
+        str,
+        typer.Option("--name", help="File name for the keys: NAME.key and NAME.pub."),
+    ],
+    role: Annotated[
+        str | None, typer.Option(help="Your role, only to fill in the trust-file entry.")
+    ] = None,
+) -> None:
+    """Make an Ed25519 signing key: NAME.key (private, mode 0600) and NAME.pub (public)."""
+    from fedward.server.release_signing import fingerprint, trust_entry
+    from fedward.server.release_signing import keygen as make_key
+
+    try:
+        key_path, pub_path, public = make_key(out, name)
+    except (FedwardError, OSError) as exc:
+        _fail("no key written:", [str(exc)])
+    typer.echo(f"private key: {key_path} (mode 0600; keep it secret, never share or copy it)")
+    typer.echo(f"public key:  {pub_path}")
+    typer.echo(f"fingerprint: {fingerprint(public)}")
+    typer.echo(
+        "give the public key to whoever keeps the trust file; its entry (set name to your name "
+        "exactly as you sign with --by):"
+    )
+    typer.echo(trust_entry(name, role, public))
 
 
 @release_app.command("sign-off")
@@ -38,16 +103,22 @@ def sign_off(
         str, typer.Option("--role", help="Their role, e.g. 'privacy officer', 'clinical lead'.")
     ],
     note: Annotated[str, typer.Option(help="Anything the sign-off is conditional on.")] = "",
+    key: KeyFile = None,
 ) -> None:
-    """Record that you approve this run's model and card, as they are now, for release."""
+    """Record (and with --key, sign) that you approve this run's model and card, as they are now."""
     from fedward.server.release import check_release
     from fedward.server.release import sign_off as record_sign_off
 
+    private = _load_key(key, "sign-off not recorded")
     try:
-        record = record_sign_off(run_dir, by=by, role=role, note=note)
+        record = record_sign_off(run_dir, by=by, role=role, note=note, key=private)
     except FedwardError as exc:
         _fail("sign-off not recorded:", [str(exc)])
     typer.echo(f"signed off by {record['by']} ({record['role']}) at {record['at']}")
+    if private is None:
+        _unsigned("this sign-off")
+    else:
+        typer.echo(f"  signed with key {record['signature']['key_fingerprint']}")
     for name, digest in sorted(record["sha256"].items()):
         typer.echo(f"  {name}  sha256 {digest}")
     remaining = check_release(run_dir).problems
@@ -66,10 +137,15 @@ def check(run_dir: RunDir) -> None:
     if not result.ok:
         _fail(f"{run_dir} may not be released:", result.problems)
     assert result.signoff is not None
+    signature = result.signoff.get("signature")
     typer.echo(
         f"{run_dir} may be released (signed off by {result.signoff['by']}, "
         f"{result.signoff['role']}, at {result.signoff['at']})"
     )
+    if isinstance(signature, dict):
+        typer.echo(f"  the sign-off is signed with key {signature.get('key_fingerprint')}")
+    else:
+        _unsigned("the sign-off")
 
 
 @release_app.command("export")
@@ -85,13 +161,15 @@ def release(
         str | None,
         typer.Option(help="Who performs the export (default: the account running it)."),
     ] = None,
+    key: KeyFile = None,
 ) -> None:
-    """Export the model through the release gate: TorchScript, preprocessing, card, manifest."""
-    from fedward.server.release import MANIFEST_FILE, ReleaseRefused
+    """Export the model through the release gate; with --key, sign its manifest (MANIFEST.sig)."""
+    from fedward.server.release import MANIFEST_FILE, MANIFEST_SIG_FILE, ReleaseRefused
     from fedward.server.release import release as export
 
+    private = _load_key(key, f"release of {run_dir} refused")
     try:
-        target = export(run_dir, out, by=by)
+        target = export(run_dir, out, by=by, key=private)
     except ReleaseRefused as exc:
         _fail(f"release of {run_dir} refused:", exc.problems)
     except FedwardError as exc:
@@ -100,6 +178,11 @@ def release(
     typer.echo(f"released {manifest['run_name']} (run {manifest['run_id']}) to {target}")
     for name, entry in sorted(manifest["files"].items()):
         typer.echo(f"  {name}  {entry['size']} bytes  sha256 {entry['sha256']}")
+    if private is None:
+        _unsigned(f"{MANIFEST_FILE}")
+    else:
+        signature = json.loads((target / MANIFEST_SIG_FILE).read_text(encoding="utf-8"))
+        typer.echo(f"  {MANIFEST_SIG_FILE}  signed with key {signature['key_fingerprint']}")
 
 
 @release_app.command("verify")
@@ -107,12 +190,40 @@ def verify(
     release_dir: Annotated[
         Path, typer.Argument(help="A release folder (holds MANIFEST.json).", show_default=False)
     ],
+    trust: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust",
+            help="Trust file listing the signers whose keys you accept (TOML, or .json). "
+            "Without it only the hashes are checked, not who made the release.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Check every file of a release against its MANIFEST.json."""
-    from fedward.server.release import MANIFEST_FILE, verify_release
+    """Check a release's files against MANIFEST.json and, with --trust, who signed it."""
+    from fedward.server.release import MANIFEST_FILE, verify_release_report
+    from fedward.server.release_signing import load_trust
 
-    problems = verify_release(release_dir)
-    if problems:
-        _fail(f"{release_dir} does not match its {MANIFEST_FILE}:", problems)
+    trusted = None
+    if trust is not None:
+        try:
+            trusted = load_trust(trust)
+        except FedwardError as exc:
+            _fail(f"{release_dir} not verified: the trust file is unusable:", [str(exc)])
+    report = verify_release_report(release_dir, trusted)
+    if report.problems:
+        _fail(f"{release_dir} does not verify:", report.problems)
     manifest = json.loads((release_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
     typer.echo(f"{release_dir}: all {len(manifest['files'])} files match {MANIFEST_FILE}")
+    for line in report.signers:
+        typer.echo(f"  {line}")
+    if trusted is None:
+        typer.echo(
+            "WARNING: AUTHENTICITY NOT CHECKED (no --trust): the files agree with MANIFEST.json, "
+            "but anyone who could write this folder could have rewritten a file, rehashed the "
+            "manifest and signed it again with a key of their own. Verify with "
+            "`--trust FILE` listing the signers you accept.",
+            err=True,
+        )
+    else:
+        typer.echo(f"  authenticity checked against {trust}")

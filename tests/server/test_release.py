@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import json
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,28 @@ from fedward.server.app import CoordinatorSettings, coordinate
 from fedward.server.release import (
     COPIED_FILES,
     MANIFEST_FILE,
+    MANIFEST_SIG_FILE,
     RELEASES_FILE,
+    SIGNOFF_FILE,
     SIGNOFFS_FILE,
     ReleaseRefused,
     check_release,
     release,
     sign_off,
     verify_release,
+    verify_release_report,
 )
 from fedward.server.release_cli import release_app
+from fedward.server.release_signing import (
+    SIGNOFF_DOMAIN,
+    TrustFile,
+    canonical_json,
+    keygen,
+    load_private_key,
+    load_trust,
+    public_key_b64,
+    sign,
+)
 from tests.server.loopback import LoopbackGrid, server_context
 
 # A consumer loads the release with torch.jit.load, deprecated (not removed) in torch 2.13.
@@ -346,3 +360,254 @@ def test_the_commands_sign_off_export_and_verify(run_dir: Path) -> None:
     (target / "audit.json").write_text("{}")
     broken = runner.invoke(release_app, ["verify", str(target)])
     assert broken.exit_code == 1 and "audit.json does not match MANIFEST.json" in broken.output
+
+
+# ---- signed releases -----------------------------------------------------------------------------
+#
+# Each tampering below is one an attacker who can write the release folder (but holds no trusted
+# key) could do; every one must fail `verify --trust`. The run is the module's finished run.
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ada (privacy officer) and ops (release engineer) in trust.toml; mallory in no trust file."""
+    folder = tmp_path_factory.mktemp("keys")
+    entries = []
+    for stem, name, role in [
+        ("ada", "Dr. Ada Byron", "privacy officer"),
+        ("ops", "Ops Engineer", "release engineer"),
+        ("mallory", None, None),
+    ]:
+        _, _, public = keygen(folder, stem)
+        if name is not None:
+            entries.append(
+                f'[[signers]]\nname = "{name}"\nrole = "{role}"\n'
+                f'public_key = "{public_key_b64(public)}"\n'
+            )
+    (folder / "trust.toml").write_text("\n".join(entries))
+    return folder
+
+
+def _trust(keys: Path) -> TrustFile:
+    return load_trust(keys / "trust.toml")
+
+
+def _signed_release(run_dir: Path, keys: Path, exporter: str = "ops") -> Path:
+    sign_off(
+        run_dir,
+        by="Dr. Ada Byron",
+        role="privacy officer",
+        note="read the card",
+        key=load_private_key(keys / "ada.key"),
+    )
+    return release(run_dir, run_dir.parent / "out", key=load_private_key(keys / f"{exporter}.key"))
+
+
+def _rehash_manifest(target: Path, change: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """What a careful forger does: every listed file's hash and size recomputed, the rest kept."""
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    for name in manifest["files"]:
+        path = target / name
+        manifest["files"][name] = {"sha256": _sha(path), "size": path.stat().st_size}
+    if change is not None:
+        change(manifest)
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _resign_manifest(target: Path, key_file: Path) -> None:
+    from fedward.server.release import _sign_manifest
+
+    _sign_manifest(target, load_private_key(key_file))
+
+
+def test_an_honest_signed_release_verifies_against_the_trust_file(
+    run_dir: Path, keys: Path
+) -> None:
+    target = _signed_release(run_dir, keys)
+    record = json.loads((run_dir / SIGNOFFS_FILE).read_text().splitlines()[-1])
+    assert record["signature"]["key_fingerprint"].startswith("sha256:")
+    assert record["signature"]["algorithm"] == "ed25519"
+    assert (target / MANIFEST_SIG_FILE).is_file()
+    assert check_release(run_dir).ok  # a signed sign-off counts for the gate
+    report = verify_release_report(target, _trust(keys))
+    assert report.problems == [] and report.authenticity_checked
+    assert report.signers == [
+        f"{MANIFEST_FILE} signed by Ops Engineer (release engineer), key "
+        f"{json.loads((target / MANIFEST_SIG_FILE).read_text())['key_fingerprint']}",
+        f"sign-off by Dr. Ada Byron (privacy officer), key "
+        f"{record['signature']['key_fingerprint']}",
+    ]
+    logged = json.loads((run_dir / RELEASES_FILE).read_text().splitlines()[-1])
+    assert logged["manifest_key_fingerprint"].startswith("sha256:")
+    assert logged["signoff"]["key_fingerprint"] == record["signature"]["key_fingerprint"]
+
+
+def test_a_consistent_rewrite_of_the_privacy_summary_fails(run_dir: Path, keys: Path) -> None:
+    target = _signed_release(run_dir, keys)
+    _edit_json(target / "privacy_summary.json", lambda s: s["sites"][0].update(epsilon=0.01))
+    _rehash_manifest(target)
+    problems = verify_release(target, _trust(keys))
+    assert any(p.startswith(f"{MANIFEST_SIG_FILE}: the signature does not match") for p in problems)
+    # The forger goes further: the sign-off's hash is rewritten too, and the manifest rehashed.
+    new_hash = _sha(target / "privacy_summary.json")
+    _edit_json(
+        target / SIGNOFF_FILE, lambda r: r["sha256"].update({"privacy_summary.json": new_hash})
+    )
+    _rehash_manifest(target)
+    problems = verify_release(target, _trust(keys))
+    assert any(p.startswith(f"{MANIFEST_SIG_FILE}: the signature does not match") for p in problems)
+    assert any(
+        p.startswith(f"{SIGNOFF_FILE}: the signature does not match the sign-off by Dr. Ada Byron")
+        for p in problems
+    ), problems
+    assert verify_release(target) != []  # broken signatures fail even without a trust file
+
+
+def test_a_renamed_signer_fails(run_dir: Path, keys: Path) -> None:
+    target = _signed_release(run_dir, keys)
+    _edit_json(target / SIGNOFF_FILE, lambda r: r.update(by="Mallory"))
+    _rehash_manifest(target, lambda m: m["signed_off_by"].update(by="Mallory"))
+    _resign_manifest(target, keys / "ops.key")  # even with the exporter's trusted key
+    (problem,) = verify_release(target, _trust(keys))
+    assert problem.startswith(
+        f"{SIGNOFF_FILE}: the signature does not match the sign-off by Mallory"
+    )
+
+
+def test_a_sign_off_resigned_with_an_untrusted_or_someone_elses_key_fails(
+    run_dir: Path, keys: Path
+) -> None:
+    target = _signed_release(run_dir, keys)
+
+    def resign(stem: str, by: str) -> list[str]:
+        def change(record: dict[str, Any]) -> None:
+            record.pop("signature")
+            record["by"] = by
+            key = load_private_key(keys / f"{stem}.key")
+            record["signature"] = sign(key, SIGNOFF_DOMAIN, canonical_json(record))
+
+        _edit_json(target / SIGNOFF_FILE, change)
+        signed = json.loads((target / SIGNOFF_FILE).read_text())["signature"]["key_fingerprint"]
+        _rehash_manifest(
+            target,
+            lambda m: m["signed_off_by"].update(by=by, key_fingerprint=signed),
+        )
+        _resign_manifest(target, keys / "ops.key")
+        return verify_release(target, _trust(keys))
+
+    (untrusted,) = resign("mallory", "Mallory")
+    assert "signed with key sha256:" in untrusted and "does not list" in untrusted
+    assert str(keys / "trust.toml") in untrusted
+    impostor, role = resign("ops", "Dr. Ada Byron")  # a trusted key, but not Ada's
+    assert impostor.startswith(
+        f"{SIGNOFF_FILE} names 'Dr. Ada Byron' as the signer but is signed with the key"
+    )
+    assert "'Ops Engineer' (release engineer)" in impostor
+    assert role.startswith(f"{SIGNOFF_FILE} gives the role 'privacy officer' but")
+
+
+def test_a_changed_byte_of_the_manifest_fails(run_dir: Path, keys: Path) -> None:
+    target = _signed_release(run_dir, keys)
+    data = (target / MANIFEST_FILE).read_bytes()
+    at = data.index(b'"released_by": "') + len(b'"released_by": "')  # still valid JSON
+    changed = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+    (target / MANIFEST_FILE).write_bytes(changed)
+    message = f"{MANIFEST_SIG_FILE}: the signature does not match {MANIFEST_FILE}"
+    assert any(p.startswith(message) for p in verify_release(target, _trust(keys)))
+    assert any(p.startswith(message) for p in verify_release(target))
+
+
+def test_a_release_signed_by_keys_not_in_the_trust_file_fails(run_dir: Path, keys: Path) -> None:
+    sign_off(
+        run_dir,
+        by="Dr. Ada Byron",
+        role="privacy officer",
+        key=load_private_key(keys / "mallory.key"),
+    )
+    target = release(run_dir, run_dir.parent / "out", key=load_private_key(keys / "mallory.key"))
+    manifest_problem, signoff_problem = verify_release(target, _trust(keys))
+    assert manifest_problem.startswith(f"{MANIFEST_SIG_FILE}: MANIFEST.json is signed with key")
+    assert "does not list" in manifest_problem and "trust.toml" in manifest_problem
+    assert signoff_problem.startswith(f"{SIGNOFF_FILE}: the sign-off by Dr. Ada Byron")
+    assert "does not list" in signoff_problem
+    # Without a trust file the same release only shows it is self-consistent.
+    report = verify_release_report(target)
+    assert report.problems == [] and not report.authenticity_checked
+    assert all("a key the folder carries" in line for line in report.signers)
+
+
+def test_an_unsigned_release_fails_with_a_trust_file(run_dir: Path, keys: Path) -> None:
+    _sign(run_dir)
+    target = release(run_dir, run_dir.parent / "out")
+    problems = verify_release(target, _trust(keys))
+    assert problems[0].startswith(f"{MANIFEST_SIG_FILE} is missing: the release was exported")
+    assert problems[1].startswith(f"{SIGNOFF_FILE} is not signed")
+    assert verify_release(target) == []
+
+
+def test_a_forged_sign_off_in_the_run_folder_does_not_count(run_dir: Path, keys: Path) -> None:
+    sign_off(
+        run_dir, by="Dr. Ada Byron", role="privacy officer", key=load_private_key(keys / "ada.key")
+    )
+    lines = (run_dir / SIGNOFFS_FILE).read_text().splitlines()
+    record = json.loads(lines[-1])
+    record["by"] = "Mallory"
+    (run_dir / SIGNOFFS_FILE).write_text(json.dumps(record) + "\n")
+    check = check_release(run_dir)
+    assert not check.ok
+    (problem,) = check.problems
+    assert problem.startswith(f"{SIGNOFFS_FILE}: the signature does not match the sign-off by")
+
+
+def test_the_signing_commands_keygen_sign_export_and_verify_with_trust(
+    run_dir: Path, keys: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    made = runner.invoke(release_app, ["keygen", "--out", str(tmp_path / "k"), "--name", "ada"])
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE((tmp_path / "k" / "ada.key").stat().st_mode) == 0o600
+    ada, ops, trust = keys / "ada.key", keys / "ops.key", str(keys / "trust.toml")
+    sign_args = ["sign-off", str(run_dir), "--by", "Dr. Ada Byron", "--role", "privacy officer"]
+    signed = runner.invoke(release_app, [*sign_args, "--key", str(ada)])
+    assert signed.exit_code == 0, signed.output
+    assert "signed with key sha256:" in signed.output and "NOT SIGNED" not in signed.output
+    checked = runner.invoke(release_app, ["check", str(run_dir)])
+    assert checked.exit_code == 0 and "the sign-off is signed with key sha256:" in checked.output
+    out = run_dir.parent / "out"
+    exported = runner.invoke(
+        release_app, ["export", str(run_dir), "--out", str(out), "--key", str(ops)]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert f"{MANIFEST_SIG_FILE}  signed with key sha256:" in exported.output
+    (target,) = out.iterdir()
+    verified = runner.invoke(release_app, ["verify", str(target), "--trust", trust])
+    assert verified.exit_code == 0, verified.output
+    assert "signed by Ops Engineer (release engineer)" in verified.output
+    assert "sign-off by Dr. Ada Byron (privacy officer)" in verified.output
+    assert "authenticity checked against" in verified.output
+    assert "AUTHENTICITY NOT CHECKED" not in verified.output
+    loud = runner.invoke(release_app, ["verify", str(target)])
+    assert loud.exit_code == 0 and "AUTHENTICITY NOT CHECKED (no --trust)" in loud.output
+    (target / MANIFEST_FILE).write_bytes((target / MANIFEST_FILE).read_bytes() + b" ")
+    broken = runner.invoke(release_app, ["verify", str(target), "--trust", trust])
+    assert broken.exit_code == 1
+    assert f"{MANIFEST_SIG_FILE}: the signature does not match {MANIFEST_FILE}" in broken.output
+
+
+def test_the_commands_name_a_bad_key_or_trust_file(run_dir: Path, keys: Path) -> None:
+    runner = CliRunner()
+    base = ["sign-off", str(run_dir), "--by", "A", "--role", "privacy officer"]
+    missing = runner.invoke(release_app, [*base, "--key", str(keys / "absent.key")])
+    assert missing.exit_code == 1
+    assert f"{keys / 'absent.key'}: signing key file not found" in missing.output
+    assert not (run_dir / SIGNOFFS_FILE).exists()
+    public = runner.invoke(release_app, [*base, "--key", str(keys / "ada.pub")])
+    assert public.exit_code == 1 and "holds a public key" in public.output
+    unsigned = runner.invoke(release_app, base)
+    assert unsigned.exit_code == 0 and "WARNING: this sign-off is NOT SIGNED" in unsigned.output
+    target = release(run_dir, run_dir.parent / "out")
+    bad_trust = keys.parent / "bad-trust.toml"
+    bad_trust.write_text('[[signers]]\nname = "A"\nrole = "r"\n')
+    refused = runner.invoke(release_app, ["verify", str(target), "--trust", str(bad_trust)])
+    assert refused.exit_code == 1
+    assert f"{bad_trust}: signers[0]: field 'public_key' is missing" in refused.output
