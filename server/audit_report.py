@@ -34,6 +34,7 @@ from fedward.common.audit_keys import (
 from fedward.common.config import AuditConfig
 from fedward.common.metrics import CoarseHistogram, pooled_panel
 from fedward.common.protocol import ARRAYS, CONFIG, KEY_AUDIT_MODEL, MSG_AUDIT, STATUS_OK
+from fedward.server import audit_verdict as av
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import _reply_info
 
@@ -104,14 +105,22 @@ def _site_entry(
         return {
             "status": info.get("status", "error"),
             "reason": info.get("reason", "no reason given"),
-            "verdict": "not audited",
+            "verdict": av.NOT_AUDITED,
         }
+    confidence = float(info.get("mia_confidence") or audit.confidence)
+    min_cell = av.min_cell_of(info)
     attacks = {a: r for a in ATTACKS if (r := _attack(info, a)) is not None}
+    for r in attacks.values():
+        r.update(
+            av.both_sides(r, info.get("mia_n_members"), info.get("mia_n_nonmembers"), confidence)
+        )
     canary: dict[str, Any] | None = (
         {s: info.get(f"mia_canary_{s}") for s in CANARY_SUFFIXES}
         if "mia_canary_epsilon_lb" in info
         else None
     )
+    # A DP guarantee is a finite accountant ε for this site; without one nothing bounds the model.
+    dp = av.finite(epsilon)
     failures: list[str] = []
     warnings: list[str] = []
     flags: list[str] = []
@@ -122,7 +131,11 @@ def _site_entry(
     ]
     for name, r in attacks.items():
         for what, key, limit in checks:
-            value, lo = r.get(key), r.get(key + "_lo")
+            value = r.get(key)
+            # TPR: the interval over members and non-members where the histogram allows it.
+            lo = r.get(key + "_both_lo")
+            if lo is None:
+                lo = r.get(key + "_lo")
             if value is None or value <= limit:
                 continue
             text = f"{ATTACK_NAMES[name]}: {what} {value:.3f} > {limit:g}"
@@ -132,39 +145,64 @@ def _site_entry(
                 failures.append(f"{text} (interval from {lo:.3f})")
             else:
                 warnings.append(f"{text}, but its interval reaches below the threshold")
+    leaks = [
+        leak for a, r in attacks.items() for leak in av.attack_leaks(ATTACK_NAMES[a], r, confidence)
+    ]
+    warnings += [
+        w for a, r in attacks.items() if (w := av.below_chance(ATTACK_NAMES[a], r, confidence))
+    ]
+    if (canary_leak := av.canary_leak(canary, min_cell)) is not None:
+        leaks.insert(0, canary_leak)
     if canary is not None and canary.get("epsilon_lb") is not None:
         # The canary model was trained with the site's DP mechanism for the run: its accountant ε
         # is the claim the bound tests (the site's run ε when the site did not state it).
         lb = float(canary["epsilon_lb"])
         claimed_raw = canary.get("epsilon_claimed")
         claimed = float(claimed_raw) if claimed_raw is not None else epsilon
-        confidence = canary.get("epsilon_lb_confidence") or audit.confidence
+        conf = canary.get("epsilon_lb_confidence") or audit.confidence
         if claimed is not None and lb > claimed:
             flags.append(
-                f"PROBABLE BUG: the empirical ε lower bound {lb:.2f} (at {float(confidence):.0%} "
+                f"PROBABLE BUG: the empirical ε lower bound {lb:.2f} (at {float(conf):.0%} "
                 f"confidence) exceeds the accountant's ε {claimed:.2f}: the training did not add "
                 "the noise it claims, or the accounting is wrong"
             )
+    canary_text, cannot = av.canary_statement(canary, epsilon, min_cell)
+    if not dp:
+        # Without a DP guarantee an observed leak is a failure, not a flag.
+        failures = [f"leak observed: {leak}" for leak in leaks] + failures
     supported = any(
         r.get(f"tpr_at_fpr_{fpr_label(f)}") is not None
         for r in attacks.values()
         for f in FPR_LEVELS
     )
-    verdict = "fail" if failures or flags else ("pass" if attacks else "inconclusive")
-    if verdict == "pass" and warnings:
-        verdict = "pass with warnings"
-    if verdict == "pass" and not supported:
-        verdict = "inconclusive"
+    verdict = av.site_verdict(
+        dp=dp,
+        attacks=bool(attacks),
+        supported=supported,
+        failures=failures,
+        warnings=warnings,
+        flags=flags,
+        leaks=leaks,
+    )
     return {
         "status": STATUS_OK,
         "epsilon_accountant": epsilon,
+        "dp_guarantee": dp,
         "n_members": info.get("mia_n_members"),
         "n_nonmembers": info.get("mia_n_nonmembers"),
         "n_reference": info.get("mia_n_reference"),
+        "min_cell_size": min_cell,
+        "confidence": confidence,
         "attacks": attacks,
         "canary": canary,
+        "canary_guesses": canary.get("guesses") if canary else None,
+        "canary_correct": (av.correct_text(canary, min_cell) if canary else None),
+        "canary_epsilon_max": canary.get("epsilon_max") if canary else None,
+        "canary_summary": canary_text,
+        "cannot_measure": cannot,
         "notes": list(info.get("mia_notes") or []),
         "seconds": info.get("mia_seconds"),
+        "leaks": leaks,
         "failures": failures,
         "warnings": warnings,
         "flags": flags,
@@ -194,6 +232,30 @@ def _pooled(sites: Mapping[str, Mapping[str, Any]], bins: int) -> dict[str, Any]
     return out
 
 
+def _headline(verdict: str, models: Mapping[str, Mapping[str, Any]], confidence: float) -> str:
+    """One sentence for the top of the report, the card and the terminal: the verdict and why."""
+    parts = [f"{verdict.upper()}."]
+    for m in models.values():
+        what = m["description"]
+        if not m["dp_guarantee"]:
+            parts.append(f"{what[0].upper()}{what[1:]} has no DP guarantee (trained without DP).")
+        if m["leaks"]:
+            shown = "; ".join(m["leaks"][:3])
+            more = f" (and {len(m['leaks']) - 3} more)" if len(m["leaks"]) > 3 else ""
+            parts.append(f"Leak observed in {what}: {shown}{more}.")
+        elif m["dp_guarantee"]:
+            if any(e.get("status") == STATUS_OK for e in m["sites"].values()):
+                parts.append(f"No leak observed in {what} (it has a DP guarantee).")
+        else:
+            parts.append(
+                f"No attack separated members from non-members of {what} beyond chance at "
+                f"{confidence:.0%} confidence; at these sizes that does not make it private."
+            )
+        if m["flags"]:
+            parts.append(f"{len(m['flags'])} probable privacy bug(s) in {what}.")
+    return " ".join(parts)
+
+
 def audit_report(
     audit: AuditConfig,
     models: Mapping[str, Mapping[str, Any]],
@@ -208,30 +270,28 @@ def audit_report(
             site: _site_entry(info, eps.get(site), audit)
             for site, info in sorted(model["sites"].items())
         }
-        verdicts = {s["verdict"] for s in sites.values()}
-        passing = {v for v in verdicts if v.startswith("pass")}
-        if "fail" in verdicts:
-            verdict = "fail"
-        elif verdicts == {"pass"}:
-            verdict = "pass"
-        elif passing == verdicts:
-            verdict = "pass with warnings"
-        elif passing:
-            verdict = "pass (some sites could not be audited)"
-        else:
-            verdict = "inconclusive"
+        audited = {s: e for s, e in sites.items() if e.get("status") == STATUS_OK}
+        no_eps = [s for s, e in audited.items() if not e["dp_guarantee"]]
+        # No audited site: the model's DP guarantee is what the accountant says for its sites.
+        dp = not no_eps if audited else any(av.finite(e) for e in eps.values())
+        description = model.get("description", name)
+        leaks = [f"{site}: {x}" for site, s in sites.items() for x in s.get("leaks", [])]
+        failures = [f"{site}: {f}" for site, s in sites.items() for f in s.get("failures", [])]
+        if not dp:
+            failures.insert(0, av.no_dp_statement(description, no_eps, leaks))
         out_models[name] = {
-            "description": model.get("description", name),
+            "description": description,
+            "dp_guarantee": dp,
             "sites": sites,
             "pooled": _pooled(sites, audit.bins),
-            "verdict": verdict,
+            "verdict": av.combine((s["verdict"] for s in sites.values()), dp=dp, leak=bool(leaks)),
+            "leaks": leaks,
             "flags": [f"{site}: {f}" for site, s in sites.items() for f in s.get("flags", [])],
-            "failures": [
-                f"{site}: {f}" for site, s in sites.items() for f in s.get("failures", [])
-            ],
+            "failures": failures,
             "warnings": [
                 f"{site}: {w}" for site, s in sites.items() for w in s.get("warnings", [])
             ],
+            "intervals_checked": av.count_intervals(audited),
         }
     one = f"tpr_at_fpr_{fpr_label(0.01)}"
     measured = any(
@@ -247,20 +307,32 @@ def audit_report(
             f"{nonmembers_for(0.01)} rows), so the threshold on it was not tested; the verdict "
             "rests on AUC, TPR at 10% FPR and the canary bound"
         )
-    failed = [n for n, m in out_models.items() if m["verdict"] == "fail"]
-    flagged = [n for n, m in out_models.items() if m["flags"]]
-    if flagged:
-        verdict = "fail: probable privacy bug"
-    elif failed:
-        verdict = "fail"
-    elif all(m["verdict"].startswith("pass") for m in out_models.values()) and out_models:
-        clean = all(m["verdict"] == "pass" for m in out_models.values())
-        verdict = "pass" if clean else "pass with warnings"
-    else:
-        verdict = "inconclusive"
+    checked = sum(m["intervals_checked"] for m in out_models.values())
+    if checked and any(m["leaks"] and m["dp_guarantee"] for m in out_models.values()):
+        caveats.append(
+            f"the leak check looked at {checked} intervals and canary bounds, each at "
+            f"{audit.confidence:.0%} confidence: even with no leak at all, about "
+            f"{av.expected_false_alarms(checked, audit.confidence):.1f} of them would exclude "
+            "chance, so a single flagged interval under DP is weak evidence on its own"
+        )
+    dp_all = all(m["dp_guarantee"] for m in out_models.values())
+    verdict = (
+        av.combine(
+            (m["verdict"] for m in out_models.values()),
+            dp=dp_all,
+            leak=any(m["leaks"] for m in out_models.values()),
+        )
+        if out_models
+        else av.INCONCLUSIVE
+    )
+    if verdict == av.PASS_PARTIAL:
+        verdict = av.PASS_WITH_WARNINGS
+    headline = _headline(verdict, out_models, audit.confidence)
     return {
         "run_id": run_id,
         "verdict": verdict,
+        "dp_guarantee": dp_all and bool(out_models),
+        "headline": headline,
         "thresholds": {
             "max_tpr_at_1pct_fpr": audit.max_tpr_at_1pct_fpr,
             "max_auc": audit.max_auc,
@@ -344,6 +416,40 @@ def _ci(value: Any, lo: Any, hi: Any) -> str:
     return f"{_f(value)} [{_f(lo)}, {_f(hi)}]"
 
 
+def _tpr_ci(r: Mapping[str, Any], label: str) -> str:
+    """TPR with its interval over members and non-members; the site's members-only one marked."""
+    key = f"tpr_at_fpr_{label}"
+    lo, hi = r.get(key + "_both_lo"), r.get(key + "_both_hi")
+    if r.get(key) is not None and (lo is None or hi is None) and r.get(key + "_lo") is not None:
+        return _ci(r.get(key), r.get(key + "_lo"), r.get(key + "_hi")) + " (members only)"
+    return _ci(r.get(key), lo, hi)
+
+
+def canary_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per (model, audited site): the canary audit's counts, its bound and its ceiling."""
+    rows = []
+    for name, model in report["models"].items():
+        for site, entry in model["sites"].items():
+            if entry.get("status") != STATUS_OK:
+                continue
+            canary = entry.get("canary") or {}
+            rows.append(
+                {
+                    "model": name,
+                    "site": site,
+                    "guesses": _f(entry.get("canary_guesses")),
+                    "correct": _f(entry.get("canary_correct")),
+                    "eps_lb": _f(canary.get("epsilon_lb"), 2),
+                    "eps_max": _f(entry.get("canary_epsilon_max"), 2),
+                    "eps": _f(entry.get("epsilon_accountant"), 2)
+                    if entry.get("dp_guarantee")
+                    else "none (no DP)",
+                    "cannot": "; ".join(entry.get("cannot_measure") or []) or "–",
+                }
+            )
+    return rows
+
+
 def site_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
     """One row per (model, site, attack): what the Markdown and HTML tables show."""
     rows = []
@@ -376,22 +482,12 @@ def site_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
                         "attack": ATTACK_NAMES.get(attack, attack),
                         "verdict": entry["verdict"],
                         "auc": _ci(r.get("auc"), r.get("auc_lo"), r.get("auc_hi")),
-                        "tpr10": _ci(
-                            r.get("tpr_at_fpr_10"),
-                            r.get("tpr_at_fpr_10_lo"),
-                            r.get("tpr_at_fpr_10_hi"),
+                        "tpr10": _tpr_ci(r, "10"),
+                        "tpr1": _tpr_ci(r, "1"),
+                        "tpr01": _tpr_ci(r, "0_1"),
+                        "adv": _ci(
+                            r.get("advantage"), r.get("advantage_lo"), r.get("advantage_hi")
                         ),
-                        "tpr1": _ci(
-                            r.get("tpr_at_fpr_1"),
-                            r.get("tpr_at_fpr_1_lo"),
-                            r.get("tpr_at_fpr_1_hi"),
-                        ),
-                        "tpr01": _ci(
-                            r.get("tpr_at_fpr_0_1"),
-                            r.get("tpr_at_fpr_0_1_lo"),
-                            r.get("tpr_at_fpr_0_1_hi"),
-                        ),
-                        "adv": _f(r.get("advantage")),
                         "eps_lb": _f(canary.get("epsilon_lb"), 2),
                         "eps": _f(entry.get("epsilon_accountant"), 2),
                         "note": "",
@@ -400,19 +496,48 @@ def site_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+CANARY_HEADER = (
+    "| site | canary guesses | correct | ε lower bound | largest ε it could certify | "
+    "accountant ε | what it cannot measure |"
+)
+
+INTERVALS_TEXT = (
+    "AUC intervals are DeLong's; TPR and advantage intervals count members and non-members both "
+    "(Neyman-Pearson order statistics with Clopper-Pearson, and DKW bands), except where marked "
+    "'members only' (the site's histogram lacked a class)."
+)
+
+
+def _verdict_text(report: Mapping[str, Any]) -> str:
     th = report["thresholds"]
-    lines = [
-        "# Membership-inference audit",
+    return (
+        f"thresholds: TPR at 1% FPR ≤ {th['max_tpr_at_1pct_fpr']:g}, AUC ≤ {th['max_auc']:g}, "
+        f"failed when an attack's whole {th['confidence']:.0%} interval is above them; a leak is "
+        "observed when a canary ε lower bound is above 0 or an attack's interval excludes chance: "
+        "a failure without DP, a flag with DP; a model without a DP guarantee never passes; an "
+        "empirical ε lower bound above the accountant's ε is a probable bug"
+    )
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    verdict = report["verdict"]
+    lines = ["# Membership-inference audit", ""]
+    if "no DP guarantee" in verdict:
+        lines += [
+            "> **⚠ NO DP GUARANTEE: a model this audit covers was trained without differential "
+            "privacy. It cannot pass, whatever the attacks found.**",
+            "",
+        ]
+    lines += [
+        f"**Verdict: {verdict.upper()}** ({_verdict_text(report)}).",
         "",
-        f"**Verdict: {report['verdict'].upper()}** (thresholds: TPR at 1% FPR ≤ "
-        f"{th['max_tpr_at_1pct_fpr']:g}, AUC ≤ {th['max_auc']:g}, failed when an attack's whole "
-        f"{th['confidence']:.0%} interval is above them; an empirical ε lower bound above the "
-        "accountant's ε is a probable bug).",
+        f"**{report.get('headline') or verdict}**",
         "",
         *[f"*Caveat:* {c}." for c in report.get("caveats", [])],
         "",
         report["how"],
+        "",
+        INTERVALS_TEXT,
         "",
     ]
     for name, model in report["models"].items():
@@ -420,10 +545,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for flag in model["flags"]:
             lines.append(f"- **{flag}**")
         for failure in model["failures"]:
-            lines.append(f"- {failure}")
+            lines.append(f"- **{failure}**" if failure.startswith("NO DP") else f"- {failure}")
+        if model.get("dp_guarantee", True):
+            for leak in model.get("leaks", []):
+                lines.append(f"- flag: leak observed within the DP guarantee: {leak}")
         for warning in model["warnings"]:
             lines.append(f"- warning: {warning}")
-        if model["flags"] or model["failures"] or model["warnings"]:
+        if model["flags"] or model["failures"] or model["warnings"] or model.get("leaks"):
             lines.append("")
         lines += [
             "| site | attack | AUC [CI] | TPR@10% FPR | TPR@1% FPR | TPR@0.1% FPR | advantage | "
@@ -436,6 +564,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{row['tpr1']} | {row['tpr01']} | {row['adv']} | {row['eps_lb']} | "
                 f"{row['eps']} | {row['verdict']}{(': ' + row['note']) if row['note'] else ''} |"
             )
+        canaries = [r for r in canary_rows(report) if r["model"] == name]
+        if canaries:
+            lines += [
+                "",
+                "Canary audit, per site:",
+                "",
+                CANARY_HEADER,
+                "|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['site']} | {r['guesses']} | {r['correct']} | {r['eps_lb']} | "
+                f"{r['eps_max']} | {r['eps']} | {r['cannot']} |"
+                for r in canaries
+            ]
         pooled = model.get("pooled") or {}
         if pooled:
             lines += [
@@ -465,33 +607,41 @@ body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: left; }
 .verdict { font-size: 1.3rem; padding: 0.6rem 1rem; border-radius: 0.3rem; display: inline-block; }
-.pass { background: #e3f4e3; } .fail { background: #fbe0e0; } .inconclusive { background: #fff4d6; }
-.flag { color: #a00; font-weight: bold; }
+.pass { background: #e3f4e3; } .fail { background: #fbe0e0; color: #a00; }
+.inconclusive, .flag { background: #fff4d6; }
+.nodp { background: #c00; color: #fff; font-weight: bold; }
+.banner { background: #c00; color: #fff; padding: 0.8rem 1rem; font-weight: bold; border-radius: 0.3rem; }
+.flag-line { color: #a00; font-weight: bold; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; }
 </style></head><body>
 <h1>Membership-inference audit</h1>
-<p class="verdict {{ report.verdict.split(':')[0].split(' ')[0] }}" id="verdict">Verdict: {{ report.verdict }}</p>
-<p>Thresholds: TPR at 1% FPR ≤ {{ report.thresholds.max_tpr_at_1pct_fpr }}, AUC ≤ {{ report.thresholds.max_auc }};
-an empirical ε lower bound above the accountant's ε is flagged as a probable bug.</p>
+{% if 'no DP guarantee' in report.verdict %}<p class="banner" id="no-dp" role="alert">NO DP GUARANTEE: a model this audit covers was trained without differential privacy. It cannot pass, whatever the attacks found.</p>{% endif %}
+<p class="verdict {{ vclass(report.verdict) }}" id="verdict">Verdict: {{ report.verdict }}</p>
+<p id="headline" class="{{ vclass(report.verdict) if not report.verdict.startswith('pass') or 'leak' in report.verdict else '' }}">{{ report.headline }}</p>
+<p>{{ verdict_text }}.</p>
 {% for c in report.caveats %}<p class="caveat">Caveat: {{ c }}.</p>{% endfor %}
 <p>{{ report.how }}</p>
+<p>{{ intervals_text }}</p>
 {% for name, model in report.models.items() %}
 <section id="model-{{ name }}">
-<h2>{{ model.description }}: {{ model.verdict }}</h2>
-{% for flag in model.flags %}<p class="flag">{{ flag }}</p>{% endfor %}
-{% for f in model.failures %}<p>{{ f }}</p>{% endfor %}
+<h2 class="{{ vclass(model.verdict) }}">{{ model.description }}: {{ model.verdict }}</h2>
+{% for flag in model.flags %}<p class="flag-line">{{ flag }}</p>{% endfor %}
+{% for f in model.failures %}<p class="{{ 'banner' if f.startswith('NO DP') else 'flag-line' }}">{{ f }}</p>{% endfor %}
+{% if model.dp_guarantee %}{% for leak in model.leaks %}<p class="flag">flag: leak observed within the DP guarantee: {{ leak }}</p>{% endfor %}{% endif %}
 {% for w in model.warnings %}<p>warning: {{ w }}</p>{% endfor %}
 <table><tr><th>site</th><th>attack</th><th>AUC [CI]</th><th>TPR@10% FPR</th><th>TPR@1% FPR</th>
 <th>TPR@0.1% FPR</th><th>advantage</th><th>ε lower bound</th><th>accountant ε</th><th>verdict</th></tr>
 {% for row in rows if row.model == name %}<tr><td>{{ row.site }}</td><td>{{ row.attack }}</td>
 <td>{{ row.auc }}</td><td>{{ row.tpr10 }}</td><td>{{ row.tpr1 }}</td><td>{{ row.tpr01 }}</td>
 <td>{{ row.adv }}</td><td>{{ row.eps_lb }}</td><td>{{ row.eps }}</td>
-<td>{{ row.verdict }}{% if row.note %}: {{ row.note }}{% endif %}</td></tr>{% endfor %}
+<td class="{{ vclass(row.verdict) }}">{{ row.verdict }}{% if row.note %}: {{ row.note }}{% endif %}</td></tr>{% endfor %}
+</table>
+<table class="canary"><tr><th>site</th><th>canary guesses</th><th>correct</th><th>ε lower bound</th><th>largest ε it could certify</th><th>accountant ε</th><th>what it cannot measure</th></tr>
+{% for r in canaries if r.model == name %}<tr><td>{{ r.site }}</td><td>{{ r.guesses }}</td><td>{{ r.correct }}</td><td>{{ r.eps_lb }}</td><td>{{ r.eps_max }}</td><td>{{ r.eps }}</td><td>{{ r.cannot }}</td></tr>{% endfor %}
 </table>
 <div class="plots">
 {% for site, png in plots[name].items() %}<figure><img alt="ROC of the audit at {{ site }}, log-log, with the DP bound" src="data:image/png;base64,{{ png }}"><figcaption>{{ site }}</figcaption></figure>{% endfor %}
 </div>
-{% set notes = [] %}
 <ul>{% for site, s in model.sites.items() %}{% for n in s.notes or [] %}<li>{{ site }}: {{ n }}</li>{% endfor %}{% endfor %}</ul>
 </section>
 {% endfor %}
@@ -511,7 +661,15 @@ def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, flo
         for name, model in report["models"].items()
     }
     env = Environment(autoescape=select_autoescape(default=True))
-    return env.from_string(_HTML).render(report=report, rows=site_rows(report), plots=plots)
+    return env.from_string(_HTML).render(
+        report=report,
+        rows=site_rows(report),
+        canaries=canary_rows(report),
+        plots=plots,
+        vclass=av.verdict_class,
+        verdict_text=_verdict_text(report),
+        intervals_text=INTERVALS_TEXT,
+    )
 
 
 def write_audit_report(

@@ -948,7 +948,9 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
         ],
         "verdict_line": (
             f"DP guarantee: {_yes_no_none(verdicts['dp_guarantee'])} · membership audit passed: "
-            f"{_yes_no_none(verdicts['audit_passed'])} · ready for release: "
+            f"{_yes_no_none(verdicts['audit_passed'])}"
+            + (f" ({audit['verdict']})" if audit["done"] else "")
+            + " · ready for release: "
             f"{_yes_no_none(verdicts['release_ready'])}"
         ),
         "diff": _diff_text,

@@ -15,8 +15,9 @@ import typer
 from typer.testing import CliRunner
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
+from fedward.common.config import AuditConfig, RunConfig
 from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.server.audit_report import audit_report
 from fedward.server.card_cli import card
 from fedward.server.model_card import (
     CARD_HTML,
@@ -181,6 +182,10 @@ def test_the_verdicts_agree_with_the_run(finished_run: Path) -> None:
     assert verdicts["audit_passed"] is passed
     assert verdicts["release_ready"] is passed and (verdicts["problems"] == []) is passed
     assert (written["warnings"] == []) is passed
+    md = (finished_run / CARD_MD).read_text(encoding="utf-8")
+    audit = _json(finished_run / "audit.json")
+    assert passed and audit["dp_guarantee"] is True  # the default DP run passes its audit
+    assert f"membership audit passed: yes ({audit['verdict']})" in md
 
 
 def test_the_html_is_one_self_contained_page_with_its_plots(finished_run: Path) -> None:
@@ -222,18 +227,51 @@ def test_a_failed_audit_is_said_first_in_json_markdown_and_html(run_copy: Path) 
     assert banner and "fail: probable privacy bug" in banner.group(1)
 
 
-def test_a_run_without_dp_is_said_first(run_copy: Path) -> None:
+def _non_dp_audit(correct: int, lb: float) -> dict[str, Any]:
+    """The audit a model trained without DP gets: no accountant ε at any site."""
+    info = {
+        "status": "ok",
+        "min_cell_size": 10,
+        "mia_loss_auc": 0.5,
+        "mia_loss_auc_lo": 0.4,
+        "mia_loss_auc_hi": 0.6,
+        "mia_loss_tpr_at_fpr_10": 0.1,
+        "mia_canary_guesses": 98,
+        "mia_canary_correct": correct,
+        "mia_canary_epsilon_lb": lb,
+        "mia_canary_epsilon_lb_confidence": 0.95,
+        "mia_canary_epsilon_max": 2.81,
+    }
+    return audit_report(
+        AuditConfig(),
+        {"run": {"sites": dict.fromkeys(SITES, info), "epsilon": dict.fromkeys(SITES)}},
+        run_id="r",
+    )
+
+
+@pytest.mark.parametrize(
+    ("correct", "lb", "verdict"),
+    [(49, 0.0, "fail: no DP guarantee"), (83, 1.03, "fail: no DP guarantee, leak observed")],
+)
+def test_a_run_without_dp_is_said_first(
+    run_copy: Path, correct: int, lb: float, verdict: str
+) -> None:
     _edit(run_copy / "privacy_summary.json", dp=False)
+    (run_copy / "audit.json").write_text(json.dumps(_non_dp_audit(correct, lb)), encoding="utf-8")
     written = json.loads(write_card(run_copy)[0].read_text(encoding="utf-8"))
     _validate(written)
     assert written["warnings"][0].startswith("NO DIFFERENTIAL PRIVACY")
     assert written["verdicts"]["dp_guarantee"] is False
+    assert written["verdicts"]["audit_passed"] is False
     assert written["verdicts"]["release_ready"] is False
-    assert (
-        (run_copy / CARD_MD)
-        .read_text(encoding="utf-8")
-        .startswith("> **⚠ WARNING: NO DIFFERENTIAL PRIVACY")
-    )
+    md = (run_copy / CARD_MD).read_text(encoding="utf-8")
+    assert md.startswith("> **⚠ WARNING: NO DIFFERENTIAL PRIVACY")
+    # The card's headline states the audit's verdict, never a pass, and what was observed.
+    assert f"membership audit passed: no ({verdict})" in md
+    assert f"AUDIT FAILED (verdict: {verdict})" in " ".join(written["warnings"])
+    assert ("83 of 98 guesses correct" in " ".join(written["warnings"])) is (lb > 0)
+    html = (run_copy / CARD_HTML).read_text(encoding="utf-8")
+    assert f"membership audit passed: no ({verdict})" in html
 
 
 def test_missing_reports_are_said_not_done_and_the_card_is_still_written(run_copy: Path) -> None:
