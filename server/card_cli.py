@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedward.common.errors import FedwardError
-from fedward.server.model_card import write_card
 
 console = Console()
 
@@ -25,6 +24,8 @@ def card(
 ) -> None:
     """Write model_card.json, model_card.md and model_card.html into the run folder."""
     try:
+        from fedward.server.model_card import write_card  # matplotlib, torch: only when used
+
         paths = write_card(run_dir)
     except FedwardError as exc:  # an unfinished run folder, or an invalid [card] section
         raise typer.BadParameter(str(exc), param_hint="RUN_DIR") from exc
