@@ -466,6 +466,14 @@ def init(
             metavar="KEY",
         ),
     ] = None,
+    auto_approve: Annotated[
+        bool,
+        typer.Option(
+            "--auto-approve",
+            help="Accept every run config and code without `fedward site approve`: for "
+            "simulations and demonstrations only, never for a hospital's data.",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing site config or schema.")
     ] = False,
@@ -511,6 +519,7 @@ def init(
         max_epsilon_per_run=max_epsilon_per_run,
         allow_non_dp=allow_non_dp,
         min_cell_size=min_cell_size,
+        auto_approve=auto_approve,
         force=force,
     )
     if config.exists() and not force:  # before any question is asked

@@ -73,6 +73,7 @@ class InitOptions:
     max_epsilon_per_run: float | None = None
     allow_non_dp: bool | None = None
     min_cell_size: int | None = None
+    auto_approve: bool = False
     force: bool = False
 
 
@@ -338,7 +339,9 @@ def render_site_config(opts: InitOptions) -> str:
     lines += [
         f"min_cell_size = {min_cell}  # every count a reply carries is 0 or at least this",
         f"allow_non_dp = {'true' if opts.allow_non_dp else 'false'}",
-        "auto_approve = false  # only runs approved with `fedward site approve`",
+        "auto_approve = true  # SIMULATION OR DEMONSTRATION ONLY: any run config and code is accepted"
+        if opts.auto_approve
+        else "auto_approve = false  # only runs approved with `fedward site approve`",
         "",
     ]
     return "\n".join(lines)
@@ -605,6 +608,11 @@ def describe(result: InitResult) -> Sequence[str]:
         f"{'default' if p.total_delta is None else format(p.total_delta, 'g')}, per-run cap "
         f"{'none' if p.max_epsilon_per_run is None else format(p.max_epsilon_per_run, 'g')}, "
         f"min cell size {p.min_cell_size}, non-DP training "
-        f"{'allowed' if p.allow_non_dp else 'refused'}, approvals required"
+        f"{'allowed' if p.allow_non_dp else 'refused'}, "
+        + (
+            "ANY RUN AUTO-APPROVED (simulation or demonstration only)"
+            if p.auto_approve
+            else "approvals required"
+        )
     )
     return out

@@ -77,6 +77,17 @@ def test_the_policy_defaults_are_the_safe_ones(data_csv: Path) -> None:
     assert policy.allow_non_dp is False and policy.auto_approve is False
 
 
+def test_auto_approve_is_a_flag_said_loudly_for_simulations_only(data_csv: Path) -> None:
+    config = data_csv.parent / "site.toml"
+    args = ("--name", "st-mary", "--data", data_csv, *BUNDLED_SCHEMA_ARGS, "--no-input")
+    done = _init(config, *args, "--auto-approve")
+
+    assert done.exit_code == 0, done.output
+    assert load_site_config(config).policy.auto_approve is True
+    assert "ANY RUN AUTO-APPROVED" in done.output
+    assert "SIMULATION OR DEMONSTRATION ONLY" in config.read_text()
+
+
 def test_policy_flags_are_written(data_csv: Path) -> None:
     config = data_csv.parent / "site.toml"
     flags = ["--total-epsilon", "6", "--total-delta", "1e-5", "--max-epsilon-per-run", "2"]
