@@ -47,6 +47,12 @@ class ConfigError(FedwardError):
         super().__init__(f"{where}: {reason}")
 
     def _default_message(self, site: str) -> SiteMessage:
+        if self.path is not None and self.path.startswith("<"):
+            # "<run config from coordinator>": the coordinator's own config, not the site's.
+            what = next((w for w in ("run config", "data schema") if w in self.path), None)
+            return SiteMessage(
+                "coordinator-config-invalid", {"site": site, "what": what or "configuration"}
+            )
         return SiteMessage("site-config-invalid", {"site": site})
 
 

@@ -162,6 +162,12 @@ TEMPLATES: Mapping[str, Template] = {
         {"site": "site", "seq": "number"},
     ),
     # ---- the site's own configuration and data ----
+    "coordinator-config-invalid": Template(
+        "site {site}: the coordinator's {what} is not valid for this version of fedward; its "
+        "coordinator checks it with `fedward config check`",
+        {"site": "site", "what": "choice"},
+        {"what": ("run config", "data schema", "configuration")},
+    ),
     "site-config-invalid": Template(
         "site {site}: its site configuration cannot be used; " + _OPERATOR,
         {"site": "site"},
