@@ -234,6 +234,14 @@ def test_an_impossible_split_at_an_approving_site_names_the_setting_not_the_coun
             "weights-mismatch",
         ),
         ("unknown-type", None, "query.dump", "message-type-unknown"),
+        (
+            "unknown-run-key",
+            lambda c: c["config"].__setitem__(
+                KEY_RUN, json.dumps({**json.loads(RUN.to_json()), "dump_rows": True})
+            ),
+            "train",
+            "coordinator-config-invalid",
+        ),
     ],
 )
 def test_a_crafted_request_gets_a_templated_refusal_and_nothing_else(
