@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from fedward.common.config import RunConfig, load_run_config, validate_config
+from fedward.server.exit_codes import closing_line, exit_code, read_record
 
 if TYPE_CHECKING:
     from fedward.server.simulate import ProgressState
@@ -218,7 +220,10 @@ def simulate(
     ] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
-    """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1)."""
+    """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1).
+
+    Exits 0 when every site took part, 4 when the model was trained without some sites (the run
+    record's left_out says why), 3 when the run stopped without a model, 1 when it failed."""
     run = load_run_config(config)
     data: dict[str, Any] = run.model_dump(mode="json")
     if dataset is not None:
@@ -287,11 +292,19 @@ def simulate(
         + (" · SecAgg+" if run.strategy.secure_aggregation else "")
         + (" · site-level central DP" if run.privacy.central.enabled else "")
     )
-    if verbose:
-        run_simulation(settings, verbose=True)
-    else:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            run_simulation(settings, on_update=lambda s: live.update(_progress_view(s, title)))
+    try:
+        if verbose:
+            run_simulation(settings, verbose=True)
+        else:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                run_simulation(settings, on_update=lambda s: live.update(_progress_view(s, title)))
+    except RuntimeError as exc:
+        if (run_dir / "metrics.json").exists():
+            raise
+        # The federation ended without writing its results: no model, and nothing to tabulate.
+        console.print(f"[bold red]run failed:[/] {escape(str(exc))}", soft_wrap=True)
+        console.print(escape(closing_line(run_dir, None)), soft_wrap=True)
+        raise typer.Exit(exit_code(None)) from None
     console.print(_final_table(run_dir))
     for line in _left_out(run_dir):
         console.print(f"[yellow]{line}[/]")
@@ -305,6 +318,10 @@ def simulate(
     if (run_dir / "model_card.html").exists():
         console.print(f"[bold]Model card:[/] {run_dir / 'model_card.html'}")
     console.print(f"run folder: [bold]{run_dir}[/]")
+    record = read_record(run_dir)
+    console.print(escape(closing_line(run_dir, record)), soft_wrap=True)
+    if (code := exit_code(record)) != 0:
+        raise typer.Exit(code)
 
 
 def _print_audit(run_dir: Path) -> None:

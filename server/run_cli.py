@@ -6,9 +6,10 @@ the ServerApp) plus what a coordinator operator wants on top: the run-config key
 the app's ``[tool.flwr.app.config]`` before anything starts, and typed as the app declares them
 (Flower would hand ``dp=false`` to the ServerApp as a bool, which it reads as "not given"); the run
 folder found by the run id Flower prints; the live view of `fedward simulate`, fed by its tailer of
-``progress.jsonl``; and an exit status that is the run's: 0 finished, 3 stopped (too few sites),
-1 failed or could not be started or followed, 2 a usage error (bad option, flwr not installed),
-130 detached by Ctrl-C or SIGTERM (the run goes on at the SuperLink).
+``progress.jsonl``; and an exit status that is the run's (``fedward.server.exit_codes``): 0
+finished with every site, 4 finished with a model but sites left out, 3 stopped without a model
+(too few sites), 1 failed or could not be started or followed, 2 a usage error (bad option, flwr
+not installed), 130 detached by Ctrl-C or SIGTERM (the run goes on at the SuperLink).
 
 The ServerApp writes its run folders on the SuperLink's machine, under its ``output-dir``, so
 following works where that folder is readable: on the SuperLink's machine or a shared disk.
@@ -38,12 +39,15 @@ from rich.markup import escape
 from fedward.common.cli import err_console
 from fedward.common.errors import FedwardError
 from fedward.server.cli import console
-
-EXIT_FINISHED = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_STOPPED = 3
-EXIT_INTERRUPTED = 130
+from fedward.server.exit_codes import (
+    EXIT_FAILED,
+    EXIT_FINISHED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    closing_line,
+    exit_code,
+    read_record,
+)
 
 DEFAULT_RUNS_DIR = Path("runs")
 FLWR_LOG_LINES = 400
@@ -441,7 +445,9 @@ def run(
     ] = None,
 ) -> None:
     """Start a run on a SuperLink with `flwr run` and follow it: round, sites, ε, tune AUROC.
-    Exits 0 when the run finished, 3 when it stopped (too few sites), 1 when it failed."""
+    Exits 0 when every site took part, 4 when the model was trained without some sites (the run
+    record's left_out says why), 3 when the run stopped without a model (too few sites), 1 when
+    it failed; with --no-follow, 0 once the run has started."""
     app_dir = app_dir.expanduser().resolve()
     known = app_config_keys(app_dir)
     folder: Path | None = None
@@ -586,8 +592,9 @@ def _report(folder: Path, launched: FlwrRun) -> int:
     from fedward.server.coordinator_metrics import read_run_progress
 
     progress = read_run_progress(folder)
+    record = read_record(folder)
     if progress.state == "finished":
-        if (folder / "metrics.json").is_file() and (folder / "run_record.json").is_file():
+        if (folder / "metrics.json").is_file() and record is not None:
             console.print(_final_table(folder))
             for line in _left_out(folder):
                 console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
@@ -597,13 +604,16 @@ def _report(folder: Path, launched: FlwrRun) -> int:
         _print_audit(folder)
         if (folder / "model_card.html").is_file():
             console.print(f"[bold]Model card:[/] {folder / 'model_card.html'}", soft_wrap=True)
-        code = EXIT_FINISHED
     elif progress.state == "stopped":
         console.print(
             f"[bold yellow]run stopped:[/] {escape(progress.stop_reason or 'no reason given')}",
             soft_wrap=True,
         )
-        code = EXIT_STOPPED
+        if record is None or record.get("status") != "stopped":
+            record = {"status": "stopped", "stopped_reason": progress.stop_reason}
+        else:
+            for line in _left_out(folder):
+                console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     else:
         err_console.print(
             "[bold red]run failed:[/] the ServerApp ended without finishing the run",
@@ -611,6 +621,8 @@ def _report(folder: Path, launched: FlwrRun) -> int:
         )
         if launched.tail():
             err_console.print(f"its last log lines:\n{escape(launched.tail())}", soft_wrap=True)
-        code = EXIT_FAILED
+        record = None
     console.print(f"run folder: [bold]{escape(str(folder))}[/]", soft_wrap=True)
-    return code
+    logs = "the ServerApp's log at the SuperLink (its last lines are above)"
+    console.print(escape(closing_line(folder, record, logs=logs)), soft_wrap=True)
+    return exit_code(record)

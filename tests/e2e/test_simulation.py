@@ -52,7 +52,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for p in configs:
         args += ["--site-config", str(p)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # A model, but two sites left out: not success (4), and not a failure without a model (3, 1).
+    assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
     return {"dir": run_dir, "stdout": done.stdout, "configs": by_name}
 
@@ -104,6 +105,10 @@ def test_simulate_ends_with_a_table_and_the_run_folder(federation: dict[str, Any
     assert "Sealed test split" in out and "cleveland" in out
     assert str(federation["dir"]) in out.replace("\n", "")
     assert "switzerland left out" in out
+    # The last line says what to do: which file says why the sites are out.
+    last = " ".join(out.rsplit("run folder: ", 1)[1].split())
+    assert "finished without 2 of 4 sites (switzerland, va-long-beach) (exit 4)" in last
+    assert "'left_out' in" in last and "run_record.json" in last
 
 
 def test_privacy_summary_gives_run_and_lifetime_epsilon_per_site(
