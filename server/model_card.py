@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -30,6 +31,14 @@ from fedward.common.errors import FedwardError
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
 from fedward.server import card_plots
 from fedward.server.audit_report import fmt_value
+from fedward.server.companions import COMPANIONS_DIR, LOSO_PREFIX
+from fedward.server.release import (
+    RELEASES_FILE,
+    SIGNED_FILES,
+    SIGNOFFS_FILE,
+    sha256_file,
+    signoff_signature_problem,
+)
 from fedward.server.run_folder import atomic_write_bytes
 
 CARD_JSON = "model_card.json"
@@ -108,6 +117,27 @@ REFERENCES = (
     "https://arxiv.org/abs/2112.03570",  # Carlini et al. 2022, LiRA
     "https://arxiv.org/abs/2305.08846",  # Steinke, Nasr, Jagielski 2023, one-run audit
 )
+DP_SGD_REFERENCE = REFERENCES[2]
+# What a model trained without DP sends out beyond the aggregates the sites list: itself.
+NON_DP_MODEL_OUTPUTS = (
+    "the model weights (model.pt): trained without DP, nothing bounds what they reveal about "
+    "the training rows",
+    "every model update the sites sent during training",
+)
+# Claims an ethics entry can make that only some runs make true, and the control behind each.
+_DP_CLAIM = re.compile(r"\bDP\b|DP-SGD|differential(ly)?[ -]priva", re.IGNORECASE)
+_CONTROL_CLAIMS = {
+    "leave_one_site_out": (
+        re.compile(r"leave[- ]one[- ]site[- ]out", re.IGNORECASE),
+        "leave-one-site-out evaluation did not run for this run",
+    ),
+    "label_shuffle": (
+        re.compile(r"label[- ]shuffl|shuffled labels|permuted labels", re.IGNORECASE),
+        "the label-shuffle control did not run for this run",
+    ),
+}
+# The release line's states, in the order a model moves through them.
+RELEASE_STATES = ("not eligible", "eligible for sign-off", "signed off", "released")
 # Bundled datasets: (reference, citation, license); see common/datasets/PROVENANCE.md.
 BUNDLED_DATA = {
     "heart-disease": (
@@ -304,7 +334,7 @@ def _train_rows(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _data(
-    files_: Mapping[str, Any], test: Mapping[str, Any], datasets: Mapping[str, str]
+    files_: Mapping[str, Any], test: Mapping[str, Any], datasets: Mapping[str, str], dp: bool
 ) -> dict[str, Any]:
     """MCT's train and eval datasets: which split at which site, and how many rows."""
     profiles = files_["profiles.json"]
@@ -325,8 +355,9 @@ def _data(
         "train": {
             "name": f"{name}: training splits",
             "sensitive": sensitive,
-            "description": "Each site's training split, used only at the site (DP-SGD). The "
-            "coordinator never saw a row; what it knows is the aggregate profile in "
+            "description": "Each site's training split, used only at the site "
+            + ("(DP-SGD). " if dp else "(plain training, without differential privacy). ")
+            + "The coordinator never saw a row; what it knows is the aggregate profile in "
             "training_data_profiles (small cells suppressed).",
             "sites": train_sites,
         },
@@ -409,16 +440,32 @@ def _privacy(files_: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, A
     sites = [{k: s.get(k) for k in PRIVACY_SITE_KEYS} for s in summary.get("sites") or []]
     central = dict(summary.get("central_dp") or {"enabled": False})
     secagg = dict(summary.get("secure_aggregation") or {"enabled": False})
+    dp = bool(summary.get("dp"))
+    non_dp = list(record.get("non_dp_outputs") or [])
+    non_dp_note = record.get("non_dp_note")
+    if not dp:
+        # Plain training clips nothing and no accountant runs: no unit, norm or accountant stated.
+        updates = NON_DP_MODEL_OUTPUTS[1] + (
+            " (masked by secure aggregation: the coordinator saw only their sum)"
+            if secagg.get("enabled")
+            else " (in the clear to the coordinator)"
+        )
+        non_dp = [NON_DP_MODEL_OUTPUTS[0], updates, *non_dp]
+        non_dp_note = (
+            "Trained without differential privacy: the weights and the updates are protected by "
+            "nothing; the aggregates only by the sites' minimum cell sizes, and small-cell "
+            "suppression is not differential privacy."
+        )
     return {
-        "dp": bool(summary.get("dp")),
+        "dp": dp,
         "mechanism": "DP-SGD (Abadi et al. 2016) at each site, with Opacus; Poisson sampling"
         if summary.get("dp")
         else "none: trained without differential privacy",
-        "privacy_unit": summary.get("privacy_unit"),
-        "target_epsilon": summary.get("target_epsilon"),
-        "clipping_norm": summary.get("max_grad_norm"),
-        "accountant_requested": summary.get("accountant_requested"),
-        "accountant_note": summary.get("accountant_note"),
+        "privacy_unit": summary.get("privacy_unit") if dp else None,
+        "target_epsilon": summary.get("target_epsilon") if dp else None,
+        "clipping_norm": summary.get("max_grad_norm") if dp else None,
+        "accountant_requested": summary.get("accountant_requested") if dp else None,
+        "accountant_note": summary.get("accountant_note") if dp else None,
         "epsilon_covers": list(record.get("epsilon_covers") or []),
         "sites": sites,
         "tuning_epsilon": {s["site"]: s.get("epsilon_tuning") for s in sites},
@@ -440,8 +487,8 @@ def _privacy(files_: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, A
                 )
             ),
         },
-        "non_dp_outputs": list(record.get("non_dp_outputs") or []),
-        "non_dp_note": record.get("non_dp_note"),
+        "non_dp_outputs": non_dp,
+        "non_dp_note": non_dp_note,
     }
 
 
@@ -649,7 +696,7 @@ def _caveats(
     if privacy["audit"]["done"]:
         out += [f"Audit: {c}." for c in privacy["audit"]["caveats"]]
     out += [f"Run warning: {w}" for w in record.get("warnings") or []]
-    if any(s.get("multi_row_patients") for s in privacy["sites"]):
+    if privacy["dp"] and any(s.get("multi_row_patients") for s in privacy["sites"]):
         out.append(
             "Some sites hold several rows per patient: DP protects one row, so a patient with "
             "several rows is protected less than ε says."
@@ -681,6 +728,197 @@ def _tradeoffs(privacy: Mapping[str, Any], baselines: Mapping[str, Any]) -> list
     return out
 
 
+def _controls_ran(run_dir: Path, baselines: Mapping[str, Any] | None) -> set[str]:
+    """The controls that actually ran: reported in baselines.json, or left a companion folder."""
+    ran = set(((baselines or {}).get("controls") or {}).keys())
+    companions = run_dir / COMPANIONS_DIR
+    if companions.is_dir():
+        names = [p.name for p in companions.iterdir() if p.is_dir()]
+        if "label_shuffle" in names:
+            ran.add("label_shuffle")
+        if any(n.startswith(LOSO_PREFIX) for n in names):
+            ran.add("leave_one_site_out")
+    return ran
+
+
+def _ethics(card_cfg: CardConfig, *, dp: bool, controls_ran: set[str]) -> list[dict[str, Any]]:
+    """The run config's ethics register, with every entry that claims what did not run rewritten
+    (the defaults, whose text the card owns) or flagged (an entry someone wrote)."""
+    defaults = CardConfig().ethics
+    out: list[dict[str, Any]] = []
+    for e in card_cfg.ethics:
+        entry: dict[str, Any] = {
+            "name": e.concern,
+            "mitigation_strategy": e.mitigation,
+            "status": e.status,
+        }
+        text = f"{e.concern} {e.mitigation}"
+        untrue = [] if dp or not _DP_CLAIM.search(text) else ["the run trained without DP"]
+        untrue += [
+            why
+            for control, (claim, why) in _CONTROL_CLAIMS.items()
+            if control not in controls_ran and claim.search(text)
+        ]
+        if not untrue:
+            out.append(entry)
+        elif e == defaults[0]:
+            entry.update(
+                status="open",
+                mitigation_strategy="No differential privacy was applied: the model was trained "
+                "without DP, so nothing bounds what its weights reveal about the patients they "
+                "were trained on. Raw data did not leave the sites; the weights, the updates and "
+                "the aggregates listed under Privacy did, through the egress guard.",
+                note="rewritten by the card: the run config's default entry marks this concern "
+                "as handled by differential privacy, which this run did not apply",
+            )
+            out.append(entry)
+        elif e == defaults[1]:  # its one claim is leave-one-site-out, which did not run
+            entry.update(
+                mitigation_strategy="Per-site metrics are reported; leave-one-site-out "
+                "evaluation was not run, so how the model does at a hospital it never saw is not "
+                "measured; subgroup metrics are not computed in this version.",
+                note="rewritten by the card: the run config's default entry says "
+                "leave-one-site-out evaluation is reported, but that control did not run",
+            )
+            out.append(entry)
+        else:
+            entry.update(
+                status="open" if e.status == "mitigated" else e.status,
+                mitigation_strategy="NOT TRUE OF THIS RUN: "
+                + "; ".join(untrue)
+                + f". The run config's entry says: {e.mitigation}",
+                note=f"flagged by the card: the run config's entry (status '{e.status}') claims "
+                "what this run did not do; check and correct the [card] section",
+            )
+            out.append(entry)
+    return out
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The readable JSON objects of an append-only log, oldest first; [] when there is none."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _signoff(run_dir: Path, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """One sign-off as the card states it: who, when, signed or not, and what changed since."""
+    signature = rec.get("signature")
+    signed = "signature" in rec
+    problem = signoff_signature_problem(dict(rec), SIGNOFFS_FILE) if signed else None
+    hashes = rec.get("sha256") if isinstance(rec.get("sha256"), dict) else {}
+    # The card files always differ: this card is written after the sign-off it names.
+    changed = [
+        f
+        for f in SIGNED_FILES
+        if not f.startswith("model_card")
+        and (
+            not (run_dir / f).is_file()
+            or not isinstance(hashes, dict)
+            or hashes.get(f) != sha256_file(run_dir / f)
+        )
+    ]
+    return {
+        "by": str(rec.get("by") or "(no name)"),
+        "role": str(rec.get("role") or "no role"),
+        "at": str(rec.get("at") or "an unknown time"),
+        "signed": signed,
+        "signature_valid": None if not signed else problem is None,
+        "key_fingerprint": signature.get("key_fingerprint")
+        if isinstance(signature, dict)
+        else None,
+        "changed_since": changed,
+    }
+
+
+def _signoff_text(s: Mapping[str, Any]) -> str:
+    text = f"signed off by {s['by']} ({s['role']}) on {s['at']}"
+    if not s["signed"]:
+        text += ", NOT signed with a key (a receiver with a trust file refuses it)"
+    elif s["signature_valid"]:
+        text += f", signed with key {s['key_fingerprint']}"
+    else:
+        text += ", its signature DOES NOT VERIFY (the record was changed after signing)"
+    return text
+
+
+def _release_state(run_dir: Path, verdicts: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the model stands now, read from signoffs.jsonl and releases.jsonl."""
+    signoffs, releases = _jsonl(run_dir / SIGNOFFS_FILE), _jsonl(run_dir / RELEASES_FILE)
+    signoff = _signoff(run_dir, signoffs[-1]) if signoffs else None
+    problems = len(verdicts["problems"])
+    release: dict[str, Any] | None = None
+    if releases:
+        last = releases[-1]
+        by = last.get("signoff") if isinstance(last.get("signoff"), dict) else {}
+        release = {
+            "name": Path(str(last.get("release_dir") or "unknown")).name,
+            "release_dir": last.get("release_dir"),
+            "at": str(last.get("released_at") or "an unknown time"),
+            "by": str(last.get("released_by") or "(no name)"),
+            "manifest_key_fingerprint": last.get("manifest_key_fingerprint"),
+            "signed_off_by": by,
+        }
+        state = "released"
+        who = by or {}
+        line = (
+            f"released as {release['name']} on {release['at']} by {release['by']} (signed off "
+            f"by {who.get('by') or '(no name)'}, {who.get('role') or 'no role'}, on "
+            f"{who.get('at') or 'an unknown time'}"
+            + (
+                f", with key {who['key_fingerprint']}"
+                if who.get("key_fingerprint")
+                else ", without a signing key"
+            )
+            + "; MANIFEST "
+            + (
+                f"signed with key {release['manifest_key_fingerprint']}"
+                if release["manifest_key_fingerprint"]
+                else "not signed"
+            )
+            + "). The release holds the card as it was signed off, not this regenerated one"
+        )
+    elif signoff is not None:
+        state = "signed off"
+        line = _signoff_text(signoff)
+        if signoff["changed_since"]:
+            line += (
+                f"; {', '.join(signoff['changed_since'])} changed after it, so it no longer counts"
+            )
+        line += (
+            "; this card was written after that sign-off, so the sign-off vouches for an "
+            "earlier card: sign off again before a release"
+        )
+    elif verdicts["release_ready"]:
+        state = "eligible for sign-off"
+        line = (
+            "eligible for sign-off: nobody has signed off yet; nothing is released without a "
+            "person's sign-off (`fedward release sign-off RUN_DIR --by NAME --role ROLE --key "
+            "KEY`)"
+        )
+    else:
+        state = "not eligible"
+        line = f"not eligible for sign-off: {problems} problem(s) against release, listed below"
+    if state in ("released", "signed off") and not verdicts["release_ready"]:
+        line += f"; the card now finds {problems} problem(s) against release, listed below"
+    return {
+        "state": state,
+        "line": line,
+        "signoffs": len(signoffs),
+        "latest_signoff": signoff,
+        "releases": len(releases),
+        "latest_release": release,
+    }
+
+
 def mitchell_section(card: Mapping[str, Any], title: str) -> Any:
     """The part of the card that holds one of Mitchell et al.'s sections (KeyError if absent)."""
     node: Any = card
@@ -705,6 +943,8 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     privacy = _privacy(files_, model)
     baselines = _baselines(files_["baselines.json"])
     verdicts, warnings = _verdicts(privacy, record)
+    verdicts["release"] = _release_state(Path(run_dir), verdicts)
+    controls_ran = _controls_ran(Path(run_dir), files_["baselines.json"])
     datasets = {s["site"]: s.get("dataset") for s in privacy["sites"] if s.get("dataset")}
     dataset = (config.get("task") or {}).get("dataset")
     arch = _architecture(model)
@@ -723,7 +963,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
             else ", WITHOUT differential privacy."
         )
     )
-    references = [{"reference": r} for r in REFERENCES]
+    references = [{"reference": r} for r in REFERENCES if privacy["dp"] or r != DP_SGD_REFERENCE]
     citations = []
     if dataset in BUNDLED_DATA:
         references.append({"reference": BUNDLED_DATA[dataset][0]})
@@ -761,7 +1001,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         },
         "model_parameters": {
             "model_architecture": arch,
-            "data": _data(files_, test, datasets),
+            "data": _data(files_, test, datasets, privacy["dp"]),
             "input_format": _input_format(transform),
             "output_format": str(model.get("output") or "one logit per row")
             + (f"; the positive class is {label}" if label else ""),
@@ -772,10 +1012,9 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
             "out_of_scope_uses": [{"description": u} for u in card_cfg.out_of_scope_uses],
             "limitations": [{"description": c} for c in _caveats(card_cfg, files_, test, privacy)],
             "tradeoffs": [{"description": t} for t in _tradeoffs(privacy, baselines)],
-            "ethical_considerations": [
-                {"name": e.concern, "mitigation_strategy": e.mitigation, "status": e.status}
-                for e in card_cfg.ethics
-            ],
+            "ethical_considerations": _ethics(
+                card_cfg, dp=privacy["dp"], controls_ran=controls_ran
+            ),
         },
         "factors": {
             "relevant": [
@@ -789,7 +1028,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
             ]
             + (
                 ["leave-one-site-out: each site scored by a model trained without it"]
-                if "leave_one_site_out" in (baselines.get("controls") or {})
+                if "leave_one_site_out" in controls_ran
                 else []
             ),
             "not_evaluated": [
@@ -880,22 +1119,49 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
     """Pre-formatted pieces shared by the Markdown and HTML renderings."""
     cols, rows = metric_table(card)
     privacy = card["privacy"]
-    site_rows = [
-        {
-            "site": s["site"],
-            "status": s.get("status") or "–",
-            "eps": _n(s.get("epsilon"), 2),
-            "delta": _delta(s.get("delta")),
-            "eps_life": _n(s.get("epsilon_lifetime"), 2),
-            "delta_life": _delta(s.get("delta_lifetime")),
-            "eps_tuning": _n(s.get("epsilon_tuning"), 2),
-            "noise": _n(s.get("noise_multiplier"), 3),
-            "rate": _n(s.get("sample_rate"), 3),
-            "accountant": s.get("accountant") or "–",
-        }
-        for s in privacy["sites"]
-    ]
-    audit_rows = []
+    dp = bool(privacy["dp"])
+    if dp:
+        site_head = [
+            "site",
+            "status",
+            "ε run",
+            "δ run",
+            "ε lifetime",
+            "δ lifetime",
+            "ε tuning",
+            "noise multiplier",
+            "sample rate",
+            "accountant",
+        ]
+        site_cells = [
+            [
+                s["site"],
+                s.get("status") or "–",
+                _n(s.get("epsilon"), 2),
+                _delta(s.get("delta")),
+                _n(s.get("epsilon_lifetime"), 2),
+                _delta(s.get("delta_lifetime")),
+                _n(s.get("epsilon_tuning"), 2),
+                _n(s.get("noise_multiplier"), 3),
+                _n(s.get("sample_rate"), 3),
+                s.get("accountant") or "–",
+            ]
+            for s in privacy["sites"]
+        ]
+    else:
+        site_head = ["site", "status", "privacy guarantee"]
+        site_cells = [
+            [
+                s["site"],
+                s.get("status") or "–",
+                "none: trained without DP" if s.get("status") == "ok" else "did not train",
+            ]
+            for s in privacy["sites"]
+        ]
+    audit_head = ["model", "site", "verdict", "highest attack AUC"]
+    audit_head += ["accountant ε"] if dp else []
+    audit_head += ["empirical ε lower bound"]
+    audit_cells = []
     audit = privacy["audit"]
     if audit["done"]:
         for name, model in audit["models"].items():
@@ -903,27 +1169,34 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
                 attacks = e.get("attacks") or {}
                 aucs = [(a, r["auc"]) for a, r in attacks.items() if _finite(r.get("auc"))]
                 top = max(aucs, key=lambda t: t[1]) if aucs else None
-                audit_rows.append(
-                    {
-                        "model": name,
-                        "site": site,
-                        "verdict": e.get("verdict") or "–",
-                        "auc": f"{top[1]:.3f} ({top[0]})" if top else "–",
-                        "eps": _n(e.get("epsilon_accountant"), 2),
-                        "eps_lb": _n(e.get("epsilon_lower_bound"), 2),
-                        "note": e.get("reason") or "",
-                    }
+                note = e.get("reason") or ""
+                audit_cells.append(
+                    [
+                        name,
+                        site,
+                        (e.get("verdict") or "–") + (f": {note}" if note else ""),
+                        f"{top[1]:.3f} ({top[0]})" if top else "–",
+                        *([_n(e.get("epsilon_accountant"), 2)] if dp else []),
+                        _n(e.get("epsilon_lower_bound"), 2),
+                    ]
                 )
     he = privacy["encrypted_inference"]
     verdicts = card["verdicts"]
-    return {
-        "cols": cols,
-        "col_names": {c: PANEL_METRICS[c] for c in cols},
-        "rows": rows,
-        "site_rows": site_rows,
-        "audit_rows": audit_rows,
-        "facts": [
-            ("DP", "yes: " + privacy["mechanism"] if privacy["dp"] else privacy["mechanism"]),
+    audit_fact = (
+        "membership-inference audit",
+        audit["verdict"] if audit["done"] else f"{NOT_DONE}: {audit['reason']}",
+    )
+    he_fact = (
+        "encrypted inference",
+        ("offered" if he["offered"] else "not offered") + f": {he['note']}",
+    )
+    secagg_fact = (
+        "secure aggregation (SecAgg+)",
+        "used" if privacy["secure_aggregation_used"] else "not used",
+    )
+    if dp:
+        facts = [
+            ("DP", "yes: " + privacy["mechanism"]),
             ("privacy unit", _n(privacy["privacy_unit"])),
             ("target ε (per site, this run)", _n(privacy["target_epsilon"])),
             ("clipping norm (per-sample gradient L2 bound)", _n(privacy["clipping_norm"])),
@@ -933,29 +1206,94 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
                 "central (site-level) DP",
                 "used" if privacy["central_dp_used"] else "not used",
             ),
+            secagg_fact,
+            audit_fact,
+            he_fact,
+        ]
+    else:
+        facts = [
+            ("DP", privacy["mechanism"]),
             (
-                "secure aggregation (SecAgg+)",
-                "used" if privacy["secure_aggregation_used"] else "not used",
+                "privacy unit",
+                "none: without DP no row, patient or site has a privacy guarantee",
             ),
-            (
-                "membership-inference audit",
-                audit["verdict"] if audit["done"] else f"{NOT_DONE}: {audit['reason']}",
+            ("gradient clipping and noise", "none: plain training"),
+            *(
+                [("ε covers", ", ".join(privacy["epsilon_covers"]))]
+                if privacy["epsilon_covers"]
+                else []
             ),
-            (
-                "encrypted inference",
-                ("offered" if he["offered"] else "not offered") + f": {he['note']}",
-            ),
-        ],
+            *([("central (site-level) DP", "used")] if privacy["central_dp_used"] else []),
+            secagg_fact,
+            audit_fact,
+            he_fact,
+        ]
+    release = verdicts["release"]
+    return {
+        "cols": cols,
+        "col_names": {c: PANEL_METRICS[c] for c in cols},
+        "rows": rows,
+        "loso": any(r["slice"].startswith("left_out=") for r in rows),
+        "site_head": site_head,
+        "site_cells": site_cells,
+        "audit_head": audit_head,
+        "audit_cells": audit_cells,
+        "facts": facts,
+        "non_dp_heading": (
+            "Non-DP aggregates that left the sites (protected only by minimum cell sizes)"
+            if dp
+            else "Outputs without any DP guarantee (the weights and updates protected by "
+            "nothing, the aggregates only by minimum cell sizes)"
+        ),
         "verdict_line": (
             f"DP guarantee: {_yes_no_none(verdicts['dp_guarantee'])} · membership audit passed: "
             f"{_yes_no_none(verdicts['audit_passed'])}"
             + (f" ({audit['verdict']})" if audit["done"] else "")
-            + " · ready for release: "
-            f"{_yes_no_none(verdicts['release_ready'])}"
+            + f" · release: {release['line']}"
         ),
         "diff": _diff_text,
         "n": _n,
     }
+
+
+def _md_table(head: list[str], cells: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *["| " + " | ".join(row) + " |" for row in cells],
+    ]
+
+
+def _privacy_markdown(card: Mapping[str, Any], v: Mapping[str, Any]) -> list[str]:
+    """The Privacy section: right after the warnings and verdicts, before anything else."""
+    privacy = card["privacy"]
+    lines = [
+        "## Privacy",
+        "",
+        *[f"- **{k}:** {val}" for k, val in v["facts"]],
+        "",
+        *_md_table(v["site_head"], v["site_cells"]),
+        "",
+    ]
+    audit = privacy["audit"]
+    if audit["done"]:
+        lines += [
+            f"Membership-inference audit: **{audit['verdict']}**.",
+            *[f"- **{f}**" for f in audit["flags"]],
+            *[f"- {f}" for f in audit["failures"]],
+            "",
+            *_md_table(v["audit_head"], v["audit_cells"]),
+            "",
+        ]
+    else:
+        lines += [f"Membership-inference audit: {NOT_DONE} ({audit['reason']}).", ""]
+    lines += [
+        f"{v['non_dp_heading']}:",
+        "",
+        *[f"- {o}" for o in privacy["non_dp_outputs"]],
+        "",
+    ]
+    return lines
 
 
 def render_markdown(card: Mapping[str, Any]) -> str:
@@ -964,7 +1302,6 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     md = card["model_details"]
     mp = card["model_parameters"]
     cons = card["considerations"]
-    privacy = card["privacy"]
     base = card["baselines"]
     prof = card["training_data_profiles"]
     prov = card["provenance"]
@@ -977,8 +1314,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += [f"# Model card: {md['name']}", "", md["overview"], "", f"**{v['verdict_line']}**"]
     for p in card["verdicts"]["problems"]:
         lines.append(f"- not ready: {p}")
+    lines += ["", *_privacy_markdown(card, v)]
     lines += [
-        "",
         "## Model details",
         "",
         f"- Architecture: {mp['model_architecture']}",
@@ -1052,8 +1389,12 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += [
         "## Quantitative analyses",
         "",
-        "Test split, per site with bootstrap intervals, and pooled; `left_out=SITE` is "
-        "a model trained without that site, scored on it.",
+        "Test split, per site with bootstrap intervals, and pooled"
+        + (
+            "; `left_out=SITE` is a model trained without that site, scored on it."
+            if v["loso"]
+            else "."
+        ),
         "",
         "| slice | " + " | ".join(v["col_names"][c] for c in v["cols"]) + " |",
         "|---|" + "---|" * len(v["cols"]),
@@ -1065,45 +1406,6 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "Figures (in model_card.html): "
         + "; ".join(g["name"] for g in card["quantitative_analysis"]["graphics"]["collection"])
         + ".",
-        "",
-        "## Privacy",
-        "",
-        *[f"- **{k}:** {val}" for k, val in v["facts"]],
-        "",
-        "| site | status | ε run | δ run | ε lifetime | δ lifetime | ε tuning | noise multiplier | "
-        "sample rate | accountant |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {r['site']} | {r['status']} | {r['eps']} | {r['delta']} | {r['eps_life']} | "
-            f"{r['delta_life']} | {r['eps_tuning']} | {r['noise']} | {r['rate']} | "
-            f"{r['accountant']} |"
-            for r in v["site_rows"]
-        ],
-        "",
-    ]
-    audit = privacy["audit"]
-    if audit["done"]:
-        lines += [
-            f"Membership-inference audit: **{audit['verdict']}**.",
-            *[f"- **{f}**" for f in audit["flags"]],
-            *[f"- {f}" for f in audit["failures"]],
-            "",
-            "| model | site | verdict | highest attack AUC | accountant ε | empirical ε lower "
-            "bound |",
-            "|---|---|---|---|---|---|",
-            *[
-                f"| {r['model']} | {r['site']} | {r['verdict']}{': ' + r['note'] if r['note'] else ''} "
-                f"| {r['auc']} | {r['eps']} | {r['eps_lb']} |"
-                for r in v["audit_rows"]
-            ],
-            "",
-        ]
-    else:
-        lines += [f"Membership-inference audit: {NOT_DONE} ({audit['reason']}).", ""]
-    lines += [
-        "Non-DP aggregates that left the sites (protected only by minimum cell sizes):",
-        "",
-        *[f"- {o}" for o in privacy["non_dp_outputs"]],
         "",
         "## Baselines",
         "",
@@ -1136,7 +1438,9 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "| concern | status | mitigation |",
         "|---|---|---|",
         *[
-            f"| {e['name']} | {e['status']} | {e['mitigation_strategy'] or '–'} |"
+            f"| {e['name']} | {e['status']} | {e['mitigation_strategy'] or '–'}"
+            + (f" ({e['note']})" if e.get("note") else "")
+            + " |"
             for e in cons["ethical_considerations"]
         ],
         "",
@@ -1179,6 +1483,27 @@ dt { font-weight: bold; } dd { margin: 0 0 0.4rem 1rem; }
 <p>{{ card.model_details.overview }}</p>
 <p class="verdicts {{ 'ready' if card.verdicts.release_ready else 'not-ready' }}" id="verdicts">{{ v.verdict_line }}</p>
 {% if card.verdicts.problems %}<ul>{% for p in card.verdicts.problems %}<li>not ready: {{ p }}</li>{% endfor %}</ul>{% endif %}
+
+<section id="privacy"><h2>Privacy</h2>
+<dl>{% for k, val in v.facts %}<dt>{{ k }}</dt><dd>{{ val }}</dd>{% endfor %}</dl>
+<table><tr>{% for h in v.site_head %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for r in v.site_cells %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+{% set audit = card.privacy.audit %}
+{% if audit.done %}
+<h3 id="audit">Membership-inference audit: {{ audit.verdict }}</h3>
+{% for f in audit.flags %}<p><strong>{{ f }}</strong></p>{% endfor %}
+{% for f in audit.failures %}<p>{{ f }}</p>{% endfor %}
+<table><tr>{% for h in v.audit_head %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for r in v.audit_cells %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+<div class="plots">
+{% for g in card.quantitative_analysis.graphics.collection if g.name.startswith('audit_roc_') %}<figure><img class="plot" id="plot-{{ g.name }}" alt="{{ g.description }}" src="data:image/png;base64,{{ figures[g.name] }}"><figcaption>{{ g.description }}</figcaption></figure>{% endfor %}
+</div>
+{% else %}<p class="notdone" id="audit">Membership-inference audit: {{ audit.status }} ({{ audit.reason }}).</p>{% endif %}
+<p>{{ v.non_dp_heading }}:</p>
+<ul>{% for o in card.privacy.non_dp_outputs %}<li>{{ o }}</li>{% endfor %}</ul>
+</section>
 
 <section id="model-details"><h2>Model details</h2>
 <dl>
@@ -1231,34 +1556,13 @@ dt { font-weight: bold; } dd { margin: 0 0 0.4rem 1rem; }
 </section>
 
 <section id="quantitative-analyses"><h2>Quantitative analyses</h2>
-<p>Test split, per site with bootstrap intervals, and pooled; <code>left_out=SITE</code> is a model trained without that site, scored on it.</p>
+<p>Test split, per site with bootstrap intervals, and pooled{% if v.loso %}; <code>left_out=SITE</code> is a model trained without that site, scored on it{% endif %}.</p>
 <table><tr><th>slice</th>{% for c in v.cols %}<th>{{ v.col_names[c] }}</th>{% endfor %}</tr>
 {% for row in v.rows %}<tr><td>{{ row.slice }}</td>{% for c in v.cols %}<td>{{ row.get(c, '–') }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 <div class="plots">
 {% for g in card.quantitative_analysis.graphics.collection if not g.name.startswith('audit_roc_') %}<figure><img class="plot" id="plot-{{ g.name }}" alt="{{ g.description }}" src="data:image/png;base64,{{ figures[g.name] }}"><figcaption>{{ g.description }}</figcaption></figure>{% endfor %}
 </div></section>
-
-<section id="privacy"><h2>Privacy</h2>
-<dl>{% for k, val in v.facts %}<dt>{{ k }}</dt><dd>{{ val }}</dd>{% endfor %}</dl>
-<table><tr><th>site</th><th>status</th><th>ε run</th><th>δ run</th><th>ε lifetime</th><th>δ lifetime</th><th>ε tuning</th><th>noise multiplier</th><th>sample rate</th><th>accountant</th></tr>
-{% for r in v.site_rows %}<tr><td>{{ r.site }}</td><td>{{ r.status }}</td><td>{{ r.eps }}</td><td>{{ r.delta }}</td><td>{{ r.eps_life }}</td><td>{{ r.delta_life }}</td><td>{{ r.eps_tuning }}</td><td>{{ r.noise }}</td><td>{{ r.rate }}</td><td>{{ r.accountant }}</td></tr>{% endfor %}
-</table>
-{% set audit = card.privacy.audit %}
-{% if audit.done %}
-<h3 id="audit">Membership-inference audit: {{ audit.verdict }}</h3>
-{% for f in audit.flags %}<p><strong>{{ f }}</strong></p>{% endfor %}
-{% for f in audit.failures %}<p>{{ f }}</p>{% endfor %}
-<table><tr><th>model</th><th>site</th><th>verdict</th><th>highest attack AUC</th><th>accountant ε</th><th>empirical ε lower bound</th></tr>
-{% for r in v.audit_rows %}<tr><td>{{ r.model }}</td><td>{{ r.site }}</td><td>{{ r.verdict }}{% if r.note %}: {{ r.note }}{% endif %}</td><td>{{ r.auc }}</td><td>{{ r.eps }}</td><td>{{ r.eps_lb }}</td></tr>{% endfor %}
-</table>
-<div class="plots">
-{% for g in card.quantitative_analysis.graphics.collection if g.name.startswith('audit_roc_') %}<figure><img class="plot" id="plot-{{ g.name }}" alt="{{ g.description }}" src="data:image/png;base64,{{ figures[g.name] }}"><figcaption>{{ g.description }}</figcaption></figure>{% endfor %}
-</div>
-{% else %}<p class="notdone" id="audit">Membership-inference audit: {{ audit.status }} ({{ audit.reason }}).</p>{% endif %}
-<p>Non-DP aggregates that left the sites, protected only by minimum cell sizes:</p>
-<ul>{% for o in card.privacy.non_dp_outputs %}<li>{{ o }}</li>{% endfor %}</ul>
-</section>
 
 <section id="baselines"><h2>Baselines</h2>
 {% set base = card.baselines %}
@@ -1273,7 +1577,7 @@ dt { font-weight: bold; } dd { margin: 0 0 0.4rem 1rem; }
 
 <section id="ethical-considerations"><h2>Ethical considerations</h2>
 <table><tr><th>concern</th><th>status</th><th>mitigation</th></tr>
-{% for e in card.considerations.ethical_considerations %}<tr><td>{{ e.name }}</td><td>{{ e.status }}</td><td>{{ e.mitigation_strategy or '–' }}</td></tr>{% endfor %}
+{% for e in card.considerations.ethical_considerations %}<tr><td>{{ e.name }}</td><td>{{ e.status }}</td><td>{{ e.mitigation_strategy or '–' }}{% if e.note %} <em>({{ e.note }})</em>{% endif %}</td></tr>{% endfor %}
 </table></section>
 
 <section id="caveats-and-recommendations"><h2>Caveats and recommendations</h2><ul>

@@ -1,5 +1,6 @@
 """The model card's HTML in a real headless Chromium: it renders without console errors, the privacy
-section and every plot are visible, and a full-page screenshot is kept as a test artefact.
+section comes right after the verdicts and is visible with every plot, and a full-page screenshot
+is kept as a test artefact.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package. Skipped where they
 are missing, except under CI (the environment variable ``CI`` set), which must have them.
@@ -87,6 +88,11 @@ def test_the_model_card_renders_in_a_real_browser(card_html: Path, tmp_path: Pat
         privacy = driver.find_element(By.ID, "privacy")
         assert privacy.is_displayed()
         assert "ε" in privacy.text and "clipping norm" in privacy.text
+        # Privacy comes right after the warnings and verdicts, before the model details.
+        verdicts = driver.find_element(By.ID, "verdicts")
+        details = driver.find_element(By.ID, "model-details")
+        assert verdicts.location["y"] < privacy.location["y"] < details.location["y"]
+        assert "eligible for sign-off" in verdicts.text and "ready for release" not in verdicts.text
 
         plots = driver.find_elements(By.CSS_SELECTOR, "img.plot")
         assert len(plots) >= 4  # ROC, precision-recall, calibration, privacy-utility, audit ROCs

@@ -12,10 +12,11 @@ from typing import Any
 import jsonschema
 import pytest
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from fedward.client.app import app
-from fedward.common.config import AuditConfig, RunConfig
+from fedward.common.config import AuditConfig, CardConfig, RunConfig
 from fedward.server.app import CoordinatorSettings, coordinate
 from fedward.server.audit_report import audit_report
 from fedward.server.card_cli import card
@@ -29,8 +30,11 @@ from fedward.server.model_card import (
     build_card,
     card_schema,
     mitchell_section,
+    render_html,
+    render_markdown,
     write_card,
 )
+from fedward.server.release import release, sign_off
 from tests.server.loopback import LoopbackGrid, server_context
 
 SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
@@ -121,9 +125,16 @@ def test_the_card_is_shaped_like_model_card_toolkit(finished_run: Path) -> None:
     assert {s["site"] for s in written["model_parameters"]["data"]["eval"]["sites"]} == SITES
     ethics = written["considerations"]["ethical_considerations"]
     config = _json(finished_run / "run_config.json")["card"]["ethics"]
-    assert [(e["name"], e["mitigation_strategy"]) for e in ethics] == [
-        (e["concern"], e["mitigation"]) for e in config
-    ]
+    assert [e["name"] for e in ethics] == [e["concern"] for e in config]
+    # A DP run: the register's DP entry is true and stated as written.
+    assert (ethics[0]["mitigation_strategy"], ethics[0]["status"]) == (
+        config[0]["mitigation"],
+        config[0]["status"],
+    )
+    assert "note" not in ethics[0]
+    # Leave-one-site-out did not run here, so the default entry claiming it is rewritten.
+    assert "leave-one-site-out evaluation was not run" in ethics[1]["mitigation_strategy"]
+    assert "did not run" in ethics[1]["note"]
 
 
 def test_the_metrics_are_the_test_panels_with_their_intervals(finished_run: Path) -> None:
@@ -186,6 +197,21 @@ def test_the_verdicts_agree_with_the_run(finished_run: Path) -> None:
     audit = _json(finished_run / "audit.json")
     assert passed and audit["dp_guarantee"] is True  # the default DP run passes its audit
     assert f"membership audit passed: yes ({audit['verdict']})" in md
+    # Eligible, not released: nobody has signed off this run.
+    assert verdicts["release"]["state"] == "eligible for sign-off"
+    assert "release: eligible for sign-off: nobody has signed off yet" in md
+    assert "ready for release" not in md
+
+
+def test_privacy_comes_right_after_the_warnings_and_verdicts(finished_run: Path) -> None:
+    md = (finished_run / CARD_MD).read_text(encoding="utf-8")
+    verdicts = md.index("**DP guarantee:")
+    privacy = md.index("\n## Privacy\n")
+    assert verdicts < privacy < min(md.index(f"\n## {t}\n") for t in MITCHELL_SECTIONS)
+    html = (finished_run / CARD_HTML).read_text(encoding="utf-8")
+    sections = re.findall(r'<section id="([^"]+)">', html)
+    assert sections[0] == "privacy" and sections[1] == "model-details", sections
+    assert html.index('id="verdicts"') < html.index('<section id="privacy">')
 
 
 def test_the_html_is_one_self_contained_page_with_its_plots(finished_run: Path) -> None:
@@ -219,7 +245,9 @@ def test_a_failed_audit_is_said_first_in_json_markdown_and_html(run_copy: Path) 
     assert "fail: probable privacy bug" in written["warnings"][0]
     assert written["verdicts"]["audit_passed"] is False
     assert written["verdicts"]["release_ready"] is False
+    assert written["verdicts"]["release"]["state"] == "not eligible"
     md = md_path.read_text(encoding="utf-8")
+    assert "release: not eligible for sign-off" in md
     first = md.splitlines()[0]
     assert first.startswith("> **⚠ WARNING") and "fail: probable privacy bug" in first
     html = html_path.read_text(encoding="utf-8")
@@ -330,3 +358,178 @@ def test_the_card_command_prints_the_warnings_and_the_paths(run_copy: Path) -> N
     refused = CliRunner().invoke(cli, [str(run_copy)], env={"COLUMNS": "200"})
     assert refused.exit_code != 0
     assert "metrics.json is missing" in " ".join(re.sub(r"[│╭╮╰╯─]", " ", refused.output).split())
+
+
+def _as_non_dp(run: Path) -> None:
+    """Turn a copy of the DP run into the records a `privacy.dp = false` run writes (a site
+    refuses non-DP training by default, so the federation itself is not re-run)."""
+    config = _json(run / "run_config.json")
+    config["privacy"]["dp"] = False
+    (run / "run_config.json").write_text(json.dumps(config), encoding="utf-8")
+    record = _json(run / "run_record.json")
+    record["privacy"].update(dp=False, target_epsilon=None, epsilon_covers=[])
+    (run / "run_record.json").write_text(json.dumps(record), encoding="utf-8")
+    summary = _json(run / "privacy_summary.json")
+    summary.update(dp=False, target_epsilon=None)
+    for site in summary["sites"]:
+        for key in PRIVACY_SITE_KEYS:
+            if key not in ("site", "status", "reason", "refusals"):
+                site[key] = None
+    (run / "privacy_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    (run / "audit.json").write_text(json.dumps(_non_dp_audit(49, 0.0)), encoding="utf-8")
+
+
+def test_a_non_dp_card_carries_no_dp_text_and_lists_the_weights(run_copy: Path) -> None:
+    _as_non_dp(run_copy)
+    config = _json(run_copy / "run_config.json")
+    written_by_hand = {
+        "concern": "Re-identification from the model",
+        "status": "mitigated",
+        "mitigation": "DP-SGD bounds what the weights reveal.",
+    }
+    config["card"] = {"ethics": [*CardConfig().model_dump()["ethics"], written_by_hand]}
+    (run_copy / "run_config.json").write_text(json.dumps(config), encoding="utf-8")
+    json_path, md_path, html_path = write_card(run_copy)
+    written = _json(json_path)
+    _validate(written)
+    privacy = written["privacy"]
+    assert privacy["dp"] is False
+    assert privacy["privacy_unit"] is privacy["clipping_norm"] is None
+    assert privacy["accountant_requested"] is privacy["accountant_note"] is None
+    assert privacy["target_epsilon"] is None
+    assert privacy["non_dp_outputs"][0].startswith("the model weights (model.pt)")
+    record = _json(run_copy / "run_record.json")["privacy"]
+    assert privacy["non_dp_outputs"][2:] == record["non_dp_outputs"]
+    ethics = written["considerations"]["ethical_considerations"]
+    assert ethics[0]["status"] == "open"
+    assert ethics[0]["mitigation_strategy"].startswith("No differential privacy was applied")
+    assert "rewritten by the card" in ethics[0]["note"]
+    assert ethics[2]["status"] == "open"
+    assert ethics[2]["mitigation_strategy"].startswith(
+        "NOT TRUE OF THIS RUN: the run trained without DP"
+    )
+    assert "flagged by the card" in ethics[2]["note"]
+    assert not any(e["status"] == "mitigated" for e in ethics)
+    refs = [r["reference"] for r in written["model_details"]["references"]]
+    assert "https://doi.org/10.1145/2976749.2978318" not in refs  # DP-SGD's paper
+    md = md_path.read_text(encoding="utf-8")
+    html = html_path.read_text(encoding="utf-8")
+    for text in (md, html):
+        for dp_text in (
+            "sample-level DP-SGD",
+            "(sample-level DP)",
+            "(DP-SGD)",
+            "clipping norm",
+            "accountant requested",
+            "target ε",
+            "ε run",
+            "| mitigated |",
+            "<td>mitigated</td>",
+        ):
+            assert dp_text not in text, dp_text
+        assert "the model weights (model.pt)" in text
+        assert "Outputs without any DP guarantee" in text
+        assert "gradient clipping and noise" in text and "none: plain training" in text
+    # Only the hand-written entry's quoted claim names DP-SGD, flagged as not true.
+    flagged = [line for line in md.splitlines() if "DP-SGD" in line]
+    assert len(flagged) == 1 and "NOT TRUE OF THIS RUN" in flagged[0], flagged
+
+
+def test_leave_one_site_out_and_label_shuffle_are_described_only_when_they_ran(
+    run_copy: Path,
+) -> None:
+    config = _json(run_copy / "run_config.json")
+    shuffle_claim = {
+        "concern": "Leakage between splits",
+        "status": "mitigated",
+        "mitigation": "The label-shuffle control scores chance.",
+    }
+    config["card"] = {"ethics": [*CardConfig().model_dump()["ethics"], shuffle_claim]}
+    (run_copy / "run_config.json").write_text(json.dumps(config), encoding="utf-8")
+    written = build_card(run_copy)
+    ethics = written["considerations"]["ethical_considerations"]
+    assert "leave-one-site-out evaluation was not run" in ethics[1]["mitigation_strategy"]
+    assert ethics[2]["mitigation_strategy"].startswith(
+        "NOT TRUE OF THIS RUN: the label-shuffle control did not run"
+    )
+    assert ethics[2]["status"] == "open"
+    assert not any("leave-one-site-out" in f for f in written["factors"]["evaluation"])
+    assert "left_out=" not in render_markdown(written)
+
+    # The controls ran: baselines.json reports leave-one-site-out, companions/ holds the shuffle.
+    baselines = _json(run_copy / "baselines.json")
+    baselines.setdefault("controls", {})["leave_one_site_out"] = {
+        "sites": {
+            "cleveland": {
+                "auroc_left_out": 0.81,
+                "auroc_left_out_lo": 0.7,
+                "auroc_left_out_hi": 0.9,
+                "auroc_with_site": 0.85,
+                "status": "finished",
+            }
+        },
+        "reading": "AUROC on each site's test split of a model trained without that site.",
+    }
+    (run_copy / "baselines.json").write_text(json.dumps(baselines), encoding="utf-8")
+    (run_copy / "companions" / "label_shuffle").mkdir(parents=True)
+    written = json.loads(json.dumps(build_card(run_copy)))
+    _validate(written)
+    ethics = written["considerations"]["ethical_considerations"]
+    defaults = CardConfig().ethics
+    assert ethics[1]["mitigation_strategy"] == defaults[1].mitigation  # true now: stated as written
+    assert "note" not in ethics[1] and "note" not in ethics[2]
+    assert ethics[2]["mitigation_strategy"] == shuffle_claim["mitigation"]
+    assert any("leave-one-site-out" in f for f in written["factors"]["evaluation"])
+    md = render_markdown(written)
+    assert "| left_out=cleveland | 0.810 [0.700, 0.900]" in md
+    assert "`left_out=SITE` is a model trained without that site" in md
+    assert "<code>left_out=SITE</code>" in render_html(written, figures={})
+
+
+def _release_line(run: Path) -> str:
+    """The card's release line as a regenerated card would state it; built in memory, so the
+    card files a sign-off hashes stay as they were (plots left out of the HTML: not under test)."""
+    written = json.loads(json.dumps(build_card(run)))
+    _validate(written)
+    md = render_markdown(written)
+    html = render_html(written, figures={})
+    line = written["verdicts"]["release"]["line"]
+    assert f"release: {line}" in md
+    assert "ready for release" not in md and "ready for release" not in html
+    return str(written["verdicts"]["release"]["state"]) + " | " + line
+
+
+def test_the_release_line_reads_the_real_state(run_copy: Path, tmp_path: Path) -> None:
+    assert _release_line(run_copy).startswith("eligible for sign-off | eligible for sign-off")
+
+    unsigned = sign_off(run_copy, by="Dr. Ada Byron", role="privacy officer")
+    line = _release_line(run_copy)
+    assert line.startswith(
+        f"signed off | signed off by Dr. Ada Byron (privacy officer) on {unsigned['at']}, NOT "
+        "signed with a key"
+    )
+    assert "this card was written after that sign-off" in line
+
+    key = Ed25519PrivateKey.generate()
+    signed = sign_off(run_copy, by="Grace Hopper", role="clinical lead", key=key)
+    fingerprint = signed["signature"]["key_fingerprint"]
+    line = _release_line(run_copy)
+    assert f"signed off by Grace Hopper (clinical lead) on {signed['at']}, signed with key " in line
+    assert fingerprint in line
+
+    # The signer renamed after signing: the card says the signature does not verify.
+    log = run_copy / "signoffs.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines()
+    forged = json.loads(lines[-1])
+    forged["by"] = "Mallory"
+    log.write_text("\n".join([*lines, json.dumps(forged)]) + "\n", encoding="utf-8")
+    assert "signed off by Mallory (clinical lead)" in (line := _release_line(run_copy))
+    assert "its signature DOES NOT VERIFY" in line
+
+    # The gate skips the forged record and counts Grace Hopper's; once released, the line says
+    # where the model went.
+    target = release(run_copy, tmp_path / "out", by="ops", key=key)
+    line = _release_line(run_copy)
+    assert line.startswith(f"released | released as {target.name} on ")
+    assert f"by ops (signed off by Grace Hopper, clinical lead, on {signed['at']}" in line
+    assert f"MANIFEST signed with key {fingerprint}" in line
