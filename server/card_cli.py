@@ -33,8 +33,9 @@ def card(
     for warning in written["warnings"]:
         console.print(f"[bold red]WARNING:[/] {escape(warning)}")
     verdicts = written["verdicts"]
-    ready = "[green]yes[/]" if verdicts["release_ready"] else "[yellow]no[/]"
-    console.print(f"ready for release: {ready}")
+    release = verdicts.get("release") or {}
+    colour = "green" if verdicts["release_ready"] else "yellow"
+    console.print(f"[{colour}]release: {escape(str(release.get('line', 'unknown')))}[/]")
     for problem in verdicts["problems"]:
         console.print(f"  not ready: {escape(problem)}")
     for path in paths:
