@@ -88,7 +88,8 @@ def _final_table(run_dir: Path) -> Table:
         style="bold",
     )
     table.caption = (
-        "* pooled from the sites' score histograms, never from raw scores"
+        "* pooled from the sites' score histograms, never from raw scores; – not sent by the "
+        "site (a figure that would name a count under its minimum cell size) or undefined"
         if metrics["test"] is not None
         else f"no final model: {record.get('stopped_reason')}"
     )
