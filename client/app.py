@@ -32,7 +32,13 @@ from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.client.withdrawal import refuse_if_withdrawn
 from fedward.common.code_identity import code_hash
 from fedward.common.config import BASELINE_FAMILIES, ModelConfig, RunConfig, validate_config
-from fedward.common.egress import REASON_SOURCE, WARNINGS_SOURCE, EgressMod, SiteView
+from fedward.common.egress import (
+    REASON_SOURCE,
+    WARNINGS_SOURCE,
+    EgressMod,
+    SiteView,
+    rules_from_message,
+)
 from fedward.common.errors import FedwardError, MessageError, PolicyError, SiteDataError
 from fedward.common.metrics import metric_panel, score_histogram
 from fedward.common.models import build_model, select_device
@@ -404,18 +410,10 @@ def _public_message(exc: Exception, site: str, msg: Message) -> SiteMessage:
         )
     message = exc.public_message(site)
     column = message.slots.get("column")
-    if column is not None and column not in _run_columns(msg):
+    if column is not None and column not in rules_from_message(msg, site=site).columns:
         # A column the run's schema does not declare may be a header cell: name none.
         return SiteMessage("data-invalid", {"site": site})
     return message
-
-
-def _run_columns(msg: Message) -> frozenset[str]:
-    try:
-        cfg = msg.content.config_records[CONFIG]
-        return DataSchema.model_validate_json(str(cfg[KEY_SCHEMA])).column_names
-    except Exception:
-        return frozenset()
 
 
 def _failure(msg: Message, context: Context, exc: Exception) -> Message:
