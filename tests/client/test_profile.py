@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,6 +31,26 @@ def test_no_hidden_cell_can_be_recovered_by_subtraction(counts: dict[str, int]) 
         assert sum(counts[k] for k in hidden) >= 10 or all(
             out[k] is None or out[k] == 0 for k in counts
         )
+
+
+def test_missing_values_are_suppressed_with_the_categories_they_add_up_with() -> None:
+    """161 rows, 149 + 10 in two categories and 2 missing: no subtraction may recover the 2."""
+    schema = run_schema(RunConfig())
+    n = 161
+    frame = pd.DataFrame(
+        {
+            "age": np.full(n, 50.0),
+            "fbs": ["false"] * 149 + ["true"] * 10 + [None] * 2,
+        }
+    )
+    out = site_profile(frame, np.array([0, 1] * 80 + [0]), {"train": n}, schema, 10)
+    fbs = out["features"]["fbs"]
+    assert fbs["missing_fraction"] is None
+    assert None in fbs["categories"].values()  # a second cell hidden with the missing one
+    record = RecordDict(
+        {"fedward": ConfigRecord({"site": "a", "training_profile": json.dumps(out)})}
+    )
+    EgressGuard(EgressPolicy(min_cell_size=10)).check(record, site="a")
 
 
 def test_profile_of_a_table_suppresses_small_cells_and_sends_no_extremes() -> None:
