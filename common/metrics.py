@@ -10,13 +10,20 @@ seeds' "ten tips" motivate reporting several complementary metrics rather than o
 Pooled metrics never see raw scores: each site releases a score histogram whose counts are coarsened
 so that every released count is 0 or at least the site's minimum cell size; the coordinator expands
 the groups back uniformly over their bins and computes the panel from the summed histograms. Merged
-bins make pooled metrics an approximation (exact up to bin resolution when no merging happened).
+bins make pooled metrics an approximation, so every pooled figure that can be off says by how much:
+coarsening never merges across the 0.5 decision threshold when the counts on each side allow it, so
+pooled accuracy and balanced accuracy are exact (the same as the n-weighted site figures) or left
+out with their bounds and the reason; Brier score, calibration error and AUROC carry hard bounds
+from the groups' extents, and calibration is left out when those bounds are too wide to mean
+anything. A site whose histogram lost a class to suppression is left out of the pool, and the pool
+says so, rather than pooling one class of it (which printed accuracy 1.00 and prevalence 0.000).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -53,8 +60,26 @@ POOLED_KEYS = (
     "ece",
     "recall_at_fdr",
     "n_sites",
+    "n_sites_sent",
+    "sites_left_out",
+    "coverage",
+    "bounds",
+    "omitted",
+    "from_sites",
 )
-"""Every key `pooled_panel` returns."""
+"""Every key `pooled_panel` returns: the figures, which sites they cover, bounds and omissions."""
+
+THRESHOLD = 0.5
+"""The decision threshold of accuracy and balanced accuracy, per site and pooled."""
+
+CALIBRATION_TOLERANCE = 0.05
+"""Widest bounds interval at which a pooled Brier score or calibration error is still stated."""
+
+
+def threshold_edge(bins: int, threshold: float = THRESHOLD) -> int | None:
+    """The bin edge at the decision threshold, or None when the threshold falls inside a bin."""
+    edge = round(threshold * bins)
+    return edge if abs(threshold * bins - edge) < 1e-9 and 0 < edge < bins else None
 
 
 def _check_inputs(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,11 +302,16 @@ class ScoreHistogram:
     neg_counts: tuple[int, ...]
 
     def coarsen(self, min_cell: int) -> CoarseHistogram:
-        """Merge adjacent bins so every released count is 0 or at least `min_cell`."""
+        """Merge adjacent bins so every released count is 0 or at least `min_cell`.
+
+        Groups never span the 0.5 threshold edge when each side of it holds 0 or at least
+        `min_cell` of a class, so pooled accuracy is exact from the released groups.
+        """
         if min_cell < 1:
             raise ValueError(f"min_cell must be >= 1, got {min_cell}")
-        pos, pos_sup = _coarsen_counts(self.pos_counts, min_cell)
-        neg, neg_sup = _coarsen_counts(self.neg_counts, min_cell)
+        split = threshold_edge(self.bins)
+        pos, pos_sup = _coarsen_counts(self.pos_counts, min_cell, split)
+        neg, neg_sup = _coarsen_counts(self.neg_counts, min_cell, split)
         return CoarseHistogram(
             bins=self.bins,
             pos_groups=pos,
@@ -309,24 +339,18 @@ def score_histogram(y_true: np.ndarray, scores: np.ndarray, bins: int) -> ScoreH
 Groups = tuple[tuple[int, int], ...]
 
 
-def _coarsen_counts(counts: Sequence[int], min_cell: int) -> tuple[Groups, bool]:
-    """Greedy left-to-right merge; runs of empty bins become explicit 0-count groups.
+def _greedy_spans(counts: Sequence[int], lo: int, hi: int, min_cell: int) -> list[list[int]]:
+    """Greedy left-to-right merge of bins lo..hi-1 whose total is 0 or at least `min_cell`.
 
     Non-empty groups open at a non-empty bin and close as soon as they hold `min_cell`; a trailing
-    remainder below `min_cell` joins the previous group. Explicit zero groups keep a group's implied
-    extent (up to the next group's start) from spreading counts over empty bins.
-    Returns (groups, suppressed); a class whose total is below `min_cell` (but not 0) is suppressed.
+    remainder below `min_cell` joins the previous group. Returns [start, end_inclusive, count].
     """
-    total = sum(counts)
-    if total == 0:
-        return ((0, 0),), False
-    if total < min_cell:
-        return (), True
-    spans: list[list[int]] = []  # [start, end_inclusive, count]
+    spans: list[list[int]] = []
     start: int | None = None
     acc = 0
     last_nonzero = -1
-    for b, c in enumerate(counts):
+    for b in range(lo, hi):
+        c = counts[b]
         if c == 0:
             continue
         if start is None:
@@ -339,6 +363,32 @@ def _coarsen_counts(counts: Sequence[int], min_cell: int) -> tuple[Groups, bool]
     if acc:  # remainder below min_cell: merge into the previous group (one exists: total >= min)
         spans[-1][1] = last_nonzero
         spans[-1][2] += acc
+    return spans
+
+
+def _coarsen_counts(
+    counts: Sequence[int], min_cell: int, split: int | None = None
+) -> tuple[Groups, bool]:
+    """Greedy merge (see `_greedy_spans`); runs of empty bins become explicit 0-count groups.
+
+    With `split`, bins below and from it are merged separately when each side holds 0 or at least
+    `min_cell` (otherwise one side would name a count under the minimum cell, and the two merge).
+    Explicit zero groups keep a group's implied extent (up to the next group's start) from
+    spreading counts over empty bins.
+    Returns (groups, suppressed); a class whose total is below `min_cell` (but not 0) is suppressed.
+    """
+    total = sum(counts)
+    if total == 0:
+        return ((0, 0),), False
+    if total < min_cell:
+        return (), True
+    segments = [(0, len(counts))]
+    if split is not None and 0 < split < len(counts):
+        below = sum(counts[:split])
+        above = total - below
+        if all(side == 0 or side >= min_cell for side in (below, above)):
+            segments = [(0, split), (split, len(counts))]
+    spans = [span for lo, hi in segments for span in _greedy_spans(counts, lo, hi, min_cell)]
     groups: list[tuple[int, int]] = []
     nxt = 0
     for s, e, c in spans:
@@ -420,38 +470,223 @@ def _expand(groups: Groups, bins: int) -> np.ndarray:
     return out
 
 
+Span = tuple[float, float, int]
+"""A released group as (lowest score, highest score, count): its scores lie somewhere in between."""
+
+
+def _spans(groups: Groups, bins: int) -> list[Span]:
+    """Score extent and count of every non-empty group."""
+    out: list[Span] = []
+    for i, (start, count) in enumerate(groups):
+        end = groups[i + 1][0] if i + 1 < len(groups) else bins
+        if count:
+            out.append((start / bins, end / bins, count))
+    return out
+
+
+def _threshold_bounds(spans: list[Span], threshold: float) -> tuple[int, int]:
+    """(count surely at or above the threshold, count whose side of it the groups cannot tell)."""
+    sure = sum(c for lo, _, c in spans if lo >= threshold - 1e-12)
+    unknown = sum(c for lo, hi, c in spans if lo < threshold - 1e-12 and hi > threshold + 1e-12)
+    return sure, unknown
+
+
+def _auroc_bounds(pos: list[Span], neg: list[Span], n_pos: int, n_neg: int) -> list[float]:
+    """AUROC when every pair the groups cannot order goes against, then for, the positive."""
+    sure = unknown = 0
+    for plo, phi, pc in pos:
+        for nlo, nhi, nc in neg:
+            if plo >= nhi - 1e-12:
+                sure += pc * nc
+            elif phi > nlo + 1e-12:
+                unknown += pc * nc
+    return [sure / (n_pos * n_neg), (sure + unknown) / (n_pos * n_neg)]
+
+
+def _brier_bounds(pos: list[Span], neg: list[Span], n: int) -> list[float]:
+    """Brier score with each group's scores at the end of its extent that helps, then hurts."""
+    lo = sum(c * (1.0 - h) ** 2 for _, h, c in pos) + sum(c * lo_**2 for lo_, _, c in neg)
+    hi = sum(c * (1.0 - lo_) ** 2 for lo_, _, c in pos) + sum(c * h**2 for _, h, c in neg)
+    return [lo / n, hi / n]
+
+
+def _ece_bounds(pos: list[Span], neg: list[Span], n: int) -> tuple[float, list[float]] | None:
+    """ECE on the per-site panel's bins (estimate, bounds), or None when a group spans two bins."""
+    label = np.zeros(ECE_BINS)
+    s_lo, s_mid, s_hi = np.zeros(ECE_BINS), np.zeros(ECE_BINS), np.zeros(ECE_BINS)
+    for spans, y in ((pos, 1.0), (neg, 0.0)):
+        for lo, hi, c in spans:
+            k = min(int(lo * ECE_BINS + 1e-9), ECE_BINS - 1)
+            if hi > (k + 1) / ECE_BINS + 1e-9:
+                return None
+            label[k] += c * y
+            s_lo[k] += c * lo
+            s_mid[k] += c * (lo + hi) / 2.0
+            s_hi[k] += c * hi
+    gap_a, gap_b = label - s_hi, label - s_lo  # the bin's sum of (y - s) lies in [gap_a, gap_b]
+    smallest = np.where((gap_a <= 0) & (gap_b >= 0), 0.0, np.minimum(abs(gap_a), abs(gap_b)))
+    largest = np.maximum(abs(gap_a), abs(gap_b))
+    estimate = float(np.abs(label - s_mid).sum() / n)
+    return estimate, [float(smallest.sum() / n), float(largest.sum() / n)]
+
+
+def left_out_sites(records: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """Sites whose released histogram record lost a class to suppression (empty group lists)."""
+    return sorted(
+        site
+        for site, r in records.items()
+        if r and (not r.get("pos_counts") or not r.get("neg_counts"))
+    )
+
+
+def _from_sites(
+    key: str, panels: Mapping[str, Mapping[str, Any]] | None, covered: Sequence[str]
+) -> float | None:
+    """The exact pooled value of a mean over rows, from the covered sites' own panels, or None."""
+    if panels is None or not covered or any(site not in panels for site in covered):
+        return None
+    value, missing = n_weighted({site: panels[site] for site in covered}, key)
+    return value if not missing else None
+
+
 def pooled_panel(
-    histograms: Sequence[CoarseHistogram], bins: int, *, fdr: float = 0.1
-) -> dict[str, float | None]:
+    histograms: Sequence[CoarseHistogram] | Mapping[str, CoarseHistogram],
+    bins: int,
+    *,
+    fdr: float = 0.1,
+    site_panels: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Pooled metrics across sites from released histograms only (keys: `POOLED_KEYS`).
 
-    An approximation: scores are known only up to their bin (Brier and ECE use the bin midpoint as
-    the predicted probability, ECE at the histogram's bin resolution), merged groups are assumed
-    uniform over their bins, and a site's suppressed class is missing from the pool entirely.
-    Balanced accuracy and accuracy threshold at 0.5, splitting a bin that straddles 0.5 uniformly.
+    `histograms` is a list, or a mapping from site name so omissions can name the sites. A site
+    whose histogram lost a class to the minimum cell is left out of every pooled figure (pooling
+    its other class alone would print a prevalence and accuracy no site has); `coverage` says so.
+    Accuracy and balanced accuracy at 0.5 are stated only when the groups tell every row's side of
+    the threshold — then they equal the n-weighted site figures exactly; otherwise they are None
+    and `omitted` holds the reason, `bounds` the interval they lie in. AUROC ties within a group
+    count one half (`bounds` gives the interval over all orderings the groups allow); Brier and ECE
+    (on the per-site panel's bins) use group midpoints and are omitted when their bounds are wider
+    than `CALIBRATION_TOLERANCE`. AUPRC and recall at FDR are at bin resolution.
+
+    Accuracy and Brier are means over rows, so with `site_panels` (the sites' own panels, keyed
+    like `histograms`) a figure the groups cannot resolve is taken exactly as the n-weighted site
+    figure when every covered site sent it; `from_sites` lists such figures.
     """
-    for h in histograms:
+    names_known = isinstance(histograms, Mapping)
+    named = (
+        dict(histograms)
+        if isinstance(histograms, Mapping)
+        else {str(i): h for i, h in enumerate(histograms)}
+    )
+    for h in named.values():
         if h.bins != bins:
             raise ValueError(f"every histogram must have {bins} bins, one has {h.bins}")
+    complete = {k: h for k, h in named.items() if not (h.pos_suppressed or h.neg_suppressed)}
+    left_out = sorted(set(named) - set(complete))
+    out: dict[str, Any] = dict.fromkeys(POOLED_KEYS)
+    out["n_sites"] = float(len(complete))
+    out["n_sites_sent"] = float(len(named))
+    out["sites_left_out"] = left_out if names_known else []
+    out["bounds"] = {}
+    out["from_sites"] = []
+    omitted: dict[str, str] = {}
+    out["omitted"] = omitted
+    if left_out:
+        which = (
+            f"left out {', '.join(left_out)}, whose histogram has"
+            if names_known
+            else f"{len(left_out)} left out, whose histogram{'s' if len(left_out) > 1 else ''} "
+            "each have"
+        )
+        out["coverage"] = (
+            f"{len(complete)} of {len(named)} sites: {which} a class under the minimum cell "
+            "size (suppressed), so pooling the other class alone would misstate prevalence "
+            "and accuracy"
+        )
+    covered = sorted(complete) if names_known else []
     pos = np.zeros(bins)
     neg = np.zeros(bins)
-    for h in histograms:
+    pos_spans: list[Span] = []
+    neg_spans: list[Span] = []
+    for h in complete.values():
         p, q = h.expand()
         pos += p
         neg += q
-    out: dict[str, float | None] = dict.fromkeys(POOLED_KEYS)
-    out["n_sites"] = float(len(histograms))
-    n_pos, n_neg = float(pos.sum()), float(neg.sum())
+        pos_spans += _spans(h.pos_groups, bins)
+        neg_spans += _spans(h.neg_groups, bins)
+    n_pos = sum(c for _, _, c in pos_spans)
+    n_neg = sum(c for _, _, c in neg_spans)
     n = n_pos + n_neg
-    out["n"] = n
+    out["n"] = float(n)
     if n <= 0:
+        reason = "no site released a histogram with both classes" if named else "no histograms"
+        for key in ("prevalence", "accuracy", "auroc", "auprc", "balanced_accuracy", "brier"):
+            omitted[key] = reason
+        omitted["ece"] = reason
         return out
+    bounds: dict[str, list[float]] = {}
+    out["bounds"] = bounds
     mid = (np.arange(bins) + 0.5) / bins
-    above = np.clip((np.arange(1, bins + 1) / bins - 0.5) * bins, 0.0, 1.0)  # share of bin >= 0.5
     out["prevalence"] = n_pos / n
-    out["brier"] = float(((pos * (1.0 - mid) ** 2).sum() + (neg * mid**2).sum()) / n)
-    out["ece"] = float(np.abs(pos - (pos + neg) * mid).sum() / n)
-    out["accuracy"] = float(((pos * above).sum() + (neg * (1.0 - above)).sum()) / n)
+
+    pos_above, pos_unknown = _threshold_bounds(pos_spans, THRESHOLD)
+    neg_above, neg_unknown = _threshold_bounds(neg_spans, THRESHOLD)
+    neg_below = n_neg - neg_above - neg_unknown
+    side_reason = (
+        "a site's histogram merges scores from both sides of the 0.5 threshold (a count there "
+        "is under its minimum cell size), so the pool cannot tell how many rows were classed "
+        "correctly"
+        if threshold_edge(bins) is not None
+        else f"0.5 falls inside a histogram bin ({bins} bins), so the pool cannot tell how many "
+        "rows were classed correctly"
+    )
+    correct = pos_above + neg_below
+    bounds["accuracy"] = [correct / n, (correct + pos_unknown + neg_unknown) / n]
+    if pos_unknown + neg_unknown == 0:
+        out["accuracy"] = correct / n
+    elif (exact := _from_sites("accuracy", site_panels, covered)) is not None:
+        out["accuracy"] = exact
+        out["from_sites"].append("accuracy")
+    else:
+        omitted["accuracy"] = side_reason
+    if n_pos > 0 and n_neg > 0:
+        tpr = [pos_above / n_pos, (pos_above + pos_unknown) / n_pos]
+        tnr = [neg_below / n_neg, (neg_below + neg_unknown) / n_neg]
+        bounds["balanced_accuracy"] = [(tpr[0] + tnr[0]) / 2.0, (tpr[1] + tnr[1]) / 2.0]
+        if pos_unknown + neg_unknown == 0:
+            out["balanced_accuracy"] = (tpr[0] + tnr[0]) / 2.0
+        else:
+            omitted["balanced_accuracy"] = side_reason
+    else:
+        omitted["balanced_accuracy"] = "the pooled sites hold only one class"
+
+    bounds["brier"] = _brier_bounds(pos_spans, neg_spans, n)
+    brier = float(((pos * (1.0 - mid) ** 2).sum() + (neg * mid**2).sum()) / n)
+    if (exact := _from_sites("brier", site_panels, covered)) is not None:
+        out["brier"] = exact
+        out["from_sites"].append("brier")
+    elif bounds["brier"][1] - bounds["brier"][0] <= CALIBRATION_TOLERANCE:
+        out["brier"] = brier
+    else:
+        omitted["brier"] = (
+            "the sites' merged histogram groups leave it uncertain by more than "
+            f"{CALIBRATION_TOLERANCE}"
+        )
+    ece = _ece_bounds(pos_spans, neg_spans, n)
+    if ece is None:
+        omitted["ece"] = (
+            f"a site's histogram merges scores across the {ECE_BINS} calibration bins, so the "
+            "pool cannot compute calibration error on the sites' bins"
+        )
+    else:
+        bounds["ece"] = ece[1]
+        if ece[1][1] - ece[1][0] <= CALIBRATION_TOLERANCE:
+            out["ece"] = ece[0]
+        else:
+            omitted["ece"] = (
+                "the sites' histogram groups leave it uncertain by more than "
+                f"{CALIBRATION_TOLERANCE}"
+            )
     if n_pos > 0:
         # Thresholds from the top bin down: tp/fp are cumulative counts at or above each bin.
         tp = np.cumsum(pos[::-1])
@@ -464,9 +699,27 @@ def pooled_panel(
         ok = precision >= 1.0 - fdr - 1e-12
         out["recall_at_fdr"] = float(recall[ok].max()) if ok.any() else 0.0
     if n_pos > 0 and n_neg > 0:
-        neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-        out["auroc"] = float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
-        tpr = float((pos * above).sum() / n_pos)
-        tnr = float((neg * (1.0 - above)).sum() / n_neg)
-        out["balanced_accuracy"] = (tpr + tnr) / 2.0
+        neg_cum = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+        out["auroc"] = float((pos * (neg_cum + 0.5 * neg)).sum() / (n_pos * n_neg))
+        bounds["auroc"] = _auroc_bounds(pos_spans, neg_spans, n_pos, n_neg)
+    else:
+        omitted["auroc"] = "the pooled sites hold only one class"
     return out
+
+
+def n_weighted(panels: Mapping[str, Mapping[str, Any]], key: str) -> tuple[float | None, list[str]]:
+    """The n-weighted mean of one metric over the sites that sent it, and the sites that did not.
+
+    For a mean over rows (accuracy, Brier, prevalence) this is the pooled figure exactly; for
+    AUROC it is each site ranking its own rows, a different quantity from a pooled AUROC.
+    """
+    total = weight = 0.0
+    missing = []
+    for site, panel in sorted(panels.items()):
+        value, n = (panel or {}).get(key), (panel or {}).get("n")
+        if isinstance(value, int | float) and isinstance(n, int | float) and n > 0:
+            total += float(value) * float(n)
+            weight += float(n)
+        else:
+            missing.append(site)
+    return (total / weight if weight else None), missing

@@ -222,6 +222,16 @@ def _pct(f: float) -> str:
     return f"{f * 100:g}%"
 
 
+def above(x: float, chance: float) -> str:
+    """A lower bound above ``chance`` with enough decimals to show it: a bound of 0.5003 printed
+    as 0.500 would read as chance itself."""
+    for digits in range(3, 10):
+        text = f"{x:.{digits}f}"
+        if float(text) > chance:
+            return text
+    return repr(x)
+
+
 def attack_leaks(name: str, r: Mapping[str, Any], confidence: float) -> list[str]:
     """Every interval of one attack that excludes chance, in words."""
     out: list[str] = []
@@ -229,7 +239,7 @@ def attack_leaks(name: str, r: Mapping[str, Any], confidence: float) -> list[str
     auc, lo, hi = r.get("auc"), r.get("auc_lo"), r.get("auc_hi")
     if finite(auc) and finite(lo) and finite(hi) and lo > 0.5:
         out.append(
-            f"{name}: AUC {auc:.3f}, its {conf} interval [{lo:.3f}, {hi:.3f}] lies above "
+            f"{name}: AUC {auc:.3f}, its {conf} interval [{above(lo, 0.5)}, {hi:.3f}] lies above "
             "chance (0.5)"
         )
     for f in FPR_LEVELS:
@@ -237,13 +247,14 @@ def attack_leaks(name: str, r: Mapping[str, Any], confidence: float) -> list[str
         tlo = r.get(key + "_both_lo")
         if finite(tlo) and tlo > f and finite(r.get(key)):
             out.append(
-                f"{name}: TPR at {_pct(f)} FPR {r[key]:.3f}, at least {tlo:.3f} ({conf}, members "
-                f"and non-members), above chance ({f:g})"
+                f"{name}: TPR at {_pct(f)} FPR {r[key]:.3f}, at least {above(tlo, f)} ({conf}, "
+                f"members and non-members), above chance ({f:g})"
             )
     alo = r.get("advantage_lo")
     if finite(alo) and alo > 0 and finite(r.get("advantage")):
         out.append(
-            f"{name}: advantage {r['advantage']:.3f}, at least {alo:.3f} ({conf}), above chance (0)"
+            f"{name}: advantage {r['advantage']:.3f}, at least {above(alo, 0.0)} ({conf}), above "
+            "chance (0)"
         )
     return out
 

@@ -191,7 +191,7 @@ def _family_section(
     family: str, site_suites: Mapping[str, Mapping[str, Any]], bins: int, confidence: float
 ) -> dict[str, Any]:
     sites: dict[str, Any] = {}
-    hists: list[CoarseHistogram] = []
+    hists: dict[str, CoarseHistogram] = {}
     weights: dict[str, float] = {}
     tune: list[float] = []
     fit: list[float] = []
@@ -226,7 +226,7 @@ def _family_section(
         if entry["panel"].get("n"):
             weights[site] = float(entry["panel"]["n"])
         if entry["hist"]:
-            hists.append(CoarseHistogram.from_record(entry["hist"]))
+            hists[site] = CoarseHistogram.from_record(entry["hist"])
     return {
         "name": FAMILY_NAMES.get(family, family),
         "where": "at each site, on its own splits; only metrics left the site",
@@ -466,6 +466,36 @@ def _ci(panel: Mapping[str, Any] | None, key: str = "auroc") -> str:
     return f"{panel[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _pooled_notes(rows: list[tuple[str, Mapping[str, Any] | None]]) -> list[str]:
+    """Under the pooled table: what each pooled AUROC is, which sites it covers, what it omits.
+
+    A pooled AUROC from coarsened histograms counts ties within a group as one half, which pulls it
+    toward 0.5; the interval every ordering the groups allow is stated so no reader takes the
+    point estimate for the raw-score figure.
+    """
+    out = []
+    for name, pooled in rows:
+        if not pooled:
+            continue
+        span = (pooled.get("bounds") or {}).get("auroc")
+        parts = []
+        if span:
+            parts.append(f"pooled AUROC lies between {span[0]:.3f} and {span[1]:.3f}")
+        if pooled.get("coverage"):
+            parts.append(f"covers {pooled['coverage']}")
+        if parts:
+            out.append(f"- {name}: " + "; ".join(parts) + ".")
+    if out:
+        out = [
+            "Pooled AUROC counts scores tied within a histogram group as one half, which pulls "
+            "it toward 0.5; the exact pooled figure lies in each model's interval:",
+            "",
+            *out,
+            "",
+        ]
+    return out
+
+
 def _diff(d: Mapping[str, Any] | None) -> str:
     if not d or d.get("difference") is None:
         return "–"
@@ -520,6 +550,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{_fmt(sec.get('mean_tune_auroc'))} | {_fmt(time_s, 1)} s |"
         )
     lines += ["", "⁺ memorises rows: the fitted model never leaves its site.", ""]
+    lines += _pooled_notes(
+        [("run model", test.get("pooled"))]
+        + [(sec["name"], sec.get("pooled")) for sec in report["families"].values()]
+    )
     site_names = sorted((test.get("sites") or {}).keys())
     if site_names:
         lines += [

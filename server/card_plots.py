@@ -3,8 +3,9 @@
 Every curve comes from the sites' coarsened score histograms (counts of positives and negatives per
 score bin, small cells merged), never from raw scores: ROC and precision-recall per site and pooled,
 a reliability diagram (calibration), a privacy-utility scatter (each site's ε against its test
-AUROC) and the membership audit's log-log ROC with the DP bound TPR ≤ e^ε·FPR + δ, drawn by the
-audit report's own helper. The figures are PNGs (matplotlib's Agg backend) encoded as base64 so
+AUROC; sites at the same ε are drawn side by side and labelled, so none hides another) and the
+membership audit's log-log ROC with the DP bound TPR ≤ e^ε·FPR + δ, its axes spanning only what the
+site's audit could measure (an FPR below one over its non-members is never observed). The figures are PNGs (matplotlib's Agg backend) encoded as base64 so
 the HTML card needs nothing from the network.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedward.common.metrics import CoarseHistogram
-from fedward.server.audit_report import audit_roc_png, roc_points
+from fedward.server.audit_report import ATTACK_NAMES, roc_points
 
 CALIBRATION_BINS = 10
 """Equal-width bins of the reliability diagram (the per-site panel's ECE uses 10 too)."""
@@ -106,9 +108,10 @@ def plan(card: Mapping[str, Any]) -> list[Figure]:
         figures.append(
             Figure(
                 "privacy_utility",
-                "Privacy against utility: each site's ε for this run against its test AUROC "
-                "(interval bars), with the pooled AUROC and, where measured, the best baseline and "
-                "the centralised reference.",
+                "Privacy against utility: each site's ε for the released model against its test "
+                "AUROC (interval bars; sites at the same ε are set side by side and labelled), "
+                "with the pooled AUROC and, where measured, the best baseline and the centralised "
+                "reference.",
             )
         )
     audit = card["privacy"]["audit"]
@@ -121,7 +124,9 @@ def plan(card: Mapping[str, Any]) -> list[Figure]:
                 Figure(
                     f"audit_roc_{site}",
                     f"Membership-inference audit at {site}: each attack's ROC (log-log) against "
-                    "the bound TPR ≤ e^ε·FPR + δ that the site's DP guarantee implies.",
+                    "the bound TPR ≤ e^ε·FPR + δ that the site's DP guarantee implies; the axes "
+                    "start near one over the number of non-members (FPR) and members (TPR), the "
+                    "smallest rates the audit can measure.",
                 )
             )
     return figures
@@ -213,33 +218,77 @@ def _calibration(hists: Mapping[str, CoarseHistogram]) -> str:
     return _png(fig)
 
 
-def _privacy_utility(card: Mapping[str, Any]) -> str:
+def _site_epsilon(site: Mapping[str, Any]) -> float | None:
+    """The released model's ε at a site (older cards carry only the run's)."""
+    value = site.get("epsilon_model")
+    value = value if value is not None else site.get("epsilon")
+    return float(value) if value is not None else None
+
+
+def dodge(values: Mapping[str, float], width: float) -> dict[str, float]:
+    """x positions that keep points of equal x apart: ties spread evenly over `width`, by name.
+
+    Deterministic (sorted by name), so a redrawn card is identical; a lone point keeps its x.
+    """
+    groups: dict[float, list[str]] = {}
+    for name, x in sorted(values.items()):
+        key = next((k for k in groups if abs(k - x) <= width / 4), x)
+        groups.setdefault(key, []).append(name)
+    out = {}
+    for names in groups.values():
+        step = width / max(len(names) - 1, 1)
+        for i, name in enumerate(names):
+            offset = (i - (len(names) - 1) / 2) * step if len(names) > 1 else 0.0
+            out[name] = values[name] + offset
+    return out
+
+
+def privacy_utility_figure(card: Mapping[str, Any]) -> Any:
+    """Each site's ε against its test AUROC; sites at the same ε are dodged and labelled."""
     fig, ax = _axes("Privacy and utility")
-    eps = {s["site"]: s.get("epsilon") for s in card["privacy"]["sites"]}
+    eps = {s["site"]: _site_epsilon(s) for s in card["privacy"]["sites"]}
     metrics = card["quantitative_analysis"]["performance_metrics"]
     auroc = {
         m["slice"].removeprefix("site="): m
         for m in metrics
         if m["type"] == "auroc" and m["slice"].startswith("site=")
     }
-    xs: list[float] = []
-    for site, m in sorted(auroc.items()):
-        e = eps.get(site)
-        if e is None:
-            continue
-        xs.append(float(e))
+    shown = {site: e for site, e in eps.items() if e is not None and site in auroc}
+    xs: list[float] = list(shown.values())
+    span = max(xs, default=1.0) or 1.0
+    width = 0.08 * span
+    positions = dodge(shown, width)
+    tied = {a for a in shown for b in shown if a != b and abs(shown[a] - shown[b]) <= width / 4}
+    for site in sorted(shown):
+        m = auroc[site]
         ci = m.get("confidence_interval")
         yerr = (
             [[m["value"] - ci["lower_bound"]], [ci["upper_bound"] - m["value"]]]
             if ci is not None
             else None
         )
-        ax.errorbar([e], [m["value"]], yerr=yerr, fmt="o", capsize=3, label=site)
+        x = positions[site]
+        ax.errorbar([x], [m["value"]], yerr=yerr, fmt="o", capsize=3, label=site)
+        if site in tied:
+            ax.annotate(
+                site,
+                (x, m["value"]),
+                xytext=(0, 6),
+                textcoords="offset points",
+                fontsize=6,
+                ha="center",
+                rotation=90,
+            )
     pooled = next(
         (m["value"] for m in metrics if m["type"] == "auroc" and m["slice"] == "pooled"), None
     )
     if pooled is not None:
-        ax.axhline(pooled, color="black", linewidth=1.5, label="federated model, pooled")
+        ax.axhline(
+            pooled,
+            color="black",
+            linewidth=1.5,
+            label="federated model, pooled (histograms; ties pull it toward 0.5)",
+        )
     baselines = card["baselines"]
     if baselines.get("done"):
         best = baselines.get("best_baseline") or {}
@@ -262,12 +311,74 @@ def _privacy_utility(card: Mapping[str, Any]) -> str:
                 color="tab:purple",
                 label="centralised reference (pooled data)",
             )
-    ax.set_xlabel("ε this run (smaller = more private)")
+    ax.set_xlabel("ε of the released model (smaller = more private)")
     ax.set_ylabel("test AUROC")
     ax.set_ylim(0, 1.02)
-    ax.set_xlim(0, 1.25 * max(xs, default=1.0))
+    right = max([*xs, *positions.values()], default=1.0)
+    ax.set_xlim(min(0.0, *positions.values()), 1.25 * right if right > 0 else 1.0)
     ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    return fig
+
+
+def _privacy_utility(card: Mapping[str, Any]) -> str:
+    return _png(privacy_utility_figure(card))
+
+
+def measurable_rates(entry: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The smallest FPR and TPR one site's audit can measure: one over its non-members, members.
+
+    Taken over every attack with a histogram (they share the site's members and non-members).
+    """
+    fpr_min = tpr_min = math.inf
+    for r in (entry.get("attacks") or {}).values():
+        if not r.get("hist"):
+            continue
+        pos, neg = CoarseHistogram.from_record(r["hist"]).expand()
+        if neg.sum() > 0:
+            fpr_min = min(fpr_min, 1.0 / float(neg.sum()))
+        if pos.sum() > 0:
+            tpr_min = min(tpr_min, 1.0 / float(pos.sum()))
+    if not (math.isfinite(fpr_min) and math.isfinite(tpr_min)):
+        return None
+    return fpr_min, tpr_min
+
+
+AXIS_MARGIN = 1.25
+"""Log-axis headroom below the smallest measurable rate, so its points are not on the frame."""
+
+
+def audit_roc_figure(site: str, entry: Mapping[str, Any], delta: float | None) -> Any:
+    """A log-log ROC per attack with the DP bound, on the rates the site's audit can measure.
+
+    The x axis starts just below one over the number of non-members (no smaller FPR is ever
+    observed) and never cuts a measured point; the y axis likewise from the members.
+    """
+    fig, ax = _axes(site)
+    curves = []
+    for attack, r in (entry.get("attacks") or {}).items():
+        if r.get("hist"):
+            fpr, tpr = roc_points(r["hist"])
+            keep = (fpr > 0) & (tpr > 0)
+            curves.append((attack, fpr[keep], tpr[keep]))
+    rates = measurable_rates(entry) or (1e-3, 1e-3)
+    x_lo = min([rates[0], *(float(f.min()) for _, f, _ in curves if f.size)]) / AXIS_MARGIN
+    y_lo = min([rates[1], *(float(t.min()) for _, _, t in curves if t.size)]) / AXIS_MARGIN
+    grid = np.logspace(math.log10(x_lo), 0, 200)
+    ax.plot(grid, grid, color="0.6", linestyle=":", label="chance")
+    eps = entry.get("epsilon_accountant")
+    if eps is not None:
+        bound = np.minimum(1.0, math.exp(float(eps)) * grid + float(delta or 0.0))
+        ax.plot(grid, bound, color="tab:red", linestyle="--", label=f"DP bound, ε={float(eps):.2f}")
+    for attack, fpr, tpr in curves:
+        ax.step(fpr, tpr, where="post", label=ATTACK_NAMES.get(attack, attack))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, 1.0 * AXIS_MARGIN**0.25)
+    ax.set_ylim(y_lo, 1.0 * AXIS_MARGIN**0.25)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
 
 
 def render(card: Mapping[str, Any]) -> dict[str, str]:
@@ -289,5 +400,5 @@ def render(card: Mapping[str, Any]) -> dict[str, str]:
             out[figure.name] = _privacy_utility(card)
         elif figure.name.startswith("audit_roc_"):
             site = figure.name.removeprefix("audit_roc_")
-            out[figure.name] = audit_roc_png(site, audit_sites[site], deltas.get(site))
+            out[figure.name] = _png(audit_roc_figure(site, audit_sites[site], deltas.get(site)))
     return out

@@ -76,8 +76,9 @@ def _final_table(run_dir: Path) -> Table:
             _fmt(eps.get(name, {}).get("epsilon"), 2),
         )
     pooled = test.get("pooled") or {}
+    omitted = pooled.get("omitted") or {}
     table.add_row(
-        "pooled*",
+        "pooled*" + ("†" if omitted or pooled.get("coverage") else ""),
         _fmt(pooled.get("n"), 0),
         _fmt(pooled.get("accuracy"), 2),
         _fmt(pooled.get("auroc"), 2),
@@ -90,10 +91,51 @@ def _final_table(run_dir: Path) -> Table:
     table.caption = (
         "* pooled from the sites' score histograms, never from raw scores; – not sent by the "
         "site (a figure that would name a count under its minimum cell size) or undefined"
+        + _pooled_caveats(pooled, test.get("histograms") or {})
         if metrics["test"] is not None
         else f"no final model: {record.get('stopped_reason')}"
     )
     return table
+
+
+_POOLED_LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "brier": "Brier",
+    "ece": "calibration error",
+    "auroc": "AUROC",
+    "prevalence": "prevalence",
+    "auprc": "AUPRC",
+}
+
+
+def _pooled_caveats(pooled: dict[str, Any], histograms: dict[str, Any]) -> str:
+    """† lines under the table: which sites the pooled row covers and each figure it leaves out."""
+    from fedward.common.metrics import left_out_sites  # scipy and sklearn: only when printing
+
+    lines = []
+    if pooled.get("coverage"):
+        named = pooled.get("sites_left_out") or left_out_sites(histograms)
+        lines.append(
+            f"pooled row covers {pooled['coverage']}"
+            + (f" ({', '.join(named)})" if named and not pooled.get("sites_left_out") else "")
+        )
+    bounds = pooled.get("bounds") or {}
+    if bounds.get("auroc") and pooled.get("auroc") is not None:
+        lo, hi = bounds["auroc"]
+        lines.append(
+            "pooled AUROC counts scores tied within a histogram group as one half (toward 0.5); "
+            f"the exact figure lies in {lo:.2f}–{hi:.2f}"
+        )
+    for key in pooled.get("from_sites") or []:
+        lines.append(
+            f"pooled {_POOLED_LABELS.get(key, key)} is the sites' own figures weighted by n (exact)"
+        )
+    for key, reason in (pooled.get("omitted") or {}).items():
+        span = bounds.get(key)
+        where = f" (lies in {span[0]:.2f}–{span[1]:.2f})" if span else ""
+        lines.append(f"pooled {_POOLED_LABELS.get(key, key)} left out{where}: {reason}")
+    return "".join(f"\n† {line}" for line in lines)
 
 
 def _privacy_modes(run_dir: Path) -> list[str]:

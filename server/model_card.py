@@ -28,6 +28,7 @@ from jinja2 import Environment, select_autoescape
 
 from fedward.common.config import CardConfig, RunConfig, run_schema, validate_config
 from fedward.common.errors import FedwardError
+from fedward.common.metrics import left_out_sites, n_weighted
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
 from fedward.server import card_plots
 from fedward.server.audit_report import fmt_value
@@ -673,7 +674,7 @@ def _caveats(
         if h and (not h.get("pos_counts") or not h.get("neg_counts")):
             out.append(
                 f"At {site} one class of the test split is smaller than the minimum cell size, "
-                "so its histogram was suppressed: pooled figures leave that class out and its "
+                "so its histogram was suppressed: pooled figures leave that site out and its "
                 "ROC, precision-recall and calibration curves are not drawn."
             )
     wide = [
@@ -693,6 +694,7 @@ def _caveats(
             "Pooled figures come from the sites' coarsened score histograms (no interval): an "
             "approximation at bin resolution, never computed from raw scores."
         )
+        out += _pooled_omissions(test["pooled"], test.get("histograms") or {})
     if privacy["audit"]["done"]:
         out += [f"Audit: {c}." for c in privacy["audit"]["caveats"]]
     out += [f"Run warning: {w}" for w in record.get("warnings") or []]
@@ -704,7 +706,31 @@ def _caveats(
     return out
 
 
-def _tradeoffs(privacy: Mapping[str, Any], baselines: Mapping[str, Any]) -> list[str]:
+def _pooled_omissions(
+    pooled: Mapping[str, Any], histograms: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Which sites the pooled figures cover and each figure the histograms cannot support."""
+    out = []
+    if pooled.get("coverage"):
+        named = [] if pooled.get("sites_left_out") else left_out_sites(histograms or {})
+        which = f" ({', '.join(named)})" if named else ""
+        out.append(f"Pooled figures cover {pooled['coverage']}{which}.")
+    for key in pooled.get("from_sites") or []:
+        out.append(
+            f"Pooled {PANEL_METRICS.get(key, key)} is the sites' own figures weighted by test "
+            "size (exact: a mean over rows)."
+        )
+    bounds = pooled.get("bounds") or {}
+    for key, reason in sorted((pooled.get("omitted") or {}).items()):
+        span = bounds.get(key)
+        where = f" (it lies between {span[0]:.3f} and {span[1]:.3f})" if span else ""
+        out.append(f"No pooled {PANEL_METRICS.get(key, key)}{where}: {reason}.")
+    return out
+
+
+def _tradeoffs(
+    privacy: Mapping[str, Any], baselines: Mapping[str, Any], test: Mapping[str, Any]
+) -> list[str]:
     """What was given up for what: privacy for accuracy, federation for pooling."""
     out = []
     eps = [s.get("epsilon") for s in privacy["sites"] if _finite(s.get("epsilon"))]
@@ -718,14 +744,36 @@ def _tradeoffs(privacy: Mapping[str, Any], baselines: Mapping[str, Any]) -> list
         if baselines.get("verdict"):
             out.append(f"Complexity against benefit: {baselines['verdict']}")
         ref = baselines.get("pooled_reference") or {}
-        fed = baselines["comparison"][0].get("pooled_auroc")
-        if _finite(ref.get("auroc")) and _finite(fed):
+        if _finite(ref.get("auroc")) and (fed := _federated_auroc_text(test)):
             out.append(
                 f"Federation against pooling (simulation only): the same model trained on all "
-                f"sites' data in one place scores test AUROC {ref['auroc']:.3f}; the federated "
-                f"model scores {fed:.3f} pooled over the sites."
+                f"sites' data in one place scores test AUROC {ref['auroc']:.3f}, all sites' test "
+                f"rows ranked together. {fed}"
             )
     return out
+
+
+def _federated_auroc_text(test: Mapping[str, Any]) -> str | None:
+    """The federated model's AUROC for a comparison: never the histogram point estimate alone.
+
+    The pooled AUROC from coarsened histograms counts ties within a group as one half, which pulls
+    it toward 0.5; only its bounds are stated, next to the sites' own AUROCs weighted by n.
+    """
+    weighted, missing = n_weighted(test.get("sites") or {}, "auroc")
+    if weighted is None:
+        return None
+    text = f"The federated model's sites score AUROC {weighted:.3f} weighted by test size"
+    text += f" (not sent by {', '.join(missing)})" if missing else ""
+    text += ", each site ranking its own rows, a different measure from a pooled AUROC"
+    pooled = test.get("pooled") or {}
+    span = (pooled.get("bounds") or {}).get("auroc")
+    if span:
+        covers = f" over {pooled['coverage']}" if pooled.get("coverage") else ""
+        text += (
+            f"; its AUROC with all rows ranked together is known only from coarsened histograms"
+            f"{covers}: between {span[0]:.3f} and {span[1]:.3f}"
+        )
+    return text + "."
 
 
 def _controls_ran(run_dir: Path, baselines: Mapping[str, Any] | None) -> set[str]:
@@ -1011,7 +1059,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
             "use_cases": [{"description": card_cfg.intended_use}],
             "out_of_scope_uses": [{"description": u} for u in card_cfg.out_of_scope_uses],
             "limitations": [{"description": c} for c in _caveats(card_cfg, files_, test, privacy)],
-            "tradeoffs": [{"description": t} for t in _tradeoffs(privacy, baselines)],
+            "tradeoffs": [{"description": t} for t in _tradeoffs(privacy, baselines, test)],
             "ethical_considerations": _ethics(
                 card_cfg, dp=privacy["dp"], controls_ran=controls_ran
             ),

@@ -187,10 +187,22 @@ def test_score_histogram_counts_each_class_per_bin_with_one_in_last_bin() -> Non
 
 
 def test_coarsen_merges_left_to_right_until_each_group_reaches_min_cell() -> None:
-    h = ScoreHistogram(6, (4, 4, 4, 10, 3, 0), (0,) * 6)
+    h = ScoreHistogram(7, (4, 4, 4, 10, 3, 0, 0), (0,) * 7)  # odd bins: no edge at 0.5
     c = h.coarsen(5)
-    # 4+4 -> group at 0; 4+10 -> group at 2; trailing 3 merges into it; last bin is an empty run.
+    # 4+4 -> group at 0; 4+10 -> group at 2; trailing 3 merges into it; last bins are an empty run.
     assert c.pos_groups == ((0, 8), (2, 17), (5, 0))
+
+
+def test_coarsen_never_merges_across_the_threshold_when_each_side_allows_it() -> None:
+    h = ScoreHistogram(6, (4, 4, 4, 10, 3, 0), (0,) * 6)
+    # Below 0.5 (bins 0-2) 12 and from it 13, both >= 5: merged separately.
+    assert h.coarsen(5).pos_groups == ((0, 12), (3, 13), (5, 0))
+
+
+def test_coarsen_merges_across_the_threshold_when_one_side_is_under_min_cell() -> None:
+    h = ScoreHistogram(6, (0, 0, 3, 10, 4, 0), (0,) * 6)
+    # 3 below 0.5 may not be released alone: it joins the group above.
+    assert h.coarsen(5).pos_groups == ((0, 0), (2, 17), (5, 0))
 
 
 def test_coarsen_marks_runs_of_empty_bins_as_zero_groups() -> None:

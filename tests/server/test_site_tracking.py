@@ -122,13 +122,19 @@ def test_pooled_tune_metrics_come_from_histograms(tracker: SiteTracking) -> None
     assert pooled is not None and 0.0 <= pooled["auroc"] <= 1.0
     entry = tracker.history["tune"][-1]
     assert set(entry["sites"]) == {"cleveland", "hungary", "switzerland", "va-long-beach"}
+    records = [r.content.config_records["fedward"] for r in replies]
+    complete = [r for r in records if r["hist_pos_counts"] and r["hist_neg_counts"]]
     released = sum(
-        sum(cast(list[int], r.content.config_records["fedward"]["hist_pos_counts"]))
-        + sum(cast(list[int], r.content.config_records["fedward"]["hist_neg_counts"]))
-        for r in replies
+        sum(cast(list[int], r["hist_pos_counts"])) + sum(cast(list[int], r["hist_neg_counts"]))
+        for r in complete
     )
-    # Switzerland's few negatives are suppressed at the site, so pooled n counts only released cells.
+    # A class under the minimum cell (Switzerland's few negatives) is suppressed at the site:
+    # pooling the other class alone would misstate prevalence, so the pool leaves such a site out
+    # and says so.
+    assert 0 < len(complete) < len(records)
     assert entry["pooled"]["n"] == released < sum(s["n"] for s in entry["sites"].values())
+    assert entry["pooled"]["n_sites"] == len(complete)
+    assert entry["pooled"]["coverage"].startswith(f"{len(complete)} of 4 sites: left out")
 
 
 def test_wrapper_rejects_bad_arguments(tmp_path: Path) -> None:
