@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from opacus.validators import ModuleValidator
 
-from fedward.client.budget import BudgetRefusal, SiteBudget
+from fedward.client.budget import BudgetRefusal, Composition, SiteBudget
 from fedward.client.ledger import Ledger, LedgerError
 from fedward.client.site import PreparedSite, Site, SiteEntry, prepare, resolve_site
 from fedward.client.training import DPSettings, predict_scores, train_local
@@ -459,6 +459,7 @@ def _privacy_info(req: Request, budget: SiteBudget, run_delta: float) -> dict[st
         "epsilon_budget": status.total_epsilon,
         "epsilon_remaining": status.remaining_epsilon,
         "epsilon_tuning": budget.tuning_epsilon(),
+        "epsilon_model": budget.model_epsilon(req.run_id, run_delta),
         "ledger_seq": seq,
         "ledger_head": head,
         "dataset": req.dataset,
@@ -467,6 +468,32 @@ def _privacy_info(req: Request, budget: SiteBudget, run_delta: float) -> dict[st
         "accountant": req.site.policy.accountant,
         "dp": True,
     }
+
+
+def _composition(req: Request) -> Composition | None:
+    """The runs this run's model composes with: the tuning trials that chose its settings.
+
+    A trial belongs to its search when the approved parent run config derives it; a final run
+    names its search's trials from its own config. Either way the site derives the set itself.
+    """
+    run = req.run
+    if req.purpose == PURPOSE_RUN and run.tuning.deep:
+        from fedward.common.run_plan import search_hashes  # scipy: only when a search ran
+
+        return Composition(search_hashes(run))
+    if req.purpose != PURPOSE_TUNING:
+        return None
+    parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
+    parent = RunConfig.from_json(parent_text) if parent_text else None
+    if parent is None or not parent.tuning.deep:
+        return None
+    from fedward.common.run_plan import tuning_trials
+
+    trials = tuning_trials(parent)
+    hashes = frozenset(trial.config_hash() for _, _, trial in trials)
+    if run.config_hash() not in hashes:
+        return None
+    return Composition(hashes, search_size=len(trials))
 
 
 def _check_replay(req: Request, attempt: str) -> None:
@@ -540,6 +567,7 @@ def local_update(req: Request) -> LocalUpdate:
             n_train=n_train,
             config_hash=run.config_hash(),
             purpose=req.purpose,
+            composition=_composition(req),
         )
         spend = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
         budget.check_spend(req.run_id, plan.run_delta, plan.run_epsilon_cap, spend)

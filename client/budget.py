@@ -6,6 +6,12 @@ the site's per-run maximum) at the run's δ, and the dataset's lifetime ε (ever
 the ledger) at the site's lifetime δ. The plan reserves the steps of one extra round, so a round
 retried after a coordinator crash (a new attempt, which spends again) still fits.
 
+A run may compose with others: a model whose settings a tuning search chose is as private as the
+trials and the final run together, so the final run's plan names the search's trials (by config
+hash) and its noise is sized for what the trials left of the run's ε. A trial is planned so that
+every trial of its search, composed, stays within the search's share; each one sized for the
+trials still to come, the last one for exactly what is left.
+
 A run's plan records its purpose (the run itself, a control, or a tuning trial). A simulated site
 records tuning trials like any run but does not hold them against its lifetime budget, so a
 tuning search can be studied; the report states their ε. A real site enforces every purpose alike.
@@ -62,17 +68,19 @@ class RunPlan:
     run_delta: float
     run_epsilon_cap: float
     purpose: str = PURPOSE_RUN
+    # Config hashes of the runs this run's model composes with (its tuning search's trials).
+    composes_with: tuple[str, ...] = ()
 
     def to_note(self) -> str:
-        return json.dumps(
-            {
-                "steps_per_round": self.steps_per_round,
-                "run_epsilon_cap": self.run_epsilon_cap,
-                "retry_rounds_reserved": RETRY_ROUNDS_RESERVED,
-                "purpose": self.purpose,
-            },
-            sort_keys=True,
-        )
+        note: dict[str, object] = {
+            "steps_per_round": self.steps_per_round,
+            "run_epsilon_cap": self.run_epsilon_cap,
+            "retry_rounds_reserved": RETRY_ROUNDS_RESERVED,
+            "purpose": self.purpose,
+        }
+        if self.composes_with:
+            note["composes_with"] = sorted(self.composes_with)
+        return json.dumps(note, sort_keys=True)
 
     @classmethod
     def from_entry(cls, e: LedgerEntry) -> RunPlan:
@@ -86,7 +94,20 @@ class RunPlan:
             run_delta=e.delta,
             run_epsilon_cap=float(note["run_epsilon_cap"]),
             purpose=str(note.get("purpose", PURPOSE_RUN)),
+            composes_with=tuple(str(h) for h in note.get("composes_with", [])),
         )
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The runs a new run's model composes with, by config hash.
+
+    ``search_size`` > 0 marks a tuning trial: it is one of that many trials that share its target.
+    0 marks a final run whose settings those runs chose.
+    """
+
+    hashes: frozenset[str]
+    search_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,6 +198,30 @@ class SiteBudget:
         history = self.ledger.history(self.dataset, run_id) + (extra or [])
         return epsilon_of(history, delta, self.accountant)
 
+    def _runs_with_hashes(self, hashes: frozenset[str] | tuple[str, ...]) -> set[str]:
+        wanted = set(hashes)
+        return {
+            e.run_id
+            for e in self.ledger.entries(self.dataset)
+            if e.kind == "plan" and e.config_hash in wanted
+        }
+
+    def _history_of(self, runs: set[str]) -> list[tuple[float, float, int]]:
+        return [
+            e.history_item()
+            for e in self.ledger.entries(self.dataset)
+            if e.spends and e.run_id in runs
+        ]
+
+    def model_epsilon(
+        self, run_id: str, delta: float, extra: list[tuple[float, float, int]] | None = None
+    ) -> float:
+        """ε of this run's model: the run composed with every run its plan names (its search's
+        trials, each of them as often as it ran), at the run's δ."""
+        plan = self.existing_plan(run_id)
+        runs = {run_id} | self._runs_with_hashes(plan.composes_with if plan else ())
+        return epsilon_of(self._history_of(runs) + (extra or []), delta, self.accountant)
+
     def status(self, run_id: str, run_delta: float) -> BudgetStatus:
         spent = self.lifetime_epsilon()
         return BudgetStatus(
@@ -215,14 +260,26 @@ class SiteBudget:
         n_train: int,
         config_hash: str,
         purpose: str = PURPOSE_RUN,
+        composition: Composition | None = None,
     ) -> RunPlan:
-        """The noise for the whole run, planned once and recorded in the ledger before any spend."""
+        """The noise for the whole run, planned once and recorded in the ledger before any spend.
+
+        With a ``composition`` the run's ε cap holds for the run composed with those runs: a final
+        run gets what its search's trials left; a trial is sized as if every trial still to come
+        spent as it does, so that the search as a whole stays within the cap.
+        """
         existing = self.existing_plan(run_id)
         if existing is not None:
             return existing
         q = min(1.0, run.training.batch_size / n_train)
         steps_per_round = run.training.local_epochs * max(1, round(1.0 / q))
         planned = steps_per_round * (run.rounds + RETRY_ROUNDS_RESERVED)
+        joint: set[str] = set()
+        repeats = 1
+        if composition is not None:
+            joint = self._runs_with_hashes(composition.hashes) - {run_id}
+            if composition.search_size > 0:
+                repeats = max(1, composition.search_size - len(joint))
         delta = self.run_delta(run)
         cap = self.run_epsilon_cap(run)
         enforce = self._enforces(purpose)
@@ -239,8 +296,8 @@ class SiteBudget:
                 cap,
                 delta,
                 q,
-                planned,
-                prior=self.ledger.history(self.dataset, run_id),
+                planned * repeats,
+                prior=self._history_of(joint | {run_id}),
                 accountant=self.accountant,
             )
             sigma_life = (
@@ -277,6 +334,7 @@ class SiteBudget:
             run_delta=delta,
             run_epsilon_cap=cap,
             purpose=purpose,
+            composes_with=tuple(sorted(composition.hashes)) if composition is not None else (),
         )
         self.ledger.append(
             dataset=self.dataset,
@@ -308,12 +366,17 @@ class SiteBudget:
                 f"over its budget of {self.total_epsilon:g}",
                 remaining_epsilon=max(0.0, self.total_epsilon - self.lifetime_epsilon()),
             )
-        after_run = self.run_epsilon(run_id, run_delta, [spend])
+        after_run = self.model_epsilon(run_id, run_delta, [spend])
         if after_run > run_cap + EPSILON_TOLERANCE:
+            joint = (
+                " with the runs it composes with (its tuning trials)"
+                if plan and plan.composes_with
+                else ""
+            )
             raise BudgetRefusal(
                 self.site,
-                f"this release would take run {run_id} to ε {after_run:.3f}, over the run's cap of "
-                f"{run_cap:g}",
+                f"this release would take run {run_id}{joint} to ε {after_run:.3f}, over the run's "
+                f"cap of {run_cap:g}",
                 remaining_epsilon=max(0.0, self.total_epsilon - self.lifetime_epsilon()),
             )
 

@@ -282,7 +282,14 @@ class PrivacyConfig(BaseModel):
     model_config = _Strict
 
     dp: bool = Field(default=True, description="Off only for simulation and comparison runs.")
-    target_epsilon: float = Field(default=1.0, gt=0, le=100)
+    target_epsilon: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="ε of the released model at each site: the tuning trials that chose its "
+        "settings, the DP preprocessing release and the final run's training, composed. "
+        "Baselines and controls spend from the sites' lifetime budgets on their own.",
+    )
     delta: float | None = Field(
         default=None,
         gt=0,
@@ -400,6 +407,14 @@ class TuningConfig(BaseModel):
         le=10000,
         description="Rounds per tuning trial; null: the run's rounds.",
     )
+    epsilon_share: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Under DP: the share of the run's target ε that all tuning trials together "
+        "may spend at a site. The trials chose the released model's settings, so the released "
+        "model's ε composes them with the final run; the final run gets what is left.",
+    )
 
 
 class AuditConfig(BaseModel):
@@ -508,6 +523,7 @@ _MEAN_STRATEGIES = ("fedavg", "fedprox")
 _SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam")
 _DEFAULT_SECAGG = SecAggConfig().model_dump(mode="json")
 # Strategy fields added after configs were first approved: left out of the hash while at default.
+_DEFAULT_TUNING_SHARE = TuningConfig().epsilon_share
 _NEWER_STRATEGY_DEFAULTS = {
     "malicious_sites": 0,
     "multikrum_select": 2,
@@ -595,6 +611,8 @@ class RunConfig(BaseModel):
             del data["training"]["shuffle_labels"]
         if not data["model"]["he_compatible"]:
             del data["model"]["he_compatible"]
+        if data["tuning"]["epsilon_share"] == _DEFAULT_TUNING_SHARE:
+            del data["tuning"]["epsilon_share"]
         # The model card's text asks nothing of the sites: editing it needs no new approval.
         del data["card"]
         return canonical_hash(data)

@@ -44,6 +44,7 @@ PRIVACY_FLOATS = (
     "epsilon_budget",
     "epsilon_remaining",
     "epsilon_tuning",
+    "epsilon_model",
     "noise_multiplier",
     "sample_rate",
 )
@@ -91,6 +92,9 @@ PRIVACY_SUMMARY_KEYS = (
     "epsilon_budget",
     "epsilon_remaining",
     "epsilon_tuning",
+    "epsilon_model",
+    "epsilon_bound",
+    "trained_rounds",
     "companion_epsilon",
     "noise_multiplier",
     "sample_rate",

@@ -232,6 +232,7 @@ def _registry() -> dict[str, FieldSpec]:
         "delta_lifetime": FieldSpec("dp"),
         "epsilon_remaining": FieldSpec("dp"),
         "epsilon_tuning": FieldSpec("dp"),
+        "epsilon_model": FieldSpec("dp"),
         "noise_multiplier": FieldSpec("dp"),
         "sample_rate": FieldSpec("dp"),
         "steps": FieldSpec("dp"),

@@ -74,17 +74,38 @@ def trial_name(k: int) -> str:
     return f"tune_{k:03d}"
 
 
+def search_epsilon(run: RunConfig) -> float:
+    """ε all tuning trials together may spend at a site: their share of the run's target."""
+    return run.privacy.target_epsilon * run.tuning.epsilon_share
+
+
 def tuning_trials(run: RunConfig) -> list[tuple[str, dict[str, Any], RunConfig]]:
-    """(name, setting, trial run config) for every trial of the search."""
+    """(name, setting, trial run config) for every trial of the search.
+
+    Under DP a trial's target is the whole search's share (``search_epsilon``): a site composes
+    the trials with each other and plans each one so that all of them together stay within it.
+    """
     rounds = run.tuning.deep_rounds or run.rounds
+    changes: dict[str, Any] = {"rounds": rounds}
+    if run.privacy.dp:
+        changes["privacy.target_epsilon"] = search_epsilon(run)
     return [
         (
             trial_name(k),
             setting,
-            derived_run(run, f"{run.name}-{trial_name(k)}", rounds=rounds, **setting),
+            derived_run(run, f"{run.name}-{trial_name(k)}", **changes, **setting),
         )
         for k, setting in enumerate(tuning_settings(run), start=1)
     ]
+
+
+def search_hashes(run: RunConfig) -> frozenset[str]:
+    """Config hashes of the run's tuning trials: the federations whose results chose its settings.
+
+    The run as tuned by any trial's setting has the same trials, so a site finds them from the
+    final run's config alone.
+    """
+    return frozenset(trial.config_hash() for _, _, trial in tuning_trials(run))
 
 
 def tuned_run(run: RunConfig, setting: dict[str, Any] | None) -> RunConfig:

@@ -58,6 +58,7 @@ from fedward.server.federation import (
     wait_for_nodes,
 )
 from fedward.server.ledger_heads import LedgerHeads
+from fedward.server.privacy_figures import EPSILON_FIGURES, epsilon_bound, model_epsilon
 from fedward.server.reply_polling_grid import reply_polling_grid
 from fedward.server.resume import (
     LAUNCH_FILE,
@@ -524,7 +525,15 @@ def privacy_summary(
         "retried round, within min(run target, its per-run cap, its remaining lifetime budget)",
         "central_dp": central_dp or {"enabled": False},
         "secure_aggregation": secure_aggregation or {"enabled": False},
-        "sites": [{key: s.get(key) for key in PRIVACY_SUMMARY_KEYS} for s in sites],
+        "figures": EPSILON_FIGURES if run.privacy.dp else None,
+        "sites": [
+            {
+                **{key: s.get(key) for key in PRIVACY_SUMMARY_KEYS},
+                "epsilon_model": model_epsilon(s),
+                "epsilon_bound": epsilon_bound(run, s),
+            }
+            for s in sites
+        ],
     }
 
 
@@ -533,6 +542,8 @@ def run_record(
 ) -> dict[str, Any]:
     """The privacy statement of the run: what was DP, what was not, who took part and who did not."""
     dp_covered = ["model updates (DP-SGD)"] if run.privacy.dp else []
+    if run.privacy.dp and run.tuning.deep:
+        dp_covered.insert(0, "the tuning trials that chose the model's settings (DP-SGD)")
     if run.preprocessing.source == "dp-aggregates":
         dp_covered.append("preprocessing aggregates (Gaussian mechanism)")
     non_dp = sorted({o for s in sites for o in s["non_dp_outputs"]})

@@ -36,7 +36,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def _progress_view(state: ProgressState, title: str) -> Group:
     head = Text(f"{title}  round {state.current_round}/{state.rounds}", style="bold")
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("site", "status", "ε so far", "train loss", "tune AUROC", "tune acc"):
+    for col in ("site", "status", "ε of model so far", "train loss", "tune AUROC", "tune acc"):
         table.add_column(col)
     for name, s in sorted((state.sites or {}).items()):
         table.add_row(
@@ -73,7 +73,7 @@ def _final_table(run_dir: Path) -> Table:
             _fmt(panel.get("auprc"), 2),
             _fmt(panel.get("balanced_accuracy"), 2),
             _fmt(panel.get("brier"), 2),
-            _fmt(eps.get(name, {}).get("epsilon"), 2),
+            _fmt(eps.get(name, {}).get("epsilon_model", eps.get(name, {}).get("epsilon")), 2),
         )
     pooled = test.get("pooled") or {}
     omitted = pooled.get("omitted") or {}
@@ -138,6 +138,34 @@ def _pooled_caveats(pooled: dict[str, Any], histograms: dict[str, Any]) -> str:
     return "".join(f"\n† {line}" for line in lines)
 
 
+def _epsilon_lines(run_dir: Path) -> list[str]:
+    """Which ε is which: the released model's per site, then what else the invocation spent."""
+    summary = json.loads((run_dir / "privacy_summary.json").read_text())
+    if not summary.get("dp"):
+        return []
+    covers = json.loads((run_dir / "run_record.json").read_text())["privacy"]["epsilon_covers"]
+    lines = [
+        f"ε above: the released model's, per site (target {summary.get('target_epsilon')}), "
+        f"composing {', '.join(covers)}"
+    ]
+    for s in summary.get("sites") or []:
+        bound = s.get("epsilon_bound")
+        if bound:
+            lines.append(
+                f"[yellow]{escape(s['site'])}: ε at least {bound['at_least']:.2f}, at most "
+                f"{bound['at_most']:g}: {escape(bound['reason'])}[/]"
+            )
+        other = s.get("companion_epsilon") or {}
+        if other:
+            spent = ", ".join(f"{k} {v:.2f}" for k, v in sorted(other.items()))
+            lifetime = s.get("epsilon_lifetime")
+            lines.append(
+                f"{escape(s['site'])} also spent: {spent} (not in the released model's ε); "
+                f"lifetime ε now {_fmt(lifetime, 2)}"
+            )
+    return lines
+
+
 def _privacy_modes(run_dir: Path) -> list[str]:
     """One line per optional privacy mode that was on, as privacy_summary.json states it."""
     summary = json.loads((run_dir / "privacy_summary.json").read_text())
@@ -181,7 +209,12 @@ def simulate(
     partition: Annotated[str | None, typer.Option(help="natural, iid or dirichlet.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     epsilon: Annotated[
-        float | None, typer.Option(help="Target ε for the whole run, per site.")
+        float | None,
+        typer.Option(
+            help="Target ε of the released model, per site: the tuning trials that chose its "
+            "settings, DP preprocessing and training, composed. Baselines and controls spend "
+            "on their own from each site's lifetime budget; the summary lists them apart."
+        ),
     ] = None,
     no_dp: Annotated[
         bool, typer.Option("--no-dp", help="Train without DP (simulation and comparison only).")
@@ -351,7 +384,7 @@ def simulate(
     console.print(_final_table(run_dir))
     for line in _left_out(run_dir):
         console.print(f"[yellow]{line}[/]")
-    for line in _privacy_modes(run_dir):
+    for line in _epsilon_lines(run_dir) + _privacy_modes(run_dir):
         console.print(line)
     if (run_dir / "baselines.json").exists():
         report = json.loads((run_dir / "baselines.json").read_text())

@@ -33,6 +33,7 @@ from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
 from fedward.server import card_plots
 from fedward.server.audit_report import fmt_value
 from fedward.server.companions import COMPANIONS_DIR, LOSO_PREFIX
+from fedward.server.privacy_figures import trained_rounds_text
 from fedward.server.release import (
     RELEASES_FILE,
     SIGNED_FILES,
@@ -664,7 +665,23 @@ def _caveats(
         f"Validated only at the sites that took part ({', '.join(sites)}), on their sealed test "
         "splits; performance at any other hospital is unknown."
     )
+    by_site = {s.get("site"): s for s in privacy["sites"]}
     for left in record.get("left_out") or []:
+        rounds = (by_site.get(left.get("site")) or {}).get("trained_rounds") or []
+        if rounds:
+            bound = (by_site.get(left.get("site")) or {}).get("epsilon_bound")
+            eps = (
+                f" Its ε is at least {bound['at_least']:.2f} and at most {bound['at_most']:g}: "
+                f"{bound['reason']}."
+                if bound
+                else ""
+            )
+            out.append(
+                f"Site {left.get('site')} trained {trained_rounds_text(rounds)}, then "
+                f"{left.get('status')} ({left.get('reason')}): its data shaped the model through "
+                f"those rounds, but the model was not validated on its test split.{eps}"
+            )
+            continue
         out.append(
             f"Site {left.get('site')} did not take part ({left.get('status')}: "
             f"{left.get('reason')}): the model was neither trained nor validated on its data."
@@ -733,11 +750,16 @@ def _tradeoffs(
 ) -> list[str]:
     """What was given up for what: privacy for accuracy, federation for pooling."""
     out = []
-    eps = [s.get("epsilon") for s in privacy["sites"] if _finite(s.get("epsilon"))]
+    eps = [
+        s["epsilon_model"]
+        for s in privacy["sites"]
+        if s.get("status") == "ok" and _finite(s.get("epsilon_model"))
+    ]
     if privacy["dp"] and eps:
         out.append(
-            f"Privacy against utility: each site spent ε between {min(eps):.2f} and "
-            f"{max(eps):.2f} on this run (target {privacy.get('target_epsilon')}); a smaller ε "
+            f"Privacy against utility: the released model's ε is between {min(eps):.2f} and "
+            f"{max(eps):.2f} at the sites that took part (target "
+            f"{privacy.get('target_epsilon')}; {_model_epsilon_scope(privacy)}); a smaller ε "
             "means more noise in training and usually a less accurate model."
         )
     if baselines.get("done"):
@@ -774,6 +796,25 @@ def _federated_auroc_text(test: Mapping[str, Any]) -> str | None:
             f"{covers}: between {span[0]:.3f} and {span[1]:.3f}"
         )
     return text + "."
+
+
+def _model_epsilon_scope(privacy: Mapping[str, Any]) -> str:
+    """What the released model's ε composes, from what ran."""
+    parts = list(privacy.get("epsilon_covers") or [])
+    return "composing " + ", ".join(parts) if parts else "composing the run's training"
+
+
+def epsilon_cell(site: Mapping[str, Any], digits: int = 2) -> str:
+    """The released model's ε at one site: a number, or a range for a site that stopped answering."""
+    bound = site.get("epsilon_bound")
+    if bound:
+        return f"≥ {_n(bound.get('at_least'), digits)}, ≤ {_n(bound.get('at_most'), digits)}"
+    return _n(site.get("epsilon_model"), digits)
+
+
+def _other_epsilon(site: Mapping[str, Any]) -> str:
+    spent = site.get("companion_epsilon") or {}
+    return ", ".join(f"{k} {_n(v, 2)}" for k, v in sorted(spent.items())) or "–"
 
 
 def _controls_ran(run_dir: Path, baselines: Mapping[str, Any] | None) -> set[str]:
@@ -1006,7 +1047,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         + (f" ({dataset})" if dataset else "")
         + (
             f", with sample-level differential privacy at each site (target ε "
-            f"{privacy['target_epsilon']})."
+            f"{privacy['target_epsilon']} for the released model, {_model_epsilon_scope(privacy)})."
             if privacy["dp"]
             else ", WITHOUT differential privacy."
         )
@@ -1163,6 +1204,18 @@ def _diff_text(d: Mapping[str, Any] | None) -> str:
     return f"{d['difference']:+.3f}"
 
 
+def _epsilon_range(privacy: Mapping[str, Any]) -> str:
+    ok = [
+        s for s in privacy["sites"] if s.get("status") == "ok" and _finite(s.get("epsilon_model"))
+    ]
+    if not ok:
+        return "–"
+    low = min(s["epsilon_model"] for s in ok)
+    high = max(s["epsilon_model"] for s in ok)
+    span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f}"
+    return f"{span} at the sites that took part ({_model_epsilon_scope(privacy)})"
+
+
 def _view(card: Mapping[str, Any]) -> dict[str, Any]:
     """Pre-formatted pieces shared by the Markdown and HTML renderings."""
     cols, rows = metric_table(card)
@@ -1172,11 +1225,13 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
         site_head = [
             "site",
             "status",
-            "ε run",
+            "ε released model",
+            "ε final run",
             "δ run",
+            "ε other federations",
             "ε lifetime",
             "δ lifetime",
-            "ε tuning",
+            "ε tuning (all trials)",
             "noise multiplier",
             "sample rate",
             "accountant",
@@ -1185,8 +1240,10 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
             [
                 s["site"],
                 s.get("status") or "–",
+                epsilon_cell(s),
                 _n(s.get("epsilon"), 2),
                 _delta(s.get("delta")),
+                _other_epsilon(s),
                 _n(s.get("epsilon_lifetime"), 2),
                 _delta(s.get("delta_lifetime")),
                 _n(s.get("epsilon_tuning"), 2),
@@ -1246,7 +1303,8 @@ def _view(card: Mapping[str, Any]) -> dict[str, Any]:
         facts = [
             ("DP", "yes: " + privacy["mechanism"]),
             ("privacy unit", _n(privacy["privacy_unit"])),
-            ("target ε (per site, this run)", _n(privacy["target_epsilon"])),
+            ("target ε (per site, the released model)", _n(privacy["target_epsilon"])),
+            ("ε of the released model (per site)", _epsilon_range(privacy)),
             ("clipping norm (per-sample gradient L2 bound)", _n(privacy["clipping_norm"])),
             ("accountant requested", _n(privacy["accountant_requested"])),
             ("ε covers", ", ".join(privacy["epsilon_covers"]) or "nothing"),

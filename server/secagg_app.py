@@ -399,6 +399,7 @@ class SecAggTracking(LegacyStrategy):
             rec.status = STATUS_OK
             rec.reason = None
             rec.rounds_ok += 1
+            rec.trained_rounds.append(server_round)
             for key in _PRIVACY_FLOATS:
                 if key in m:
                     setattr(rec, key, float(cast(float, m[key])))

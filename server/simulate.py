@@ -70,7 +70,11 @@ class ProgressState:
             self.current_round = int(ev["round"])
         elif kind == "site-trained":
             s = self.sites.setdefault(ev["site"], {})
-            s.update(status="trained", epsilon=ev.get("epsilon"), loss=ev.get("train_loss"))
+            s.update(
+                status="trained",
+                epsilon=ev.get("epsilon_model", ev.get("epsilon")),
+                loss=ev.get("train_loss"),
+            )
         elif kind in ("site-refused", "site-error", "site-failed", "site-rejected"):
             s = self.sites.setdefault(ev["site"], {})
             s.update(status=kind.removeprefix("site-"), reason=ev.get("reason"))

@@ -54,6 +54,8 @@ class SiteRecord:
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     rounds_ok: int = 0
+    # The rounds whose update from this site went into the model: what its data shaped.
+    trained_rounds: list[int] = field(default_factory=list)
     epsilon: float | None = None
     delta: float | None = None
     epsilon_lifetime: float | None = None
@@ -61,6 +63,8 @@ class SiteRecord:
     epsilon_budget: float | None = None
     epsilon_remaining: float | None = None
     epsilon_tuning: float | None = None
+    # ε of the model this run trains: the run composed with the tuning trials that chose it.
+    epsilon_model: float | None = None
     # ε each companion federation (federated baseline, controls) spent at this site, by name.
     companion_epsilon: dict[str, float] = field(default_factory=dict)
     noise_multiplier: float | None = None
@@ -91,6 +95,7 @@ class SiteRecord:
             "reason": self.reason,
             "details": self.details,
             "rounds_ok": self.rounds_ok,
+            "trained_rounds": list(self.trained_rounds),
             "epsilon": self.epsilon,
             "delta": self.delta,
             "epsilon_lifetime": self.epsilon_lifetime,
@@ -98,6 +103,7 @@ class SiteRecord:
             "epsilon_budget": self.epsilon_budget,
             "epsilon_remaining": self.epsilon_remaining,
             "epsilon_tuning": self.epsilon_tuning,
+            "epsilon_model": self.epsilon_model,
             "companion_epsilon": dict(self.companion_epsilon),
             "dataset": self.dataset,
             "accountant": self.accountant,
@@ -422,6 +428,7 @@ class SiteTracking(Strategy):
             rec.status = "ok"
             rec.reason = None
             rec.rounds_ok += 1
+            rec.trained_rounds.append(server_round)
             self._record_privacy(rec, info)
             metrics = dict(msg.content.metric_records[METRICS])
             per_site[rec.label] = {
@@ -435,6 +442,7 @@ class SiteTracking(Strategy):
                 round=server_round,
                 site=rec.label,
                 epsilon=rec.epsilon,
+                epsilon_model=rec.epsilon_model,
                 train_loss=metrics.get("train_loss"),
             )
         if len(ok) < self.min_sites:

@@ -39,6 +39,8 @@ def test_configs_approved_before_the_modes_existed_keep_their_hash() -> None:
     # Nor did the coordinator's update validation and the Krum settings (hashed once changed).
     for key in ("validation", "malicious_sites", "multikrum_select"):
         del data["strategy"][key]
+    # Nor did the tuning search's share of the target ε (hashed once changed).
+    del data["tuning"]["epsilon_share"]
     assert run.config_hash() == canonical_hash(data)
 
 
@@ -46,6 +48,8 @@ def test_asking_for_baselines_tuning_or_controls_changes_the_hash() -> None:
     base = RunConfig().config_hash()
     assert RunConfig(baselines={"enabled": False}).config_hash() != base
     assert RunConfig(tuning={"deep": True}).config_hash() != base
+    deep = RunConfig(tuning={"deep": True}).config_hash()
+    assert RunConfig(tuning={"deep": True, "epsilon_share": 0.25}).config_hash() != deep
     assert RunConfig(controls={"label_shuffle": True}).config_hash() != base
     assert RunConfig(training={"shuffle_labels": True}).config_hash() != base
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fedward.client.accounting import EPSILON_TOLERANCE
 from fedward.common.datasets.bundled import write_site_files
 from tests.e2e.processes import BIN
 
@@ -48,7 +49,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run_toml.write_text("[audit]\nreference_models = 2\n")
     out = tmp / "runs"
     args = [str(BIN / "fedward"), "simulate", "--rounds", "2", "--out", str(out), "--seed", "5"]
-    args += ["--tuning-budget", "3", "--config", str(run_toml)]
+    # --tune-deep: three trials of the run's model choose its settings (and spend ε on it).
+    args += ["--tuning-budget", "3", "--tune-deep", "--config", str(run_toml)]
     for p in configs:
         args += ["--site-config", str(p)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
@@ -119,12 +121,31 @@ def test_privacy_summary_gives_run_and_lifetime_epsilon_per_site(
     sites = {s["site"]: s for s in summary["sites"]}
     for name in ("cleveland", "hungary"):
         s = sites[name]
-        assert 0 < s["epsilon"] <= 1.0 and s["epsilon_lifetime"] == pytest.approx(
-            s["epsilon"], rel=0.2
-        )
+        assert 0 < s["epsilon"] < s["epsilon_model"] <= 1.0 + EPSILON_TOLERANCE
+        # The lifetime also holds every trial, the chosen and the others.
+        assert s["epsilon_lifetime"] >= s["epsilon_model"]
         assert s["epsilon_remaining"] == pytest.approx(s["epsilon_budget"] - s["epsilon_lifetime"])
     # Simulation keeps its sites' ledgers inside the run folder: a new run starts a new budget.
     assert (federation["dir"] / "site-state" / "cleveland" / "ledger.sqlite").is_file()
+
+
+def test_the_released_models_epsilon_composes_the_trials_that_chose_it(
+    federation: dict[str, Any],
+) -> None:
+    tuning = _json(federation, "tuning.json")
+    assert len(tuning["trials"]) == 3 and tuning["chosen"] is not None
+    covers = _json(federation, "run_record.json")["privacy"]["epsilon_covers"]
+    assert covers[0] == "the tuning trials that chose the model's settings (DP-SGD)"
+    summary = _json(federation, "privacy_summary.json")
+    assert "tuning trials" in summary["figures"]["epsilon_model"]
+    eps = sorted(
+        s["epsilon_model"] for s in summary["sites"] if s["site"] in ("cleveland", "hungary")
+    )
+    card = (federation["dir"] / "model_card.md").read_text()
+    assert "target ε (per site, the released model)" in card
+    assert f"{eps[0]:.2f}–{eps[1]:.2f} at the sites that took part (composing the tuning" in card
+    out = " ".join(federation["stdout"].split())
+    assert "ε above: the released model's, per site (target 1.0), composing the tuning" in out
 
 
 def test_baselines_report_covers_the_sites_that_trained(federation: dict[str, Any]) -> None:
