@@ -539,6 +539,32 @@ def left_out_sites(records: Mapping[str, Mapping[str, Any] | None]) -> list[str]
     )
 
 
+def coverage_text(covered: int, sent: int, left_out: Sequence[str] | int) -> str:
+    """Which sites a pooled figure covers; `left_out` names the sites, or only counts them."""
+    count = left_out if isinstance(left_out, int) else len(left_out)
+    whose = "whose histogram has" if count == 1 else "whose histograms have"
+    if isinstance(left_out, int):
+        which = f"{left_out} left out, {whose}"
+    else:
+        which = f"left out {', '.join(left_out)}, {whose}"
+    return (
+        f"{covered} of {sent} sites: {which} a class under the minimum cell size (suppressed), "
+        "so pooling the other class alone would misstate prevalence and accuracy"
+    )
+
+
+def pooled_coverage(pooled: Mapping[str, Any], histograms: Mapping[str, Any]) -> str | None:
+    """The pool's coverage, naming the left-out sites from their released histogram records."""
+    text = pooled.get("coverage")
+    if not text or pooled.get("sites_left_out"):
+        return text
+    names = left_out_sites(histograms)
+    sent, covered = int(pooled.get("n_sites_sent") or 0), int(pooled.get("n_sites") or 0)
+    if names and len(names) == sent - covered:
+        return coverage_text(covered, sent, names)
+    return str(text)
+
+
 def _from_sites(
     key: str, panels: Mapping[str, Mapping[str, Any]] | None, covered: Sequence[str]
 ) -> float | None:
@@ -592,16 +618,8 @@ def pooled_panel(
     omitted: dict[str, str] = {}
     out["omitted"] = omitted
     if left_out:
-        which = (
-            f"left out {', '.join(left_out)}, whose histogram has"
-            if names_known
-            else f"{len(left_out)} left out, whose histogram{'s' if len(left_out) > 1 else ''} "
-            "each have"
-        )
-        out["coverage"] = (
-            f"{len(complete)} of {len(named)} sites: {which} a class under the minimum cell "
-            "size (suppressed), so pooling the other class alone would misstate prevalence "
-            "and accuracy"
+        out["coverage"] = coverage_text(
+            len(complete), len(named), left_out if names_known else len(left_out)
         )
     covered = sorted(complete) if names_known else []
     pos = np.zeros(bins)

@@ -111,15 +111,11 @@ _POOLED_LABELS = {
 
 def _pooled_caveats(pooled: dict[str, Any], histograms: dict[str, Any]) -> str:
     """† lines under the table: which sites the pooled row covers and each figure it leaves out."""
-    from fedward.common.metrics import left_out_sites  # scipy and sklearn: only when printing
+    from fedward.common.metrics import pooled_coverage  # scipy and sklearn: only when printing
 
     lines = []
-    if pooled.get("coverage"):
-        named = pooled.get("sites_left_out") or left_out_sites(histograms)
-        lines.append(
-            f"pooled row covers {pooled['coverage']}"
-            + (f" ({', '.join(named)})" if named and not pooled.get("sites_left_out") else "")
-        )
+    if coverage := pooled_coverage(pooled, histograms):
+        lines.append(f"pooled row covers {coverage}")
     bounds = pooled.get("bounds") or {}
     if bounds.get("auroc") and pooled.get("auroc") is not None:
         lo, hi = bounds["auroc"]

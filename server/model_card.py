@@ -28,7 +28,7 @@ from jinja2 import Environment, select_autoescape
 
 from fedward.common.config import CardConfig, RunConfig, run_schema, validate_config
 from fedward.common.errors import FedwardError
-from fedward.common.metrics import left_out_sites, n_weighted
+from fedward.common.metrics import n_weighted, pooled_coverage
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
 from fedward.server import card_plots
 from fedward.server.audit_report import fmt_value
@@ -728,10 +728,8 @@ def _pooled_omissions(
 ) -> list[str]:
     """Which sites the pooled figures cover and each figure the histograms cannot support."""
     out = []
-    if pooled.get("coverage"):
-        named = [] if pooled.get("sites_left_out") else left_out_sites(histograms or {})
-        which = f" ({', '.join(named)})" if named else ""
-        out.append(f"Pooled figures cover {pooled['coverage']}{which}.")
+    if coverage := pooled_coverage(pooled, histograms or {}):
+        out.append(f"Pooled figures cover {coverage}.")
     for key in pooled.get("from_sites") or []:
         out.append(
             f"Pooled {PANEL_METRICS.get(key, key)} is the sites' own figures weighted by test "
@@ -740,8 +738,8 @@ def _pooled_omissions(
     bounds = pooled.get("bounds") or {}
     for key, reason in sorted((pooled.get("omitted") or {}).items()):
         span = bounds.get(key)
-        where = f" (it lies between {span[0]:.3f} and {span[1]:.3f})" if span else ""
-        out.append(f"No pooled {PANEL_METRICS.get(key, key)}{where}: {reason}.")
+        where = f"; it lies between {span[0]:.3f} and {span[1]:.3f}" if span else ""
+        out.append(f"No pooled {PANEL_METRICS.get(key, key)}: {reason}{where}.")
     return out
 
 

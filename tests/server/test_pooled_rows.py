@@ -55,3 +55,18 @@ def test_the_card_states_coverage_and_omissions_and_quotes_no_biased_auroc() -> 
     lo, hi = pooled["bounds"]["auroc"]
     assert f"between {lo:.3f} and {hi:.3f}" in text
     assert f"{pooled['auroc']:.3f}" not in text
+
+
+def test_a_pool_built_without_names_is_named_from_the_released_histograms() -> None:
+    """The coordinator pools a list; the printed coverage names the site from its empty class."""
+    rng = np.random.default_rng(5)
+    y = (rng.random(60) < 0.5).astype(np.int64)
+    s = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 60), 0, 1)
+    small = score_histogram(np.array([1] * 3 + [0] * 30), np.linspace(0.1, 0.9, 33), 20)
+    hists = {"big": score_histogram(y, s, 20).coarsen(10), "small": small.coarsen(10)}
+    pooled = pooled_panel(list(hists.values()), 20)
+    assert pooled["sites_left_out"] == []
+    assert pooled["coverage"].startswith("1 of 2 sites: 1 left out, whose histogram has")
+    records = {k: h.to_record() for k, h in hists.items()}
+    lines = _pooled_omissions(pooled, records)
+    assert lines[0].startswith("Pooled figures cover 1 of 2 sites: left out small, whose")
