@@ -16,7 +16,6 @@ notes are gone.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -41,11 +40,15 @@ from fedward.common.config import (
 from fedward.common.datasource import read_raw
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.schema import DataSchema
+from fedward.common.schema_inference import (
+    BINARY_LABELS,
+    REVIEW_NOTE,
+    SchemaInferenceError,
+    cell_texts,
+    infer_schema,
+)
 
-REVIEW_NOTE = "REVIEW (fedward site init):"
-MAX_CATEGORIES = 30  # more distinct texts than this: an identifier or free text, not declared
-ID_MIN_ROWS = 20  # an integer column with this many rows, all distinct: an identifier
-BINARY_LABELS = {"0", "1", "false", "true", "0.0", "1.0"}
+__all__ = ["REVIEW_NOTE", "InitOptions", "SiteInitError", "infer_schema_toml", "write_site"]
 
 
 class SiteInitError(FedwardError):
@@ -358,99 +361,16 @@ def _read(opts: InitOptions) -> pd.DataFrame:
     return read_raw(opts.data, site=opts.name or "new site", fmt=fmt)
 
 
-def _nice_range(low: float, high: float) -> tuple[float, float]:
-    """The observed range rounded outward to a coarse step (1, 2 or 5 × 10^k, at least a fifth of
-    the span), so the skeleton does not copy a patient's extreme value: age 29..77 -> 20..80."""
-    wanted = ((high - low) or abs(low) or 1.0) / 5
-    exponent = math.floor(math.log10(wanted))
-    step = next(m * 10.0**exponent for m in (1, 2, 5, 10) if m * 10.0**exponent >= wanted)
-    lo, hi = math.floor(low / step) * step, math.ceil(high / step) * step
-    if hi <= lo:
-        hi = lo + step
-    return lo, hi
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else round(value, 10)
-
-
 def _texts(col: pd.Series) -> pd.Series:
     """Non-missing cells as stripped text (numbers without a spurious '.0')."""
-    out = []
-    for v in col.tolist():
-        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-            continue
-        if isinstance(v, bool):
-            text = "true" if v else "false"
-        elif isinstance(v, float) and v.is_integer():
-            text = str(int(v))
-        else:
-            text = str(v).strip()
-        if text:
-            out.append(text)
-    return pd.Series(out, dtype=object)
-
-
-def _feature_toml(name: str, col: pd.Series) -> tuple[list[str] | None, str | None]:
-    """One ``[[features]]`` table, or why the column is left out."""
-    values = _texts(col)
-    if values.empty:
-        return None, "empty"
-    has_missing = len(values) < len(col)
-    numbers = pd.to_numeric(values, errors="coerce")
-    lines = ["[[features]]", f"name = {_toml_str(name)}"]
-    numeric = not numbers.isna().any() and bool(numbers.map(math.isfinite).all())
-    integers = numeric and bool((numbers == numbers.round()).all())
-    if integers and len(values) >= ID_MIN_ROWS and values.is_unique:
-        return None, "every value distinct: an identifier?"
-    if numeric:
-        lo, hi = _nice_range(float(numbers.min()), float(numbers.max()))
-        lines += ['kind = "numeric"', f"min = {_number(lo)}", f"max = {_number(hi)}"]
-        if has_missing:
-            lines += [f"impute = {_number((lo + hi) / 2)}", "missing_indicator = true"]
-        note = "range rounded out from this file; declare the clinically plausible range"
-    else:
-        seen: dict[str, str] = {}
-        for text in values:
-            seen.setdefault(text.casefold(), text)
-        if len(seen) > MAX_CATEGORIES:
-            return None, f"{len(seen)} distinct texts"
-        categories = sorted(seen.values(), key=str.casefold)
-        if has_missing and "unknown" not in seen:
-            categories.append("unknown")
-        lines += [
-            'kind = "categorical"',
-            f"categories = [{', '.join(_toml_str(c) for c in categories)}]",
-        ]
-        if has_missing:
-            lines += ['impute = "unknown"', "missing_indicator = true"]
-        note = "categories seen in this file; add those other sites may have"
-    if has_missing:
-        note += "; missing cells are imputed: check the value"
-    lines += [f"note = {_toml_str(f'{REVIEW_NOTE} {note}')}", ""]
-    return lines, None
-
-
-def _label_toml(opts: InitOptions, col: pd.Series) -> list[str]:
-    assert opts.label is not None
-    lines = ["[label]", f"column = {_toml_str(opts.label)}"]
-    if opts.positive:
-        return [*lines, f"positive_values = [{', '.join(_toml_str(v) for v in opts.positive)}]"]
-    if opts.positive_above is not None:
-        return [*lines, f"positive_above = {_number(opts.positive_above)}"]
-    values = {t.casefold() for t in _texts(col)}
-    if not values <= BINARY_LABELS:
-        shown = sorted(values)[:10]
-        raise SiteInitError(
-            f"{opts.data}: column '{opts.label}' has values other than 0/1 and true/false "
-            f"({', '.join(shown)}{', …' if len(values) > 10 else ''}): give --positive VALUE "
-            "(once per value meaning the positive class) or --positive-above NUMBER"
-        )
-    return lines
+    return pd.Series(cell_texts(col), dtype=object)
 
 
 def infer_schema_toml(opts: InitOptions) -> str:
-    """A schema skeleton from the data file's header and value types, every feature marked for review."""
+    """A schema skeleton from the data file, every feature marked for review.
+
+    The same inference as `fedward schema infer` (:mod:`fedward.common.schema_inference`), over
+    this site's one file."""
     assert opts.data is not None and opts.label is not None
     frame = _read(opts)
     columns = list(frame.columns)
@@ -460,35 +380,19 @@ def infer_schema_toml(opts: InitOptions) -> str:
                 f"{opts.data}: {what} column '{column}' is not in the file "
                 f"(columns: {', '.join(columns[:20])})"
             )
-    head = [
-        f"# Data schema skeleton written by `fedward site init` on {datetime.now(UTC):%Y-%m-%d}",
-        f"# from the header and value types of {opts.data.name}. Review it before use:",
-        "#  - numeric ranges are this file's observed range rounded outward: replace them with the",
-        "#    clinically plausible range (a federation's ranges come from domain knowledge, never",
-        "#    from patients' values, or the shared preprocessing leaks their extremes);",
-        "#  - categories are the values seen in this file: add those other sites may have;",
-        "#  - every site of a federation declares the same schema: agree it with the coordinator;",
-        f"#  - remove each note starting '{REVIEW_NOTE}' once reviewed (`fedward site check` warns).",
-    ]
-    features: list[str] = []
-    left_out: list[str] = []
-    for name in columns:
-        if name in (opts.label, opts.patient_id):
-            continue
-        lines, why = _feature_toml(name, frame[name])
-        if lines is None:
-            left_out.append(f"{name} ({why})")
-        else:
-            features += lines
-    if left_out:
-        head.append(f"# Not declared (identifiers, free text or empty): {', '.join(left_out)}")
-    if not features:
-        raise SiteInitError(f"{opts.data}: no column besides the label can be a feature")
-    top = [f"name = {_toml_str(opts.dataset_id or opts.name or 'dataset')}"]
-    if opts.patient_id is not None:
-        top.append(f"patient_id = {_toml_str(opts.patient_id)}")
-    body = [*head, "", *top, "", *_label_toml(opts, frame[opts.label]), "", *features]
-    return "\n".join(body).rstrip("\n") + "\n"
+    try:
+        inferred = infer_schema(
+            {str(opts.data): frame},
+            label=opts.label,
+            positive=opts.positive,
+            positive_above=opts.positive_above,
+            patient_id=opts.patient_id,
+            name=opts.dataset_id or opts.name or "dataset",
+            made_by="fedward site init",
+        )
+    except SchemaInferenceError as exc:
+        raise SiteInitError(str(exc)) from None
+    return inferred.toml
 
 
 def _write_new(path: Path, text: str, *, force: bool) -> None:

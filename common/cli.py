@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedward.common.config import json_schemas
 from fedward.common.errors import FedwardError
+from fedward.common.schema_cli import schema_app
 
 app = typer.Typer(
     name="fedward",
@@ -22,6 +24,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Configuration files: schema and validation.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(schema_app, name="schema")
 
 err_console = Console(stderr=True)
 
@@ -98,7 +101,8 @@ def main() -> None:
     try:
         app()
     except FedwardError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        # Escaped: a message may quote a TOML table ("[task]") that rich would take for markup.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from fedward.common.config import RunConfig, load_run_config, validate_config
 from fedward.server.exit_codes import closing_line, exit_code, read_record
+from fedward.server.site_schemas import run_names_schema
 
 if TYPE_CHECKING:
     from fedward.server.simulate import ProgressState
@@ -202,6 +203,35 @@ def simulate(
         list[Path] | None,
         typer.Option("--site-config", help="A site config TOML; repeat once per site."),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="A folder of your own data files, one CSV or Parquet file per site (the site "
+            "is named after the file). One schema is inferred over all of them (or give "
+            "--schema); the site configs and schema are written into the run folder.",
+            metavar="DIR",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="With --data: the outcome column.")
+    ] = None,
+    positive: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--positive", help="With --data: a label value meaning positive (repeatable)."
+        ),
+    ] = None,
+    positive_above: Annotated[
+        float | None,
+        typer.Option("--positive-above", help="With --data: labels above it are positive."),
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--schema", help="With --data: a reviewed schema TOML instead of inferring one."
+        ),
+    ] = None,
     partition: Annotated[str | None, typer.Option(help="natural, iid or dirichlet.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     epsilon: Annotated[
@@ -298,6 +328,14 @@ def simulate(
     record's left_out says why), 3 when the run stopped without a model, 1 when it failed."""
     run = load_run_config(config)
     data: dict[str, Any] = run.model_dump(mode="json")
+    chose_schema = dataset is not None or run_names_schema(run, config)
+    if data_dir is not None:
+        from fedward.server.data_folder import dataset_name
+
+        if dataset is not None or site_config:
+            raise typer.BadParameter("--data cannot be combined with --dataset or --site-config")
+        data["task"]["dataset"] = dataset_name(data_dir)
+        data["name"] = data["name"] if "name" in run.model_fields_set else data["task"]["dataset"]
     if dataset is not None:
         data["task"]["dataset"] = dataset
         if config is None and dataset != "heart-disease":
@@ -346,6 +384,22 @@ def simulate(
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out / f"{stamp}-{run.name}"
+    if data_dir is not None or site_config:
+        # Before any engine starts: the sites' files and schemas, checked in seconds.
+        from fedward.server.simulation_sites import prepare_sites
+
+        run, site_config = prepare_sites(
+            run,
+            run_dir,
+            console,
+            data_dir=data_dir,
+            site_configs=site_config or [],
+            label=label,
+            positive=positive or [],
+            positive_above=positive_above,
+            schema=schema,
+            run_chose_schema=chose_schema,
+        )
     # Imported here: torch, Flower and Ray take seconds to load, and other commands need none of them.
     from fedward.server.app import CoordinatorSettings
     from fedward.server.simulate import run_simulation
