@@ -328,7 +328,7 @@ def simulate(
     record's left_out says why), 3 when the run stopped without a model, 1 when it failed."""
     run = load_run_config(config)
     data: dict[str, Any] = run.model_dump(mode="json")
-    chose_schema = dataset is not None or run_names_schema(run, config)
+    chose_schema = "dataset" if dataset is not None else run_names_schema(run, config)
     if data_dir is not None:
         from fedward.server.data_folder import dataset_name
 

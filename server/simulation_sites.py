@@ -30,7 +30,7 @@ def prepare_sites(
     positive: Sequence[str],
     positive_above: float | None,
     schema: Path | None,
-    run_chose_schema: bool,
+    run_chose_schema: str,
 ) -> tuple[RunConfig, list[Path]]:
     """The run (its schema settled) and the site config paths; says on the console what it did."""
     configs = list(site_configs)
@@ -48,7 +48,7 @@ def prepare_sites(
         )
         run = run.model_copy(update={"task": task})
         configs = written.site_configs
-        run_chose_schema = True
+        run_chose_schema = "dataset"  # named after the folder, with the schema written for it
         how = "given" if schema is not None else f"inferred over {len(configs)} file(s)"
         console.print(
             f"{len(configs)} site(s) from {escape(str(data_dir))}: "

@@ -90,12 +90,12 @@ def _run_schema_source(run: RunConfig, chose: bool) -> str:
 
 
 def check_site_schemas(
-    run: RunConfig, site_configs: Sequence[Path], *, run_chose_schema: bool
+    run: RunConfig, site_configs: Sequence[Path], *, run_chose_schema: str
 ) -> SchemaCheck:
     """Compare every site's declared schema with the run's; stop when too few would take part.
 
-    ``run_chose_schema``: the run config (or ``--dataset``) named the schema; otherwise the sites'
-    own is taken.
+    ``run_chose_schema`` (see :func:`run_names_schema`): "dataset" or "schema_file" when the run
+    config (or ``--dataset``) named the schema; "" takes the sites' own.
     """
     sites = load_site_schemas(site_configs)
     if not sites:
@@ -104,6 +104,11 @@ def check_site_schemas(
     if not run_chose_schema:
         run, adopted = _adopt(run, sites)
     expected = run_schema(run)
+    if run_chose_schema == "schema_file":
+        # A schema file without a dataset: the data are the sites' own, named by the schema, and
+        # never the bundled default's (whose name would claim its licence on the model card).
+        named = expected.name if expected.name != "dataset" else None
+        run = run.model_copy(update={"task": run.task.model_copy(update={"dataset": named})})
     differing: list[tuple[SiteSchema, list[str]]] = []
     for site in sites:
         if site.schema.differences(expected):
@@ -123,11 +128,14 @@ def check_site_schemas(
             for site, detail in differing
         ]
         return SchemaCheck(run, warnings, adopted)
-    raise SchemaMismatch(_mismatch_message(run, sites, differing, matching, run_chose_schema))
+    raise SchemaMismatch(
+        _mismatch_message(run, expected, sites, differing, matching, bool(run_chose_schema))
+    )
 
 
 def _mismatch_message(
     run: RunConfig,
+    expected: DataSchema,
     sites: list[SiteSchema],
     differing: list[tuple[SiteSchema, list[str]]],
     matching: int,
@@ -138,19 +146,18 @@ def _mismatch_message(
         f"run's, so {'no site' if matching == 0 else f'only {matching} site(s)'} could take part "
         "(checked before the federation started; nothing ran):",
     ]
-    shown = 0
-    total = sum(len(d) for _, d in differing)
-    for site, detail in differing:
-        for i, line in enumerate(detail):
-            if shown == SHOWN_DIFFERENCES:
-                break
-            where = (
-                f"site '{site.name}' ({_where(site.config)})" if i == 0 else f"site '{site.name}'"
-            )
-            lines.append(f"  {where}: {line}")
-            shown += 1
-    if total > shown:
-        lines.append(f"  … and {total - shown} more difference(s)")
+    # The same difference at several sites is one line naming them all.
+    grouped: dict[str, list[str]] = {}
+    for site, _ in differing:
+        detail = describe_differences(
+            site.schema, expected, here="at the site", there="in the run's schema"
+        )
+        for line in detail or ["declared differently"]:
+            grouped.setdefault(line, []).append(f"'{site.name}'")
+    for line, names in list(grouped.items())[:SHOWN_DIFFERENCES]:
+        lines.append(f"  site{'s' if len(names) > 1 else ''} {', '.join(names)}: {line}")
+    if len(grouped) > SHOWN_DIFFERENCES:
+        lines.append(f"  … and {len(grouped) - SHOWN_DIFFERENCES} more difference(s)")
     lines.append(f"The run's schema: {_run_schema_source(run, chose)}.")
     prints = {s.schema.fingerprint() for s in sites}
     if len(prints) > 1:
@@ -175,6 +182,10 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
-def run_names_schema(run: RunConfig, config: Path | None) -> bool:
-    """Whether the run config itself names the data schema (a file, or a bundled dataset)."""
-    return config is not None and bool({"dataset", "schema_file"} & run.task.model_fields_set)
+def run_names_schema(run: RunConfig, config: Path | None) -> str:
+    """What the run config itself names: "dataset" (a bundled dataset, perhaps with a schema
+    file), "schema_file" (only a schema file), or "" (neither: the sites' schema is taken)."""
+    fields = run.task.model_fields_set if config is not None else set()
+    if "dataset" in fields:
+        return "dataset"
+    return "schema_file" if "schema_file" in fields else ""

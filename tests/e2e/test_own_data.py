@@ -30,10 +30,11 @@ def write_messy_sites(folder: Path, seed: int = 3) -> None:
         age = rng.normal(58, 12, n).round().astype(int)
         crp = np.exp(rng.normal(1.5, 1.0, n)).round(1)
         smoker = rng.choice(["Yes ", "yes", "No ", "no"], n)
-        sparse = np.where(rng.random(n) < 0.95, "", rng.normal(5, 1, n).round(1).astype(str))
+        bnp_values = np.exp(rng.normal(5, 0.8, n)).round().astype(int).astype(str)
+        bnp = np.where(rng.random(n) < 0.95, "", bnp_values)
         logit = 0.06 * (age - 58) + 0.5 * np.log(crp) + 0.9 * (np.char.strip(smoker) != "no")
         y = (rng.random(n) < 1 / (1 + np.exp(-(logit - 1.2)))).astype(int)
-        frame = pd.DataFrame({"age": age, "crp": crp, "smoker": smoker, "sparse": sparse, "y": y})
+        frame = pd.DataFrame({"age": age, "crp": crp, "smoker": smoker, "bnp": bnp, "y": y})
         if site == "south-clinic":
             frame.loc[7, "age"] = 65526
         frame.to_csv(folder / f"{site}.csv", index=False)
@@ -83,7 +84,7 @@ def test_the_generated_site_configs_and_schema_are_kept_for_review(
     assert "REVIEW" in schema and "65526" in schema  # the impossible age: declared missing
     out = " ".join(own_run["stdout"].split())
     assert "impossible value" in out and "65526 in south-clinic" in out
-    assert "'sparse'" in out and "missing" in out
+    assert "'bnp'" in out and "missing" in out
 
 
 def test_sites_whose_schema_differs_from_the_runs_stop_before_any_engine_starts(

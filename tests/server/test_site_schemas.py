@@ -66,20 +66,21 @@ def test_bundled_heart_disease_schema_against_own_sites_stops_with_a_short_diff(
     run = RunConfig()  # dataset = heart-disease, as a run config that names it
     start = time.monotonic()
     with pytest.raises(SchemaMismatch) as caught:
-        check_site_schemas(run, own_sites, run_chose_schema=True)
+        check_site_schemas(run, own_sites, run_chose_schema="dataset")
     assert time.monotonic() - start < 2
 
     message = str(caught.value)
     assert len(message) < 1500
     assert "3 of 3 sites" in message and "nothing ran" in message
-    assert "site 'east'" in message and "label column 'y' at 'east', 'num'" in message
+    # One line per difference, naming every site that has it.
+    assert "sites 'east', 'north', 'south': label column 'y' at the site, 'num'" in message
     assert "[task]" in message and "schema_file = " in message
     assert "more difference(s)" in message  # the first few only, then a count
     assert message.count("\n") < 15
 
 
 def test_a_run_config_that_names_no_schema_takes_the_sites_own(own_sites: list[Path]) -> None:
-    check = check_site_schemas(RunConfig(), own_sites, run_chose_schema=False)
+    check = check_site_schemas(RunConfig(), own_sites, run_chose_schema="")
 
     assert check.adopted is not None and check.warnings == []
     assert check.run.task.schema_file == str(check.adopted.resolve())
@@ -104,7 +105,7 @@ def test_one_site_differing_among_three_is_a_warning_and_the_run_goes_on(
     text = shared.read_text()
     _own_schema(east, text.replace(f"max = {age_max:g}", f"max = {age_max:g}0", 1))
 
-    check = check_site_schemas(RunConfig(), own_sites, run_chose_schema=False)
+    check = check_site_schemas(RunConfig(), own_sites, run_chose_schema="")
 
     (warning,) = check.warnings
     assert "site 'east'" in warning and "column 'age': max" in warning
@@ -122,7 +123,7 @@ def test_two_sites_that_disagree_stop_and_say_how_to_merge(tmp_path: Path) -> No
     )
 
     with pytest.raises(SchemaMismatch) as caught:
-        check_site_schemas(RunConfig(), configs, run_chose_schema=False)
+        check_site_schemas(RunConfig(), configs, run_chose_schema="")
 
     message = str(caught.value)
     assert "column 'smoker': categories 'former' only at 'south'" in message
@@ -139,3 +140,15 @@ def test_a_range_difference_reads_as_both_values() -> None:
 
     (line,) = describe_differences(other, heart, here="here", there="there")
     assert line.startswith("column 'age': max 120 here,") and line.endswith("there")
+
+
+def test_a_run_config_naming_only_a_schema_file_names_no_bundled_dataset(
+    own_sites: list[Path],
+) -> None:
+    schema = own_sites[0].parent / "schema.toml"
+    run = RunConfig.model_validate({"task": {"schema_file": str(schema)}})
+    assert run.task.dataset == "heart-disease"  # the config's default, which the card would claim
+
+    check = check_site_schemas(run, own_sites, run_chose_schema="schema_file")
+
+    assert check.run.task.dataset == "clinic-exports" and check.warnings == []
