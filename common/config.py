@@ -27,8 +27,10 @@ class TaskConfig(BaseModel):
 
     dataset: str | None = Field(
         default="heart-disease",
-        description="Bundled dataset ('heart-disease', 'breast-cancer', 'digits', 'synthetic'); "
-        "null when every site brings its own data through its site config.",
+        description="Bundled dataset ('heart-disease', 'breast-cancer', 'digits', 'synthetic'), "
+        "or the name of the sites' own data (it names the data on the model card). When the "
+        "sites bring their own files, set schema_file: `fedward simulate` then names the data "
+        "after the schema's name.",
     )
     schema_file: str | None = Field(
         default=None,
@@ -500,6 +502,13 @@ class CardConfig(BaseModel):
         max_length=200,
     )
     caveats: list[str] = Field(default_factory=list, max_length=50)
+    data_license: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The training data's licence as the card states it (e.g. 'CC BY 4.0'). "
+        "Unset, the card claims none, except a bundled dataset's own.",
+    )
 
 
 class ControlsConfig(BaseModel):

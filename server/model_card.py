@@ -1077,7 +1077,9 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
                 {
                     "custom_text": "No license is stated for the model weights; ask the owners."
                     + (
-                        f" The training data are licensed {BUNDLED_DATA[dataset][2]}."
+                        f" The training data are licensed {card_cfg.data_license}."
+                        if card_cfg.data_license
+                        else f" The training data are licensed {BUNDLED_DATA[dataset][2]}."
                         if dataset in BUNDLED_DATA
                         else ""
                     )

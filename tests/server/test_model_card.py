@@ -533,3 +533,22 @@ def test_the_release_line_reads_the_real_state(run_copy: Path, tmp_path: Path) -
     assert line.startswith(f"released | released as {target.name} on ")
     assert f"by ops (signed off by Grace Hopper, clinical lead, on {signed['at']}" in line
     assert f"MANIFEST signed with key {fingerprint}" in line
+
+
+def test_own_data_is_named_and_claims_a_licence_only_where_one_is_declared(
+    run_copy: Path,
+) -> None:
+    config = _json(run_copy / "run_config.json")
+    config["task"]["dataset"] = "ward-exports"
+    (run_copy / "run_config.json").write_text(json.dumps(config), encoding="utf-8")
+    json_path, md_path, _ = write_card(run_copy)
+    details = _json(json_path)["model_details"]
+    assert "(ward-exports)" in details["overview"] and "heart" not in details["overview"]
+    (licence,) = details["licenses"]
+    assert "licensed" not in licence["custom_text"] and "CC BY" not in md_path.read_text()
+
+    config["card"] = {"data_license": "CC BY-NC 4.0"}
+    (run_copy / "run_config.json").write_text(json.dumps(config), encoding="utf-8")
+    json_path, _, _ = write_card(run_copy)
+    (licence,) = _json(json_path)["model_details"]["licenses"]
+    assert licence["custom_text"].endswith("The training data are licensed CC BY-NC 4.0.")
