@@ -232,25 +232,53 @@ def _pooled(sites: Mapping[str, Mapping[str, Any]], bins: int) -> dict[str, Any]
     return out
 
 
+def _unaudited(m: Mapping[str, Any]) -> str:
+    """The sites that did not audit a model, with their reasons, in words ('' when none)."""
+    out = [
+        f"{site} ({e.get('reason') or e.get('status')})"
+        for site, e in m["sites"].items()
+        if e.get("status") != STATUS_OK
+    ]
+    return "; ".join(out)
+
+
 def _headline(verdict: str, models: Mapping[str, Mapping[str, Any]], confidence: float) -> str:
-    """One sentence for the top of the report, the card and the terminal: the verdict and why."""
+    """One sentence for the top of the report, the card and the terminal: the verdict and why.
+
+    Never "no leak observed" about a model no site could measure: an inconclusive or unaudited
+    model says so, with the reason, because silence there reads like a pass.
+    """
     parts = [f"{verdict.upper()}."]
     for m in models.values():
         what = m["description"]
+        audited = [e for e in m["sites"].values() if e.get("status") == STATUS_OK]
+        not_audited = _unaudited(m)
         if not m["dp_guarantee"]:
             parts.append(f"{what[0].upper()}{what[1:]} has no DP guarantee (trained without DP).")
         if m["leaks"]:
             shown = "; ".join(m["leaks"][:3])
             more = f" (and {len(m['leaks']) - 3} more)" if len(m["leaks"]) > 3 else ""
             parts.append(f"Leak observed in {what}: {shown}{more}.")
+        elif not audited:
+            parts.append(
+                f"No site audited {what}"
+                + (f": {not_audited}." if not_audited else " (no site answered the audit).")
+            )
+            not_audited = ""
+        elif m["dp_guarantee"] and m["verdict"] == av.INCONCLUSIVE:
+            parts.append(
+                f"The audit of {what} measured nothing: no site could run an attack or measure "
+                "a TPR at any FPR (too few audit rows; see each site's notes)."
+            )
         elif m["dp_guarantee"]:
-            if any(e.get("status") == STATUS_OK for e in m["sites"].values()):
-                parts.append(f"No leak observed in {what} (it has a DP guarantee).")
+            parts.append(f"No leak observed in {what} (it has a DP guarantee).")
         else:
             parts.append(
                 f"No attack separated members from non-members of {what} beyond chance at "
                 f"{confidence:.0%} confidence; at these sizes that does not make it private."
             )
+        if not_audited:
+            parts.append(f"Not audited: {not_audited}.")
         if m["flags"]:
             parts.append(f"{len(m['flags'])} probable privacy bug(s) in {what}.")
     return " ".join(parts)
@@ -325,8 +353,6 @@ def audit_report(
         if out_models
         else av.INCONCLUSIVE
     )
-    if verdict == av.PASS_PARTIAL:
-        verdict = av.PASS_WITH_WARNINGS
     headline = _headline(verdict, out_models, audit.confidence)
     return {
         "run_id": run_id,

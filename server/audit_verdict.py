@@ -40,7 +40,8 @@ from fedward.common.audit_keys import FPR_LEVELS, fpr_label
 PASS = "pass"
 PASS_WITH_WARNINGS = "pass with warnings"
 PASS_WITH_LEAK_FLAG = "pass with flag: leak observed within the DP guarantee"
-PASS_PARTIAL = "pass (some sites could not be audited)"
+PARTIAL = " (some sites could not be audited)"
+PASS_PARTIAL = "pass" + PARTIAL
 FAIL = "fail"
 FAIL_BUG = "fail: probable privacy bug"
 FAIL_NO_DP = "fail: no DP guarantee"
@@ -374,9 +375,10 @@ def combine(verdicts: Iterable[str], *, dp: bool = True, leak: bool = False) -> 
     passing = {v for v in vs if passed(v)}
     if not passing:
         return INCONCLUSIVE
-    partial = passing != vs or PASS_PARTIAL in vs
+    # A model's "(some sites could not be audited)" carries up to the report's verdict.
+    partial = passing != vs or any(v.endswith(PARTIAL) for v in vs)
     if leak:
-        return PASS_WITH_LEAK_FLAG + (" (some sites could not be audited)" if partial else "")
+        return PASS_WITH_LEAK_FLAG + (PARTIAL if partial else "")
     if partial:
         return PASS_PARTIAL
     return PASS if vs == {PASS} else PASS_WITH_WARNINGS

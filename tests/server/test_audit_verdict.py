@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from fedward.common.config import AuditConfig
 from fedward.server import audit_verdict as av
+from fedward.server.audit_report import audit_report
 
 
 def test_a_bound_just_above_chance_is_never_printed_as_chance() -> None:
@@ -38,3 +43,45 @@ def test_without_dp_nothing_passes_and_a_leak_is_named() -> None:
     assert not any(av.passed(v) for v in (av.FAIL_NO_DP, av.FAIL_NO_DP_LEAK, av.INCONCLUSIVE))
     assert av.verdict_class(av.FAIL_NO_DP_LEAK) == "nodp"
     assert av.verdict_class(av.PASS_WITH_LEAK_FLAG) == "flag"
+
+
+def _report(sites: Mapping[str, Mapping[str, Any]], eps: dict[str, float]) -> dict[str, Any]:
+    return audit_report(
+        AuditConfig(),
+        {"run": {"description": "the run's model (x)", "sites": sites, "epsilon": eps}},
+        run_id="r",
+    )
+
+
+def test_a_model_no_site_audited_never_reads_as_no_leak() -> None:
+    refused = {"status": "refused", "reason": "the site's ledger has no plan for this run"}
+    report = _report({"cleveland": refused}, {"cleveland": 0.8})
+    assert report["verdict"] == av.INCONCLUSIVE
+    assert report["headline"] == (
+        "INCONCLUSIVE. No site audited the run's model (x): cleveland (the site's ledger has no "
+        "plan for this run)."
+    )
+
+
+def test_an_audit_that_measured_nothing_says_so_and_names_the_sites_left_out() -> None:
+    refused = {"status": "refused", "reason": "no plan"}
+    report = _report({"cleveland": {"status": "ok"}, "hungary": refused}, {"cleveland": 0.8})
+    assert report["verdict"] == av.INCONCLUSIVE
+    assert report["headline"] == (
+        "INCONCLUSIVE. The audit of the run's model (x) measured nothing: no site could run an "
+        "attack or measure a TPR at any FPR (too few audit rows; see each site's notes). "
+        "Not audited: hungary (no plan)."
+    )
+    assert "No leak observed" not in str(report["headline"])
+
+
+def test_sites_that_could_not_be_audited_stay_in_the_reports_verdict() -> None:
+    flagged_partial = av.PASS_WITH_LEAK_FLAG + av.PARTIAL
+    # The report's verdict is the worst of its models': the suffix is not lost on the way up.
+    assert av.combine([flagged_partial]) == flagged_partial
+    assert av.combine([av.PASS_PARTIAL]) == av.PASS_PARTIAL
+    assert av.combine([av.PASS_PARTIAL, av.PASS]) == av.PASS_PARTIAL
+    assert av.verdict_class(flagged_partial) == "flag"
+    refused = {"status": "refused", "reason": "no plan"}
+    report = _report({"cleveland": refused}, {"cleveland": 0.8})
+    assert report["verdict"] == av.INCONCLUSIVE  # nothing audited is never a pass
