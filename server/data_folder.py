@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,12 +123,10 @@ def write_data_folder(
     files = site_files(data_dir)
     dataset = dataset_name(data_dir)
     frames = read_site_files(files)
-    out.mkdir(parents=True, exist_ok=True)
-    schema_path = out / "schema.toml"
     findings: list[str] = []
     if schema_file is not None:
-        load_schema(schema_file)  # a bad file is named before anything is copied
-        shutil.copyfile(schema_file, schema_path)
+        schema = load_schema(schema_file)  # a bad file is named before anything is written
+        schema_text = schema_file.read_text(encoding="utf-8")
     else:
         if label is None:
             raise DataFolderError(
@@ -147,18 +144,21 @@ def write_data_folder(
             )
         except SchemaInferenceError as exc:
             raise DataFolderError(str(exc)) from None
-        schema_path.write_text(inferred.toml, encoding="utf-8")
-        findings = inferred.findings
-    schema = load_schema(schema_path)
+        schema, schema_text, findings = inferred.schema, inferred.toml, inferred.findings
+    for path in files:  # every file against the schema before anything is written
+        first_row = 2 if path.suffix.lower() == ".csv" else 1  # a CSV's line 1 is its header
+        table_from_frame(
+            frames[path.stem], schema, site=path.stem, file=str(path), row_offset=first_row
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    schema_path = out / "schema.toml"
+    schema_path.write_text(schema_text, encoding="utf-8")
     configs = []
     for path in files:
-        site = path.stem
-        first_row = 2 if path.suffix.lower() == ".csv" else 1  # a CSV's line 1 is its header
-        table_from_frame(frames[site], schema, site=site, file=str(path), row_offset=first_row)
-        config = out / f"{site}.toml"
-        config.write_text(_site_config_text(site, path), encoding="utf-8")
+        config = out / f"{path.stem}.toml"
+        config.write_text(_site_config_text(path.stem, path), encoding="utf-8")
         try:
-            load_site_config(config)
+            load_site_config(config).load_schema()
         except ConfigError as exc:  # a bug here, not the person's input
             raise DataFolderError(f"fedward wrote an invalid site config: {exc}") from exc
         configs.append(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -152,3 +153,39 @@ def test_a_run_config_naming_only_a_schema_file_names_no_bundled_dataset(
     check = check_site_schemas(run, own_sites, run_chose_schema="schema_file")
 
     assert check.run.task.dataset == "clinic-exports" and check.warnings == []
+
+
+def _simulate(*args: str | Path) -> Any:
+    import typer
+    from typer.testing import CliRunner
+
+    from fedward.server.cli import register
+
+    app = typer.Typer()
+    register(app)
+    return CliRunner().invoke(app, ["simulate", *map(str, args)])
+
+
+def test_simulate_data_without_a_label_stops_before_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedward.server.simulate as simulate_module
+
+    def no_engine(*_: object, **__: object) -> None:
+        raise AssertionError("the engine must not start")
+
+    monkeypatch.setattr(simulate_module, "run_simulation", no_engine)
+    data = _write_folder(tmp_path / "d", {"north": 40, "south": 40})
+
+    done = _simulate("--data", data, "--out", tmp_path / "runs")
+    assert isinstance(done.exception, DataFolderError) and "--label" in str(done.exception)
+
+    schema = tmp_path / "other.toml"
+    schema.write_text(
+        'name = "x"\n[label]\ncolumn = "y"\n'
+        '[[features]]\nname = "weight"\nkind = "numeric"\nmin = 0\nmax = 300\n'
+    )
+    done = _simulate("--data", data, "--schema", schema, "--out", tmp_path / "runs")
+    message = str(done.exception)
+    assert "weight" in message and "north" in message  # the file and the column at fault
+    assert not (tmp_path / "runs").exists()  # nothing written: nothing ran
