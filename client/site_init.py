@@ -43,6 +43,7 @@ from fedward.common.schema import DataSchema
 from fedward.common.schema_inference import (
     BINARY_LABELS,
     REVIEW_NOTE,
+    InferredSchema,
     SchemaInferenceError,
     cell_texts,
     infer_schema,
@@ -367,6 +368,11 @@ def _texts(col: pd.Series) -> pd.Series:
 
 
 def infer_schema_toml(opts: InitOptions) -> str:
+    """The inferred schema's TOML (see :func:`infer_site_schema`)."""
+    return infer_site_schema(opts).toml
+
+
+def infer_site_schema(opts: InitOptions) -> InferredSchema:
     """A schema skeleton from the data file, every feature marked for review.
 
     The same inference as `fedward schema infer` (:mod:`fedward.common.schema_inference`), over
@@ -392,7 +398,7 @@ def infer_schema_toml(opts: InitOptions) -> str:
         )
     except SchemaInferenceError as exc:
         raise SiteInitError(str(exc)) from None
-    return inferred.toml
+    return inferred
 
 
 def _write_new(path: Path, text: str, *, force: bool) -> None:
@@ -413,7 +419,9 @@ def write_site(opts: InitOptions) -> InitResult:
     notes: list[str] = []
     schema_text = None
     if opts.infer_schema:
-        schema_text = infer_schema_toml(opts)
+        inferred = infer_site_schema(opts)
+        schema_text = inferred.toml
+        notes += [f"schema: {line}" for line in inferred.findings]
         validate_config(DataSchema, _parse(schema_text, opts.schema), opts.schema)
         if opts.schema.exists() and not opts.force:
             raise SiteInitError(f"{opts.schema} exists; pass --force to overwrite it")

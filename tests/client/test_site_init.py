@@ -317,3 +317,20 @@ def test_a_malformed_superlink_address_is_refused_before_anything_is_written(
 
     assert done.exit_code != 0 and "--superlink 'https://coordinator'" in str(done.exception)
     assert not config.exists()
+
+
+def test_init_says_what_the_inference_found_in_the_sites_file(tmp_path: Path) -> None:
+    data = tmp_path / "ward.csv"
+    rows = [f"{40 + i % 40},{i % 2}" for i in range(100)]
+    rows[5] = "65526,1"  # an age no patient has
+    data.write_text("age,y\n" + "\n".join(rows) + "\n")
+
+    done = _init(
+        tmp_path / "site.toml", "--name", "ward", "--data", data, "--infer-schema", "--label", "y"
+    )
+
+    assert done.exit_code == 0, done.output
+    flat = " ".join(done.output.split())
+    assert "note: schema: column 'age': 1 impossible value(s) (65526 in" in flat
+    schema = load_site_config(tmp_path / "site.toml").load_schema()
+    assert 65526 in schema.feature("age").missing_values
