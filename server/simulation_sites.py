@@ -15,8 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedward.common.config import RunConfig
-from fedward.server.data_folder import SITE_CONFIGS, write_data_folder
+from fedward.common.errors import FedwardError
+from fedward.server.data_folder import SITE_CONFIGS, site_files, write_data_folder
 from fedward.server.site_schemas import check_site_schemas
+
+
+class TooFewSites(FedwardError):
+    """Fewer sites than the run waits for: it would wait, then stop without a model."""
 
 
 def prepare_sites(
@@ -34,6 +39,13 @@ def prepare_sites(
 ) -> tuple[RunConfig, list[Path]]:
     """The run (its schema settled) and the site config paths; says on the console what it did."""
     configs = list(site_configs)
+    n_sites = len(site_files(data_dir)) if data_dir is not None else len(configs)
+    if n_sites < run.strategy.min_sites:
+        raise TooFewSites(
+            f"{n_sites} site(s), but the run waits for at least {run.strategy.min_sites} "
+            "(strategy.min_sites): give more sites (one file per site with --data), or lower "
+            "[strategy] min_sites in the run config"
+        )
     if data_dir is not None:
         written = write_data_folder(
             data_dir,

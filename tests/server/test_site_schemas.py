@@ -189,3 +189,12 @@ def test_simulate_data_without_a_label_stops_before_the_engine(
     message = str(done.exception)
     assert "weight" in message and "north" in message  # the file and the column at fault
     assert not (tmp_path / "runs").exists()  # nothing written: nothing ran
+
+
+def test_one_file_is_too_few_sites_for_the_default_run(tmp_path: Path) -> None:
+    from fedward.server.simulation_sites import TooFewSites
+
+    data = _write_folder(tmp_path / "d", {"north": 40})
+    done = _simulate("--data", data, "--label", "y", "--out", tmp_path / "runs")
+    assert isinstance(done.exception, TooFewSites) and "min_sites" in str(done.exception)
+    assert not (tmp_path / "runs").exists()
