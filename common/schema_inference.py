@@ -403,9 +403,16 @@ def infer_schema(
             continue
         lacking = [s for s in sources if column not in frames[s].columns]
         if lacking:
-            shown = ", ".join(list(frames[lacking[0]].columns)[:20])
+            header = [str(c) for c in frames[lacking[0]].columns]
+            shown = ", ".join(header[:20])
+            hint = (
+                "; the header looks separated by semicolons: export the file with commas"
+                if len(header) == 1 and ";" in header[0]
+                else ""
+            )
             raise SchemaInferenceError(
                 f"{lacking[0]}: {what} column '{column}' is not in the file (columns: {shown})"
+                + hint
             )
     for column in impute:
         if column not in columns:

@@ -240,3 +240,9 @@ def test_fedward_schema_infer_writes_one_schema_every_file_satisfies(tmp_path: P
     )
     assert again.exit_code == 0, again.output
     assert load_schema(merged_out).fingerprint() == schema.fingerprint()
+
+
+def test_a_semicolon_separated_export_is_named_as_such() -> None:
+    frame = pd.DataFrame({"age;smoker;y": ["50;yes;1", "60;no;0"]})
+    with pytest.raises(SchemaInferenceError, match="separated by semicolons"):
+        infer_schema({"north": frame}, label="y")

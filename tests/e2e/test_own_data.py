@@ -92,7 +92,7 @@ def test_sites_whose_schema_differs_from_the_runs_stop_before_any_engine_starts(
 ) -> None:
     folder = own_run["dir"] / "site-configs"
     run_toml = own_run["tmp"] / "bundled.toml"
-    run_toml.write_text('[task]\ndataset = "heart-disease"\n')  # the README's old trap
+    run_toml.write_text('[task]\ndataset = "heart-disease"\n')  # a run config naming a bundled set
     out = own_run["tmp"] / "mismatch-runs"
     args = [str(BIN / "fedward"), "simulate", "--config", str(run_toml), "--out", str(out)]
     for site in SITES:
