@@ -142,7 +142,7 @@ def _site_entry(
             # Leakage beyond the threshold is shown when the whole interval is above it; a point
             # estimate above it on a small audit split is a warning, not a verdict.
             if lo is not None and lo > limit:
-                failures.append(f"{text} (interval from {lo:.3f})")
+                failures.append(f"{text} (interval from {av.above(lo, limit)})")
             else:
                 warnings.append(f"{text}, but its interval reaches below the threshold")
     leaks = [
@@ -253,12 +253,21 @@ def _headline(verdict: str, models: Mapping[str, Mapping[str, Any]], confidence:
         what = m["description"]
         audited = [e for e in m["sites"].values() if e.get("status") == STATUS_OK]
         not_audited = _unaudited(m)
+        if m["flags"]:
+            parts.append(
+                f"{len(m['flags'])} probable privacy bug(s) in {what}: {_first(m['flags'], 1)}."
+            )
         if not m["dp_guarantee"]:
             parts.append(f"{what[0].upper()}{what[1:]} has no DP guarantee (trained without DP).")
+        over = [
+            f
+            for f in m["failures"]
+            if not f.startswith("NO DP GUARANTEE") and ": leak observed: " not in f
+        ]
+        if over:
+            parts.append(f"Over the run config's thresholds in {what}: {_first(over, 2)}.")
         if m["leaks"]:
-            shown = "; ".join(m["leaks"][:3])
-            more = f" (and {len(m['leaks']) - 3} more)" if len(m["leaks"]) > 3 else ""
-            parts.append(f"Leak observed in {what}: {shown}{more}.")
+            parts.append(f"Leak observed in {what}: {_first(m['leaks'], 3)}.")
         elif not audited:
             parts.append(
                 f"No site audited {what}"
@@ -279,9 +288,13 @@ def _headline(verdict: str, models: Mapping[str, Mapping[str, Any]], confidence:
             )
         if not_audited:
             parts.append(f"Not audited: {not_audited}.")
-        if m["flags"]:
-            parts.append(f"{len(m['flags'])} probable privacy bug(s) in {what}.")
     return " ".join(parts)
+
+
+def _first(items: list[str], n: int) -> str:
+    """The first ``n`` items joined, and how many more there are."""
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(items[:n]) + more
 
 
 def audit_report(

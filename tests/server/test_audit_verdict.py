@@ -85,3 +85,25 @@ def test_sites_that_could_not_be_audited_stay_in_the_reports_verdict() -> None:
     refused = {"status": "refused", "reason": "no plan"}
     report = _report({"cleveland": refused}, {"cleveland": 0.8})
     assert report["verdict"] == av.INCONCLUSIVE  # nothing audited is never a pass
+
+
+def test_the_headline_puts_a_probable_bug_first_and_names_thresholds_exceeded() -> None:
+    from fedward.server.audit_report import _headline
+
+    ok = {"status": "ok"}
+    bug = "a: PROBABLE BUG: the empirical ε lower bound 1.08 (at 95% confidence) exceeds …"
+    model = {
+        "description": "the run's model (x)",
+        "dp_guarantee": True,
+        "verdict": av.FAIL_BUG,
+        "sites": {"a": ok},
+        "flags": [bug],
+        "failures": ["a: loss threshold: AUC 0.603 > 0.52 (interval from 0.5203)"],
+        "leaks": ["a: canary attack: 40 of 40 guesses correct, ε lower bound 1.08"],
+    }
+    assert _headline(av.FAIL_BUG, {"run": model}, 0.95) == (
+        f"FAIL: PROBABLE PRIVACY BUG. 1 probable privacy bug(s) in the run's model (x): {bug}. "
+        "Over the run config's thresholds in the run's model (x): a: loss threshold: AUC 0.603 "
+        "> 0.52 (interval from 0.5203). Leak observed in the run's model (x): a: canary attack: "
+        "40 of 40 guesses correct, ε lower bound 1.08."
+    )
