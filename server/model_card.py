@@ -678,7 +678,7 @@ def _caveats(
             )
             out.append(
                 f"Site {left.get('site')} trained {trained_rounds_text(rounds)}, then "
-                f"{left.get('status')} ({left.get('reason')}): its data shaped the model through "
+                f"{left.get('status')} ({left.get('reason')}): its data shaped the model in "
                 f"those rounds, but the model was not validated on its test split.{eps}"
             )
             continue

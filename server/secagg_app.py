@@ -486,7 +486,7 @@ class SecAggTracking(LegacyStrategy):
         """Per-site panels and the pooled panel from the sites' coarsened score histograms."""
         self._failures(server_round, failures, f"evaluate ({split})")
         per_site: dict[str, Any] = {}
-        hists: list[CoarseHistogram] = []
+        hists: dict[str, CoarseHistogram] = {}
         for node_id, res in results:
             rec = self._site(node_id)
             m = dict(res.metrics)
@@ -502,7 +502,7 @@ class SecAggTracking(LegacyStrategy):
             per_site[rec.label] = panel
             rec.metrics[f"{split}:{server_round}"] = panel
             if hist:
-                hists.append(CoarseHistogram.from_record(hist))
+                hists[rec.label] = CoarseHistogram.from_record(hist)
         return record_evaluation(
             self.history, self.folder, server_round, split, per_site, hists, self.histogram_bins
         )

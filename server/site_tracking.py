@@ -132,16 +132,18 @@ def record_evaluation(
     server_round: int,
     split: str,
     per_site: dict[str, Any],
-    hists: list[CoarseHistogram],
+    hists: dict[str, CoarseHistogram],
     bins: int,
     site_hists: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Pool the sites' histograms (never raw scores), keep the round's entry and announce it.
 
     The sealed test entry also keeps each site's coarse histogram: the model card draws its ROC,
-    PR and calibration curves from them.
+    PR and calibration curves from them. Histograms are keyed by site, so a pooled figure names
+    the sites it leaves out, and the sites' own panels make accuracy and Brier exact where the
+    histograms cannot resolve them.
     """
-    pooled = pooled_panel(hists, bins) if hists else None
+    pooled = pooled_panel(hists, bins, site_panels=per_site) if hists else None
     entry = {"round": server_round, "split": split, "sites": per_site, "pooled": pooled}
     if split == "test" and site_hists is not None:
         entry["histograms"] = site_hists
@@ -520,7 +522,7 @@ class SiteTracking(Strategy):
     ) -> dict[str, Any]:
         ok = self._classify(server_round, replies, f"evaluate ({split})")
         per_site: dict[str, Any] = {}
-        hists: list[CoarseHistogram] = []
+        hists: dict[str, CoarseHistogram] = {}
         site_hists: dict[str, dict[str, Any]] = {}
         for msg in ok:
             info = _reply_info(msg)
@@ -534,7 +536,7 @@ class SiteTracking(Strategy):
             rec.metrics[f"{split}:{server_round}"] = panel
             hist_rec = {k[len("hist_") :]: v for k, v in info.items() if k.startswith("hist_")}
             if hist_rec:
-                hists.append(CoarseHistogram.from_record(hist_rec))
+                hists[rec.label] = CoarseHistogram.from_record(hist_rec)
                 site_hists[rec.label] = hist_rec
         return record_evaluation(
             self.history, self.folder, server_round, split, per_site, hists, self.bins, site_hists

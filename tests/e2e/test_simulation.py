@@ -86,7 +86,10 @@ def test_the_other_sites_finish_the_run(federation: dict[str, Any]) -> None:
 
 def test_run_record_lists_every_non_dp_output(federation: dict[str, Any]) -> None:
     privacy = _json(federation, "run_record.json")["privacy"]
-    assert privacy["epsilon_covers"] == ["model updates (DP-SGD)"]
+    assert privacy["epsilon_covers"] == [
+        "the tuning trials that chose the model's settings (DP-SGD)",
+        "model updates (DP-SGD)",
+    ]
     assert "train_loss" not in privacy["non_dp_outputs"]  # under DP it is not sent
     assert {
         "metric panel (tune)",
@@ -143,7 +146,8 @@ def test_the_released_models_epsilon_composes_the_trials_that_chose_it(
     )
     card = (federation["dir"] / "model_card.md").read_text()
     assert "target ε (per site, the released model)" in card
-    assert f"{eps[0]:.2f}–{eps[1]:.2f} at the sites that took part (composing the tuning" in card
+    span = f"{eps[0]:.2f}" if f"{eps[0]:.2f}" == f"{eps[1]:.2f}" else f"{eps[0]:.2f}–{eps[1]:.2f}"
+    assert f"{span} at the sites that took part (composing the tuning" in card
     out = " ".join(federation["stdout"].split())
     assert "ε above: the released model's, per site (target 1.0), composing the tuning" in out
 
