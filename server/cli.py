@@ -454,11 +454,20 @@ def _print_audit(run_dir: Path) -> None:
     if not (run_dir / "audit.json").exists():
         return
     report = json.loads((run_dir / "audit.json").read_text())
-    colour = "green" if report["verdict"].startswith("pass") else "red"
-    console.print(f"[bold]Membership audit:[/] [{colour}]{report['verdict']}[/]")
+    verdict = report["verdict"]
+    passed = verdict.startswith("pass")
+    colour = "red" if not passed else "yellow" if "leak observed" in verdict else "green"
+    console.print(f"[bold]Membership audit:[/] [{colour}]{verdict}[/]")
     for model in report["models"].values():
         for line in model["flags"] + model["failures"]:
             console.print(f"  [red]{line}[/]")
+        # Under DP a leak is a flag, not a failure: still printed, with what was observed.
+        if model.get("dp_guarantee"):
+            for leak in model.get("leaks") or []:
+                console.print(f"  [yellow]flag: leak observed within the DP guarantee: {leak}[/]")
+        for site, entry in (model.get("sites") or {}).items():
+            if entry.get("status") != "ok":
+                console.print(f"  [yellow]not audited: {site}: {entry.get('reason')}[/]")
     for caveat in report.get("caveats", []):
         console.print(f"  [yellow]caveat: {caveat}[/]")
     console.print(f"  details: {run_dir / 'audit.html'}")

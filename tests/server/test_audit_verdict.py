@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fedward.common.config import AuditConfig
 from fedward.server import audit_verdict as av
@@ -107,3 +111,25 @@ def test_the_headline_puts_a_probable_bug_first_and_names_thresholds_exceeded() 
         "> 0.52 (interval from 0.5203). Leak observed in the run's model (x): a: canary attack: "
         "40 of 40 guesses correct, ε lower bound 1.08."
     )
+
+
+def test_the_terminal_prints_a_dp_models_leaks_as_flags_and_the_sites_not_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedward.server.cli import _print_audit
+
+    leak = "a: canary attack: 23 of 26 guesses correct, ε lower bound 0.21 at 95% confidence"
+    model = {
+        "dp_guarantee": True,
+        "flags": [],
+        "failures": [],
+        "leaks": [leak],
+        "sites": {"a": {"status": "ok"}, "b": {"status": "refused", "reason": "no plan"}},
+    }
+    report = {"verdict": av.PASS_WITH_LEAK_FLAG + av.PARTIAL, "models": {"run": model}}
+    (tmp_path / "audit.json").write_text(json.dumps(report))
+    _print_audit(tmp_path)
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    verdict = f"Membership audit: {av.PASS_WITH_LEAK_FLAG + av.PARTIAL}"
+    flag = f"flag: leak observed within the DP guarantee: {leak}"
+    assert out.index(verdict) < out.index(flag) < out.index("not audited: b: no plan")
