@@ -40,7 +40,7 @@ def _browser_or_skip() -> Any:
         from selenium import webdriver
     except ImportError:
         missing.append("the selenium Python package (pip install 'selenium>=4.20')")
-        webdriver = None
+        webdriver = None  # type: ignore[assignment]  # reported as missing just below
     if missing:
         why = (
             f"the model-card browser test needs {', '.join(missing)} "
