@@ -79,7 +79,24 @@ def closing_line(
         return (
             f"finished without {len(left)} of {took_part + len(left)} sites "
             f"({', '.join(left)}) (exit {code}): why each is out is under 'left_out' in "
-            f"{where}; fix them and run again for a model of every site"
+            f"{where}; fix them and run again for a model of every site" + _audit_note(run_dir)
         )
     took_part = len(record.get("participating") or [])
-    return f"finished, all {took_part} sites took part (exit {code}): the model is {run_dir / 'model.pt'}"
+    return (
+        f"finished, all {took_part} sites took part (exit {code}): the model is "
+        f"{run_dir / 'model.pt'}" + _audit_note(run_dir)
+    )
+
+
+def _audit_note(run_dir: Path) -> str:
+    """The last line never lets a model whose membership audit did not pass look releasable."""
+    try:
+        verdict = str(json.loads((run_dir / "audit.json").read_text(encoding="utf-8"))["verdict"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if verdict.startswith("pass"):
+        return ""
+    return (
+        f"; NOT RELEASABLE: its membership audit did not pass ({verdict}); see "
+        f"{run_dir / 'audit.html'}"
+    )

@@ -221,6 +221,9 @@ def test_the_terminal_ends_with_the_failure_in_red(overfit_run: FinishedRun) -> 
         site, what = leak.split(": ", 1)
         assert f"{site}: leak observed: {what}" in words, leak
     assert re.search(r"Model card: \S+model_card\.html run folder: ", words)
+    # The very last line, which a script or a hurried reader sees, says it is not releasable.
+    last = " ".join(overfit_run.stdout.rsplit("run folder: ", 1)[1].split())
+    assert "NOT RELEASABLE: its membership audit did not pass (fail: no DP guarantee" in last
 
 
 # ---- the default DP run passes ----------------------------------------------------------------

@@ -86,6 +86,25 @@ def test_the_last_line_of_a_run_without_a_model_says_why_and_where(tmp_path: Pat
 def test_the_last_line_of_a_full_run_names_the_model(tmp_path: Path) -> None:
     line = closing_line(tmp_path, record())
     assert "all 4 sites took part (exit 0)" in line and str(tmp_path / "model.pt") in line
+    assert "NOT RELEASABLE" not in line
+
+
+def test_the_last_line_never_lets_a_model_that_failed_its_audit_look_releasable(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    (tmp_path / "audit.json").write_text(json.dumps({"verdict": "pass"}))
+    assert "NOT RELEASABLE" not in closing_line(tmp_path, record())
+    (tmp_path / "audit.json").write_text(
+        json.dumps({"verdict": "fail: no DP guarantee, leak observed"})
+    )
+    line = closing_line(tmp_path, record())
+    assert line.endswith(
+        "; NOT RELEASABLE: its membership audit did not pass (fail: no DP guarantee, leak "
+        f"observed); see {tmp_path / 'audit.html'}"
+    )
+    assert "NOT RELEASABLE" in closing_line(tmp_path, record(left=("switzerland",)))
 
 
 class _Launched:
