@@ -10,8 +10,6 @@ bound above the accountant's ε is flagged as a probable bug, never hidden.
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Mapping
 from logging import WARNING
@@ -400,37 +398,13 @@ def roc_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def audit_roc_png(site: str, entry: Mapping[str, Any], delta: float | None) -> str:
-    """A log-log ROC per attack with the DP bound TPR <= e^ε FPR + δ; a base64 PNG."""
-    import matplotlib
+    """A log-log ROC per attack with the DP bound TPR <= e^ε FPR + δ; a base64 PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The same figure as the card's: its axes cover the rates the site's audit can measure.
+    """
+    from fedward.server.card_plots import audit_roc_figure, png  # imports this module
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=100)
-    grid = np.logspace(-3, 0, 200)
-    ax.plot(grid, grid, color="0.6", linestyle=":", label="chance")
-    eps = entry.get("epsilon_accountant")
-    if eps is not None:
-        bound = np.minimum(1.0, math.exp(float(eps)) * grid + float(delta or 0.0))
-        ax.plot(grid, bound, color="tab:red", linestyle="--", label=f"DP bound, ε={float(eps):.2f}")
-    for attack, r in (entry.get("attacks") or {}).items():
-        if r.get("hist"):
-            fpr, tpr = roc_points(r["hist"])
-            keep = fpr > 0
-            ax.step(fpr[keep], tpr[keep], where="post", label=ATTACK_NAMES.get(attack, attack))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(1e-3, 1)
-    ax.set_ylim(1e-3, 1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title(site)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return png(audit_roc_figure(site, entry, delta))
 
 
 def fmt_value(x: Any, digits: int = 3) -> str:

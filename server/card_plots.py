@@ -132,7 +132,8 @@ def plan(card: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
+    """A finished figure as a base64 PNG (closed afterwards)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -166,7 +167,7 @@ def _roc(hists: Mapping[str, CoarseHistogram], records: Mapping[str, Any]) -> st
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
     ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    return png(fig)
 
 
 def _precision_recall(hists: Mapping[str, CoarseHistogram]) -> str:
@@ -185,7 +186,7 @@ def _precision_recall(hists: Mapping[str, CoarseHistogram]) -> str:
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.legend(fontsize=7, loc="lower left")
-    return _png(fig)
+    return png(fig)
 
 
 def _reliability(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,7 +216,7 @@ def _calibration(hists: Mapping[str, CoarseHistogram]) -> str:
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed share of positives")
     ax.legend(fontsize=7, loc="upper left")
-    return _png(fig)
+    return png(fig)
 
 
 def _site_epsilon(site: Mapping[str, Any]) -> float | None:
@@ -321,7 +322,7 @@ def privacy_utility_figure(card: Mapping[str, Any]) -> Any:
 
 
 def _privacy_utility(card: Mapping[str, Any]) -> str:
-    return _png(privacy_utility_figure(card))
+    return png(privacy_utility_figure(card))
 
 
 def measurable_rates(entry: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -400,5 +401,5 @@ def render(card: Mapping[str, Any]) -> dict[str, str]:
             out[figure.name] = _privacy_utility(card)
         elif figure.name.startswith("audit_roc_"):
             site = figure.name.removeprefix("audit_roc_")
-            out[figure.name] = _png(audit_roc_figure(site, audit_sites[site], deltas.get(site)))
+            out[figure.name] = png(audit_roc_figure(site, audit_sites[site], deltas.get(site)))
     return out
