@@ -152,6 +152,22 @@ def test_the_released_models_epsilon_composes_the_trials_that_chose_it(
     assert "ε above: the released model's, per site (target 1.0), composing the tuning" in out
 
 
+def test_pooled_figures_never_contradict_the_sites(federation: dict[str, Any]) -> None:
+    test = _json(federation, "metrics.json")["test"]
+    pooled, sites = test["pooled"], test["sites"]
+    covered = [p for name, p in sites.items() if name not in pooled["sites_left_out"]]
+    n = sum(p["n"] for p in covered)
+    for key in ("accuracy", "balanced_accuracy", "brier", "ece"):
+        if pooled[key] is None:
+            assert pooled["omitted"][key], key  # left out, and the reason is given
+            continue
+        lo, hi = pooled["bounds"].get(key, (pooled[key], pooled[key]))
+        assert lo - 1e-12 <= pooled[key] <= hi + 1e-12, key
+    if pooled["accuracy"] is not None and all(p.get("accuracy") is not None for p in covered):
+        weighted = sum(p["accuracy"] * p["n"] for p in covered) / n
+        assert pooled["accuracy"] == pytest.approx(weighted, abs=1e-9)
+
+
 def test_baselines_report_covers_the_sites_that_trained(federation: dict[str, Any]) -> None:
     report = _json(federation, "baselines.json")
     assert report["budget"]["configurations_per_family"] == 3
