@@ -3,15 +3,27 @@
 #
 #   (no argument) or `superlink`   start the Flower SuperLink (TLS, SuperNode authentication, state in
 #                                  a database on the volume) and the coordinator's Prometheus metrics
-#                                  beside it (`fedward coordinator metrics`); SIGTERM stops both
+#                                  beside it (`fedward coordinator metrics`); SIGTERM stops both.
+#                                  The SuperLink listens twice (deploy/superlink_listeners.py): the
+#                                  published port serves the Fleet API only; the Control and Runtime
+#                                  APIs (`flwr`, `fedward run`, the ServerApp) listen on this
+#                                  container's loopback, under a certificate from a CA the sites never
+#                                  receive. Flower's open-source SuperLink authenticates no Control API
+#                                  caller, so whoever reaches that listener is the operator.
 #   `he`                           serve encrypted predictions of the released model
 #                                  (`fedward he serve`); waits until a release and a clients file exist
-#   anything else                  run it as a command, e.g. `flwr supernode list fedward`
+#   anything else                  run it as a command, e.g. `flwr supernode list fedward` (it
+#                                  reaches the Control listener through $FLWR_HOME/config.toml, which
+#                                  only `superlink` writes; `docker compose exec` runs beside it)
 #
 # Settings (environment; the defaults are the images' mount points, see docker-compose.yml):
 #   FEDWARD_STATE_DIR        coordinator state: superlink.db, runs/       /var/lib/fedward
-#   FEDWARD_SSL_CA_CERT, FEDWARD_SSL_CERT, FEDWARD_SSL_KEY               /etc/fedward/certs/{ca,superlink}.*
-#   FEDWARD_SUPERLINK_HOST, FEDWARD_SUPERLINK_PORT                       0.0.0.0, 8000
+#   FEDWARD_SSL_CERT, FEDWARD_SSL_KEY   the Fleet listener's certificate (signed by the sites' CA)
+#                                                             /etc/fedward/certs/superlink.{pem,key}
+#   FEDWARD_SUPERLINK_HOST, FEDWARD_SUPERLINK_PORT   the Fleet listener (published)   0.0.0.0, 8000
+#   FEDWARD_CONTROL_HOST, FEDWARD_CONTROL_PORT       the Control listener          127.0.0.1, 9093
+#   FEDWARD_CONTROL_CA_CERT, FEDWARD_CONTROL_CERT, FEDWARD_CONTROL_KEY
+#                            its CA and certificate      /etc/fedward/certs/control-ca.pem, control.*
 #   FEDWARD_FEDERATION       name of the connection written to $FLWR_HOME/config.toml, for `flwr` and
 #                            `fedward run` inside this container                      fedward
 #   FEDWARD_METRICS          1: serve the metrics (default); 0: no metrics process
@@ -22,7 +34,9 @@
 #   FEDWARD_HE_CLIENTS       clients file (tokens, budgets)                /etc/fedward/he/clients.toml
 #   FEDWARD_HE_STATE         usage ledger and request log                             /var/lib/fedward/he
 #   FEDWARD_HE_ARGS          more `fedward he serve` options, e.g. "--workers 8 --logit-noise 0.05"
-#   FEDWARD_INSECURE         1: no TLS (local trials only; prints a warning)
+#   FEDWARD_INSECURE         1: no TLS and no SuperNode authentication: any process that reaches
+#                            the published port can join as a site (local trials on one machine
+#                            only; prints a warning). The Control listener stays on loopback.
 set -euo pipefail
 
 MODE="${1:-superlink}"
@@ -57,16 +71,28 @@ superlink() {
   local state="${FEDWARD_STATE_DIR:-/var/lib/fedward}"
   local host="${FEDWARD_SUPERLINK_HOST:-0.0.0.0}"
   local port="${FEDWARD_SUPERLINK_PORT:-8000}"
-  local ca="${FEDWARD_SSL_CA_CERT:-/etc/fedward/certs/ca.pem}"
   local cert="${FEDWARD_SSL_CERT:-/etc/fedward/certs/superlink.pem}"
   local key="${FEDWARD_SSL_KEY:-/etc/fedward/certs/superlink.key}"
+  local control_host="${FEDWARD_CONTROL_HOST:-127.0.0.1}"
+  local control_port="${FEDWARD_CONTROL_PORT:-9093}"
+  local control_ca="${FEDWARD_CONTROL_CA_CERT:-/etc/fedward/certs/control-ca.pem}"
+  local control_cert="${FEDWARD_CONTROL_CERT:-/etc/fedward/certs/control.pem}"
+  local control_key="${FEDWARD_CONTROL_KEY:-/etc/fedward/certs/control.key}"
   local federation="${FEDWARD_FEDERATION:-fedward}"
   local metrics_port="${FEDWARD_METRICS_PORT:-9400}"
   mkdir -p "$state/runs"
+  if [ "$control_port" = "$port" ]; then
+    fail "FEDWARD_CONTROL_PORT and FEDWARD_SUPERLINK_PORT are both $port: the Control API needs its own listener"
+  fi
 
-  local link=(flower-superlink --host "$host" --port "$port" --database "$state/superlink.db"
-    --enable-supernode-auth --disable-runtime-dependency-installation)
-  # The connection `flwr run`, `flwr supernode register` and `fedward run` use inside this container.
+  # Flower's arguments after `--`; the Fleet listener's before it.
+  local link=(python "$(dirname "$0")/superlink_listeners.py" --fleet-host "$host" --fleet-port "$port")
+  local flower=(--host "$control_host" --port "$control_port" --database "$state/superlink.db"
+    --disable-runtime-dependency-installation)
+  # The connection `flwr run`, `flwr supernode register` and `fedward run` use inside this container:
+  # the Control listener, verified against the control-plane CA.
+  local connect_host="$control_host"
+  case "$connect_host" in 0.0.0.0 | "::" | "[::]") connect_host=127.0.0.1 ;; esac
   local home="${FLWR_HOME:-$HOME/.flwr}"
   mkdir -p "$home"
   {
@@ -74,23 +100,30 @@ superlink() {
     echo "default = \"$federation\""
     echo
     echo "[superlink.$federation]"
-    echo "address = \"127.0.0.1:$port\""
+    echo "address = \"$connect_host:$control_port\""
     if [ "$INSECURE" = 1 ]; then
       echo "insecure = true"
     else
-      echo "root-certificates = \"$ca\""
+      echo "root-certificates = \"$control_ca\""
     fi
   } >"$home/config.toml"
 
   if [ "$INSECURE" = 1 ]; then
     warn_insecure "model updates, run configs and node registrations"
-    link+=(--insecure)
+    say "WARNING: SuperNode authentication is OFF: any process that reaches port $port joins the"
+    say "WARNING: federation as a site and receives the model. Never open that port beyond this machine."
+    flower+=(--insecure)
   else
-    need_file "$ca" "CA certificate"
-    need_file "$cert" "SuperLink certificate"
-    need_file "$key" "SuperLink private key"
-    link+=(--ssl-ca-certfile "$ca" --ssl-certfile "$cert" --ssl-keyfile "$key")
+    need_file "$cert" "SuperLink (Fleet) certificate"
+    need_file "$key" "SuperLink (Fleet) private key"
+    need_file "$control_ca" "control-plane CA certificate"
+    need_file "$control_cert" "Control API certificate"
+    need_file "$control_key" "Control API private key"
+    link+=(--fleet-ssl-certfile "$cert" --fleet-ssl-keyfile "$key")
+    flower+=(--enable-supernode-auth --ssl-ca-certfile "$control_ca" --ssl-certfile "$control_cert"
+      --ssl-keyfile "$control_key")
   fi
+  link+=(-- "${flower[@]}")
 
   PIDS=()
   STOPPING=0

@@ -6,6 +6,10 @@
 #                                           127.0.0.1 and every --superlink-name)
 #   OUT/he.pem, OUT/he.key                  the encrypted-inference service's TLS certificate (SAN: he,
 #                                           localhost, 127.0.0.1 and every --he-name)
+#   OUT/control-ca.pem, OUT/control-ca.key  a second CA, for the coordinator's side only: never give
+#                                           control-ca.pem to a site (keep control-ca.key offline)
+#   OUT/control.pem, OUT/control.key        the SuperLink's Control API certificate, signed by
+#                                           control-ca (SAN: localhost, 127.0.0.1, every --control-name)
 #   OUT/keys/SITE, OUT/keys/SITE.pub        each site's SuperNode authentication key pair (ECDSA P-384,
 #                                           OpenSSH format, as Flower's node authentication expects)
 #
@@ -22,6 +26,7 @@ usage: deploy/make-certs.sh OUT_DIR [options]
                           (default: cleveland,hungary,switzerland,va-long-beach)
   --superlink-name NAME   one more DNS name or IP address for the SuperLink certificate (repeatable)
   --he-name NAME          one more DNS name or IP address for the HE service certificate (repeatable)
+  --control-name NAME     one more DNS name or IP address for the Control API certificate (repeatable)
   --days N                validity of the server certificates in days (default 825; the CA: 3650)
   --keys-only             make only the sites' node key pairs (add a site, or rotate its key)
   --force                 overwrite existing keys and certificates
@@ -38,6 +43,7 @@ OUT=""
 SITES="cleveland,hungary,switzerland,va-long-beach"
 SUPERLINK_NAMES=(superlink localhost 127.0.0.1)
 HE_NAMES=(he localhost 127.0.0.1)
+CONTROL_NAMES=(localhost 127.0.0.1)
 DAYS=825
 CA_DAYS=3650
 KEYS_ONLY=0
@@ -48,6 +54,7 @@ while [ $# -gt 0 ]; do
     --sites) [ $# -ge 2 ] || die "--sites needs a value"; SITES="$2"; shift 2 ;;
     --superlink-name) [ $# -ge 2 ] || die "--superlink-name needs a value"; SUPERLINK_NAMES+=("$2"); shift 2 ;;
     --he-name) [ $# -ge 2 ] || die "--he-name needs a value"; HE_NAMES+=("$2"); shift 2 ;;
+    --control-name) [ $# -ge 2 ] || die "--control-name needs a value"; CONTROL_NAMES+=("$2"); shift 2 ;;
     --days) [ $# -ge 2 ] || die "--days needs a value"; DAYS="$2"; shift 2 ;;
     --keys-only) KEYS_ONLY=1; shift ;;
     --force) FORCE=1; shift ;;
@@ -73,6 +80,7 @@ done
 TARGETS=()
 if [ "$KEYS_ONLY" = 0 ]; then
   TARGETS+=(ca.pem ca.key superlink.pem superlink.key he.pem he.key)
+  TARGETS+=(control-ca.pem control-ca.key control.pem control.key)
 fi
 for site in "${SITE_LIST[@]}"; do
   TARGETS+=("keys/$site" "keys/$site.pub")
@@ -135,9 +143,9 @@ san_of() {
   echo "${entries[*]}"
 }
 
-server_cert() { # NAME CN NAMES...
-  local name="$1" cn="$2"
-  shift 2
+server_cert() { # CA NAME CN NAMES...
+  local ca="$1" name="$2" cn="$3"
+  shift 3
   new_ec_key "$WORK/$name.key"
   openssl req -new -key "$WORK/$name.key" -subj "/O=fedward/CN=$cn" -out "$WORK/$name.csr"
   cat >"$WORK/$name.ext" <<EOF
@@ -148,20 +156,27 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 subjectAltName = $(san_of "$@")
 EOF
-  openssl x509 -req -in "$WORK/$name.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
-    -CAcreateserial -CAserial "$WORK/ca.srl" -days "$DAYS" -sha384 \
+  openssl x509 -req -in "$WORK/$name.csr" -CA "$WORK/$ca.pem" -CAkey "$WORK/$ca.key" \
+    -CAcreateserial -CAserial "$WORK/$ca.srl" -days "$DAYS" -sha384 \
     -extfile "$WORK/$name.ext" -out "$WORK/$name.pem" 2>/dev/null
 }
 
-if [ "$KEYS_ONLY" = 0 ]; then
-  new_ec_key "$WORK/ca.key"
-  openssl req -x509 -new -key "$WORK/ca.key" -sha384 -days "$CA_DAYS" \
-    -subj "/O=fedward/CN=fedward deployment CA" \
+new_ca() { # NAME CN
+  new_ec_key "$WORK/$1.key"
+  openssl req -x509 -new -key "$WORK/$1.key" -sha384 -days "$CA_DAYS" \
+    -subj "/O=fedward/CN=$2" \
     -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out "$WORK/ca.pem"
-  server_cert superlink "fedward SuperLink" "${SUPERLINK_NAMES[@]}"
-  server_cert he "fedward encrypted inference" "${HE_NAMES[@]}"
+    -out "$WORK/$1.pem"
+}
+
+if [ "$KEYS_ONLY" = 0 ]; then
+  new_ca ca "fedward deployment CA"
+  server_cert ca superlink "fedward SuperLink" "${SUPERLINK_NAMES[@]}"
+  server_cert ca he "fedward encrypted inference" "${HE_NAMES[@]}"
+  # The Control API's own CA: a site holding ca.pem cannot even verify the Control listener.
+  new_ca control-ca "fedward control-plane CA"
+  server_cert control-ca control "fedward SuperLink Control API" "${CONTROL_NAMES[@]}"
 fi
 for site in "${SITE_LIST[@]}"; do
   ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedward-$site" -f "$WORK/keys/$site"
@@ -178,6 +193,12 @@ if [ "$KEYS_ONLY" = 0 ]; then
   install_file he.key 600
   install_file he.pem 644
   echo "made $OUT/he.pem (SAN $(san_of "${HE_NAMES[@]}")) and $OUT/he.key"
+  install_file control-ca.key 600
+  install_file control-ca.pem 644
+  install_file control.key 600
+  install_file control.pem 644
+  echo "made $OUT/control-ca.pem, $OUT/control-ca.key (coordinator side only: never give them to a site)"
+  echo "made $OUT/control.pem (SAN $(san_of "${CONTROL_NAMES[@]}")) and $OUT/control.key"
 fi
 for site in "${SITE_LIST[@]}"; do
   install_file "keys/$site" 600
@@ -186,4 +207,4 @@ for site in "${SITE_LIST[@]}"; do
 done
 
 echo "next: register each site's public key with the SuperLink:" \
-  "flwr supernode register keys/SITE.pub FEDERATION (see docs/deployment.md)"
+  "flwr supernode register keys/SITE.pub FEDERATION, inside the coordinator (see docs/deployment.md)"

@@ -19,7 +19,9 @@
 #   FEDWARD_DEMO_DATA     a bundled dataset ("heart-disease"): write the demonstration hospital named in
 #                         the site config into its data path when that file is missing. Real sites
 #                         leave it unset and mount their own data read-only.
-#   FEDWARD_INSECURE      1: no TLS to the SuperLink (local trials only; prints a warning)
+#   FEDWARD_INSECURE      1: no TLS to the SuperLink and no node authentication, to a coordinator
+#                         started with FEDWARD_INSECURE=1 (local trials on one machine only; prints
+#                         a warning; the node key is neither needed nor sent)
 #   FEDWARD_FAST_PATH     1: start the SuperNode through `fedward-supernode`, whose ClientApps are
 #                         forked from a process that imported torch once (default); 0: Flower's own
 #                         `flower-supernode`, which starts and imports everything per message
@@ -113,17 +115,19 @@ else
 fi
 SUPERNODE+=(--superlink "$SUPERLINK" --node-config "$NODE_CONFIG")
 if [ "$INSECURE" = 1 ]; then
-  say "WARNING: FEDWARD_INSECURE=1: no TLS to the SuperLink; model updates and the node's messages"
-  say "WARNING: travel unencrypted. For a local trial only, never across a hospital network."
+  # Flower's node authentication needs TLS, so an insecure SuperNode cannot authenticate at all.
+  say "WARNING: FEDWARD_INSECURE=1: no TLS to the SuperLink and no node authentication; model"
+  say "WARNING: updates and the node's messages travel unencrypted, and the coordinator cannot tell"
+  say "WARNING: this site from any other process. For a local trial only, never across a network."
   SUPERNODE+=(--insecure)
 else
   need_file "$CA_CERT" "CA certificate"
   SUPERNODE+=(--root-certificates "$CA_CERT")
+  # Node authentication. Flower 1.42 derives the public key from the private key: its
+  # --auth-supernode-public-key flag is deprecated and only prints a warning, so it is not passed.
+  need_file "$NODE_KEY" "node private key"
+  SUPERNODE+=(--auth-supernode-private-key "$NODE_KEY")
 fi
-# Node authentication. Flower 1.42 derives the public key from the private key: its
-# --auth-supernode-public-key flag is deprecated and only prints a warning, so it is not passed.
-need_file "$NODE_KEY" "node private key"
-SUPERNODE+=(--auth-supernode-private-key "$NODE_KEY")
 if [ -n "${FEDWARD_SUPERNODE_PORT:-}" ]; then
   SUPERNODE+=(--port "$FEDWARD_SUPERNODE_PORT")
 fi

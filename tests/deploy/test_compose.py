@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fedward.common.config import load_site_config
-from tests.deploy.compose_file import interpolate, mounts, normalised
+from tests.deploy.compose_file import exposed_ports, interpolate, mounts, normalised
 from tests.deploy.conftest import REPO, SITES
 
 CERTS_DIR = PurePosixPath("deploy/certs")  # the default of ${FEDWARD_CERTS}
@@ -145,6 +145,30 @@ def test_metrics_ports_are_not_published_to_the_host(compose: dict[str, Any]) ->
     ):  # no login on Prometheus; Grafana's starts as admin/admin
         for port in _services(compose)[name]["ports"]:
             assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_the_control_plane_is_not_published_and_its_ca_stays_with_the_coordinator(
+    compose: dict[str, Any],
+) -> None:
+    """Only the Fleet listener (8000) is published; the Control listener (loopback, 9093) is
+    neither published nor exposed, and no site mounts the control-plane CA or its keys."""
+    services = _services(compose)
+    link = services["superlink"]
+    assert [str(p) for p in link.get("ports", [])] == ["8000:8000"]
+    assert 9093 not in exposed_ports(link)
+    control_host = link.get("environment", {}).get("FEDWARD_CONTROL_HOST", "127.0.0.1")
+    assert interpolate(str(control_host)) == "127.0.0.1"
+    targets = {m.target for m in mounts(link)}
+    assert {
+        "/etc/fedward/certs/control-ca.pem",
+        "/etc/fedward/certs/control.pem",
+        "/etc/fedward/certs/control.key",
+    } <= targets
+    for name, service in services.items():
+        if name == "superlink":
+            continue
+        for m in mounts(service):
+            assert "control" not in PurePosixPath(m.source).name, (name, m.source)
 
 
 def test_insecure_mode_is_off_unless_asked_for(compose: dict[str, Any]) -> None:

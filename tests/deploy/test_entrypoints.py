@@ -1,6 +1,8 @@
-"""The images' entrypoints, run here with stand-ins for flower-supernode, flower-superlink and fedward
-that record their arguments: the flags each process gets, TLS unless FEDWARD_INSECURE=1 (with a
-warning), early errors naming a missing file, and SIGTERM stopping every process."""
+"""The images' entrypoints. Insecure mode runs the real SuperLink and SuperNode on loopback (free
+ports, stopped by pid); the secure topology's real processes are in tests/e2e/test_control_plane.py
+and test_secure_topology.py. The other tests give the site and HE entrypoints stand-ins for
+flower-supernode and fedward that record their arguments: the flags each process gets, early errors
+naming a missing file, and SIGTERM stopping every process."""
 
 from __future__ import annotations
 
@@ -10,13 +12,24 @@ import signal
 import subprocess
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from fedward.common.datasets.bundled import write_site_files
 from tests.deploy.conftest import REPO
+from tests.e2e.processes import (
+    ProcessGroup,
+    flower_env,
+    flwr,
+    free_port,
+    wait_for_port,
+    wait_until,
+)
 
 SITE_ENTRYPOINT = REPO / "deploy" / "site-entrypoint.sh"
 COORDINATOR_ENTRYPOINT = REPO / "deploy" / "coordinator-entrypoint.sh"
@@ -201,18 +214,6 @@ def test_when_one_process_dies_the_other_is_stopped_and_the_container_fails(
     assert "exited with status 3" in site.stderr()
 
 
-def test_site_insecure_only_with_the_flag_and_says_so(run_entrypoint, tmp_path: Path) -> None:
-    env = {**site_env(tmp_path), "FEDWARD_INSECURE": "1"}
-    Path(env.pop("FEDWARD_CA_CERT")).unlink()  # no CA needed without TLS
-    site = run_entrypoint(SITE_ENTRYPOINT, env)
-    site.wait_ready(NODE)
-    node = site.args(NODE)
-    assert "--insecure" in node and "--root-certificates" not in node
-    assert "--auth-supernode-private-key" in node  # node authentication stays on
-    assert site.stop() == 0
-    assert "WARNING: FEDWARD_INSECURE=1" in site.stderr()
-
-
 def test_site_refuses_to_start_without_its_ca_naming_the_file(
     run_entrypoint, tmp_path: Path
 ) -> None:
@@ -237,50 +238,6 @@ def test_site_entrypoint_runs_other_commands_as_given(run_entrypoint, tmp_path: 
     done = run_entrypoint(SITE_ENTRYPOINT, {}, "bash", "-c", "echo ran >&2")
     assert done.proc.wait(timeout=20) == 0
     assert done.stderr().strip() == "ran"
-
-
-def test_coordinator_starts_superlink_with_tls_auth_database_and_metrics(
-    run_entrypoint, tmp_path: Path
-) -> None:
-    env = coordinator_env(tmp_path)
-    coordinator = run_entrypoint(COORDINATOR_ENTRYPOINT, env)
-    coordinator.wait_ready("flower-superlink", "fedward-coordinator-metrics")
-    link = coordinator.args("flower-superlink")
-    assert flag(link, "--ssl-ca-certfile") == env["FEDWARD_SSL_CA_CERT"]
-    assert flag(link, "--ssl-certfile") == env["FEDWARD_SSL_CERT"]
-    assert flag(link, "--ssl-keyfile") == env["FEDWARD_SSL_KEY"]
-    assert flag(link, "--database") == f"{env['FEDWARD_STATE_DIR']}/superlink.db"
-    assert (flag(link, "--host"), flag(link, "--port")) == ("0.0.0.0", "8000")
-    assert "--enable-supernode-auth" in link
-    assert "--disable-runtime-dependency-installation" in link
-    assert "--insecure" not in link
-    metrics = coordinator.args("fedward-coordinator-metrics")
-    assert flag(metrics, "--runs") == f"{env['FEDWARD_STATE_DIR']}/runs"
-    assert (flag(metrics, "--host"), flag(metrics, "--port")) == ("0.0.0.0", "9400")
-    # The connection `flwr run`, `flwr supernode register` and `fedward run` use in the container.
-    config = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())
-    assert config["superlink"]["default"] == "fedward"
-    assert config["superlink"]["fedward"] == {
-        "address": "127.0.0.1:8000",
-        "root-certificates": env["FEDWARD_SSL_CA_CERT"],
-    }
-    assert coordinator.stop() == 0
-    assert coordinator.stopped("flower-superlink")
-    assert coordinator.stopped("fedward-coordinator-metrics")
-
-
-def test_coordinator_insecure_only_with_the_flag_and_says_so(
-    run_entrypoint, tmp_path: Path
-) -> None:
-    env = {**coordinator_env(tmp_path), "FEDWARD_INSECURE": "1"}
-    coordinator = run_entrypoint(COORDINATOR_ENTRYPOINT, env)
-    coordinator.wait_ready("flower-superlink")
-    link = coordinator.args("flower-superlink")
-    assert "--insecure" in link and "--ssl-certfile" not in link
-    config = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())
-    assert config["superlink"]["fedward"]["insecure"] is True
-    assert coordinator.stop() == 0
-    assert "WARNING: FEDWARD_INSECURE=1" in coordinator.stderr()
 
 
 def he_env(tmp_path: Path) -> dict[str, str]:
@@ -321,3 +278,83 @@ def test_he_serves_the_release_with_tls_tokens_state_and_metrics(
     assert "--insecure" not in serve and "--no-auth" not in serve
     assert he.stop() == 0
     assert he.stopped("fedward-he-serve")
+
+
+def _listing(env: dict[str, str]) -> str:
+    done = flwr(["supernode", "list", "fedward"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_insecure_mode_runs_the_real_superlink_and_supernode_without_node_auth_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """FEDWARD_INSECURE=1 on both sides: no TLS, no node authentication (Flower's needs TLS), so a
+    site joins without any registration; both entrypoints warn; SIGTERM ends each with status 0."""
+    (site_config,) = [
+        p
+        for p in write_site_files("heart-disease", tmp_path / "sites")
+        if p.parent.name == "hungary"
+    ]
+    fleet_port, control_port = free_port(), free_port()
+    operator = flower_env(tmp_path / "operator")
+    group = ProcessGroup()
+    try:
+        coordinator = group.start(
+            ["bash", str(COORDINATOR_ENTRYPOINT), "superlink"],
+            env={
+                **operator,
+                "FEDWARD_INSECURE": "1",
+                "FEDWARD_STATE_DIR": str(tmp_path / "state"),
+                "FEDWARD_SUPERLINK_HOST": "127.0.0.1",
+                "FEDWARD_SUPERLINK_PORT": str(fleet_port),
+                "FEDWARD_CONTROL_PORT": str(control_port),
+                "FEDWARD_METRICS": "0",
+            },
+            log=tmp_path / "coordinator.log",
+        )
+        wait_for_port(control_port, timeout=60)
+        wait_for_port(fleet_port, timeout=60)
+        config = tomllib.loads((tmp_path / "operator" / "config.toml").read_text())
+        assert config["superlink"]["fedward"] == {
+            "address": f"127.0.0.1:{control_port}",
+            "insecure": True,
+        }
+        # Plain HTTP, and the published port still serves the Fleet API only.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"http://127.0.0.1:{fleet_port}/v1/control/list-nodes", data=b"", method="POST"
+                ),
+                timeout=10,
+            )
+        assert refused.value.code == 404
+        site = group.start(
+            ["bash", str(SITE_ENTRYPOINT), "supernode"],
+            env={
+                **flower_env(tmp_path / "site-home"),
+                "FEDWARD_INSECURE": "1",
+                "FEDWARD_SITE_CONFIG": str(site_config),
+                "FEDWARD_SUPERLINK": f"127.0.0.1:{fleet_port}",
+                "FEDWARD_CA_CERT": str(tmp_path / "absent-ca.pem"),  # neither needed nor read
+                "FEDWARD_NODE_KEY": str(tmp_path / "absent-node-key"),
+                "FEDWARD_SUPERNODE_PORT": str(free_port()),
+                "FEDWARD_FAST_PATH": "0",
+                "FEDWARD_METRICS": "0",
+            },
+            log=tmp_path / "site.log",
+        )
+        wait_until(lambda: "online" in _listing(operator), 60, "the unregistered site online")
+        site.send_signal(signal.SIGTERM)
+        assert site.wait(timeout=30) == 0
+        coordinator.send_signal(signal.SIGTERM)
+        assert coordinator.wait(timeout=30) == 0
+    finally:
+        group.stop()
+    said = (tmp_path / "coordinator.log").read_text()
+    assert "WARNING: FEDWARD_INSECURE=1" in said
+    assert "SuperNode authentication is OFF" in said
+    site_said = (tmp_path / "site.log").read_text()
+    assert "WARNING: FEDWARD_INSECURE=1" in site_said
+    assert "no node authentication" in site_said

@@ -62,6 +62,27 @@ def test_server_certificates_verify_against_the_ca(certs: Path) -> None:
     assert done.stdout.split() == ["superlink.pem:", "OK", "he.pem:", "OK"]
 
 
+def _verifies(certs: Path, ca: str, cert: str) -> bool:
+    done = subprocess.run(
+        ["openssl", "verify", "-CAfile", ca, cert],
+        cwd=certs,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    return done.returncode == 0
+
+
+def test_the_control_api_certificate_comes_from_a_ca_the_sites_never_hold(certs: Path) -> None:
+    """A site trusts ca.pem only: with it, the Control listener's certificate does not verify, and
+    the control-plane CA vouches for nothing on the sites' side either."""
+    assert _verifies(certs, "control-ca.pem", "control.pem")
+    assert not _verifies(certs, "ca.pem", "control.pem")
+    assert not _verifies(certs, "control-ca.pem", "superlink.pem")
+    assert (certs / "control-ca.pem").read_bytes() != (certs / "ca.pem").read_bytes()
+
+
 def test_ca_can_sign_and_servers_cannot(certs: Path) -> None:
     ca = cert(certs / "ca.pem").extensions.get_extension_for_class(x509.BasicConstraints).value
     assert ca.ca
@@ -126,6 +147,7 @@ def test_each_site_gets_an_ecdsa_p384_key_pair_flower_accepts(certs: Path, site:
 
 def test_private_keys_are_readable_by_their_owner_only(certs: Path) -> None:
     private = [certs / "ca.key", certs / "superlink.key", certs / "he.key"]
+    private += [certs / "control-ca.key", certs / "control.key"]
     private += [certs / "keys" / site for site in SITES]
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name

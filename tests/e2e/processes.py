@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -147,3 +148,39 @@ def start_supernode(
         env=env,
         log=log,
     )
+
+
+def tls_connection_home(home: Path, name: str, address: str, ca: Path | None) -> dict[str, str]:
+    """A FLWR_HOME at ``home`` whose config.toml names one SuperLink connection: over TLS verified
+    against ``ca``, or insecure when ``ca`` is None. Returns its environment."""
+    home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca}"' if ca is not None else "insecure = true"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+        f'address = "{address}"\n{security}\n'
+    )
+    return flower_env(home)
+
+
+def flwr(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The `flwr` CLI as an operator or an outsider types it; the caller judges the outcome."""
+    return subprocess.run(
+        [str(BIN / "flwr"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls ``predicate`` every half second; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not after {timeout} s")

@@ -118,9 +118,14 @@ def test_secure_topology_runs_dp_rounds_and_turns_away_an_unregistered_node(
         "FEDWARD_STATE_DIR": str(state),
         "FEDWARD_SUPERLINK_HOST": "127.0.0.1",
         "FEDWARD_SUPERLINK_PORT": str(link_port),
-        "FEDWARD_SSL_CA_CERT": str(certs / "ca.pem"),
         "FEDWARD_SSL_CERT": str(certs / "superlink.pem"),
         "FEDWARD_SSL_KEY": str(certs / "superlink.key"),
+        # `flwr` and `fedward run` reach the Control listener through the config.toml the
+        # entrypoint writes into this FLWR_HOME; the sites only ever see link_port.
+        "FEDWARD_CONTROL_PORT": str(free_port()),
+        "FEDWARD_CONTROL_CA_CERT": str(certs / "control-ca.pem"),
+        "FEDWARD_CONTROL_CERT": str(certs / "control.pem"),
+        "FEDWARD_CONTROL_KEY": str(certs / "control.key"),
         "FEDWARD_FEDERATION": "fedward",
         "FEDWARD_METRICS_HOST": "127.0.0.1",
         "FEDWARD_METRICS_PORT": str(coord_metrics),
