@@ -602,13 +602,23 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from flwr.superlink.grid import InMemoryGrid
+
+    # `flwr run .` on Flower's local simulation: every SuperNode was registered before this ran.
+    simulated = isinstance(grid, InMemoryGrid)
     grid = reply_polling_grid(grid)
     audit_dir = str(context.run_config.get("audit-run-dir", "") or "")
     if audit_dir:
         # `flwr run . FEDERATION --run-config "audit-run-dir='RUN_DIR'"`: audit a finished run.
         audit_run_folder(grid, context, audit_dir)
         return
-    coordinate(grid, context, settings_from_context(context))
+    settings = settings_from_context(context)
+    if simulated:
+        from fedward.server.simulate import stop_on_federation_size
+
+        stop_on_federation_size(len(list(grid.get_node_ids())), settings)
+        settings.engine = "simulation"
+    coordinate(grid, context, settings)
 
 
 def default_output_dir() -> Path:

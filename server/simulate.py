@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from fedward.server.run_folder import PROGRESS_FILE
 from fedward.server.secagg_app import make_secagg_server_app
 
 CLIENT_APP_REF = "fedward.client.app:app"
+# Flower's and Ray's output of a simulation (site tracebacks included) when it is not on the console.
+RUN_LOG_FILE = "simulation.log"
 # strategy.secure_aggregation: Flower's legacy SecAgg+ pair (see fedward.server.secagg_app).
 SECAGG_CLIENT_APP_REF = "fedward.client.secagg_app:app"
 
@@ -46,6 +49,115 @@ def count_sites(settings: CoordinatorSettings) -> int:
         seed=settings.run.seed,
     )
     return len(fed.sites)
+
+
+class FederationSizeError(RuntimeError):
+    """Flower's simulation has another number of SuperNodes than the federation has sites."""
+
+
+def federation_size_problem(n_nodes: int, settings: CoordinatorSettings) -> str | None:
+    """The one line to change when `flwr run .` simulates a different number of sites.
+
+    Each simulated SuperNode is one site, so a mismatch would only make every site refuse
+    (Flower's default local simulation has 2 SuperNodes, heart-disease 4 hospitals).
+    """
+    try:
+        n_sites = count_sites(settings)
+    except ValueError:
+        return None  # no bundled dataset and no site configs: the sites bring their own configs
+    if n_nodes == n_sites:
+        return None
+    what = (
+        f"dataset '{settings.run.task.dataset}'"
+        if not settings.sim_site_configs
+        else "the run's site configs"
+    )
+    return (
+        f"the simulation has {n_nodes} SuperNodes but {what} has {n_sites} sites: run "
+        f'flwr run . --stream --federation-config "num-supernodes={n_sites}"'
+    )
+
+
+class _WithoutTraceback(logging.Filter):
+    """Flower logs a ServerApp's exception with its traceback; this one is a sentence."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], FederationSizeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_WITHOUT_TRACEBACK = _WithoutTraceback()
+
+
+def stop_on_federation_size(n_nodes: int, settings: CoordinatorSettings) -> None:
+    """Stop before any site is asked anything when the node count cannot match the sites.
+
+    The run then ends failed (Flower's run status and `flwr-simulation`'s exit code), with the
+    line to change as its last log line instead of one refusal and traceback per site.
+    """
+    problem = federation_size_problem(n_nodes, settings)
+    if problem is None:
+        return
+    from flwr.common.logger import log
+
+    logging.getLogger("flwr").addFilter(_WITHOUT_TRACEBACK)  # added once, however many runs
+    log(logging.ERROR, "fedward: %s", problem)
+    raise FederationSizeError(problem)
+
+
+def _write_worker_lines(fh: Any) -> Callable[[dict[str, Any]], None]:
+    def write(data: dict[str, Any]) -> None:
+        who = data.get("actor_name") or data.get("task_name") or ""
+        prefix = f"({who} pid={data.get('pid')}) " if who else ""
+        for line in data.get("lines") or []:
+            fh.write(f"{prefix}{line}\n")
+        fh.flush()
+
+    return write
+
+
+@contextmanager
+def _output_to_run_log(run_dir: Path, backend_init: dict[str, Any]) -> Iterator[Path]:
+    """Flower's log lines and the simulated sites' output (Ray's ClientAppActor tracebacks and
+    "Manually terminating ClientAppActor" warnings) go to the run's log file, not the console:
+    the live view already shows why a site refused, in one line."""
+    path = run_dir / RUN_LOG_FILE
+    fh = path.open("a", encoding="utf-8")
+    handler = logging.StreamHandler(fh)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    flwr_logger = logging.getLogger("flwr")
+    saved_level = flwr_logger.level
+    saved_handlers = [(h, h.level) for h in flwr_logger.handlers]
+    for h, _ in saved_handlers:
+        h.setLevel(logging.CRITICAL + 1)  # Flower's console handler stays silent
+    flwr_logger.setLevel(logging.INFO)
+    flwr_logger.addHandler(handler)
+    dispatcher: Any = None
+    try:
+        import ray._private.worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        # Ray's own debugger silences worker output on the console the same way; the lines
+        # still reach the handlers registered with the dispatcher.
+        saved_enabled = ray_worker._worker_logs_enabled
+        ray_worker._worker_logs_enabled = False
+        dispatcher.add_handler("fedward_run_log", _write_worker_lines(fh))
+    except (ImportError, AttributeError):
+        # Ray changed its internals: keep the console clean; the lines stay in Ray's session logs.
+        backend_init["log_to_driver"] = False
+    try:
+        yield path
+    finally:
+        if dispatcher is not None:
+            dispatcher.remove_handler("fedward_run_log")
+            ray_worker._worker_logs_enabled = saved_enabled
+        flwr_logger.removeHandler(handler)
+        flwr_logger.setLevel(saved_level)
+        for h, level in saved_handlers:
+            h.setLevel(level)
+        fh.close()
 
 
 @dataclass
@@ -148,11 +260,6 @@ def run_simulation(
     assert settings.run_dir is not None, "the caller chooses the run folder"
     run_dir = Path(settings.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not verbose:
-        # Flower's per-round INFO lines and its deprecation notice for the Python simulation API
-        # would drown the live display; site failures are shown there instead.
-        logging.getLogger("flwr").setLevel(logging.ERROR)
-
     stop = threading.Event()
     watcher = None
     if on_update is not None:
@@ -165,25 +272,32 @@ def run_simulation(
         server_app, client_ref = make_secagg_server_app(settings), SECAGG_CLIENT_APP_REF
     else:
         server_app, client_ref = make_server_app(settings), CLIENT_APP_REF
+    init_args: dict[str, Any] = {
+        "num_cpus": cpus,
+        "include_dashboard": False,
+        "logging_level": "error",
+    }
     try:
-        flwr_run_simulation(
-            server_app=server_app,
-            client_app=load_client_app(client_ref),
-            num_supernodes=n_sites,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": cpus,
-                    "include_dashboard": False,
-                    "logging_level": "error",
+        with ExitStack() as quiet:
+            if not verbose:
+                quiet.enter_context(_output_to_run_log(run_dir, init_args))
+            flwr_run_simulation(
+                server_app=server_app,
+                client_app=load_client_app(client_ref),
+                num_supernodes=n_sites,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": init_args,
                 },
-            },
-            verbose_logging=verbose,
-        )
+                verbose_logging=verbose,
+            )
     finally:
         stop.set()
         if watcher is not None:
             watcher.join(timeout=5)
     if not (run_dir / "metrics.json").exists():
-        raise RuntimeError(f"the federation did not finish; see {run_dir / PROGRESS_FILE}")
+        log_note = f" and {run_dir / RUN_LOG_FILE}" if not verbose else ""
+        raise RuntimeError(
+            f"the federation did not finish; see {run_dir / PROGRESS_FILE}{log_note}"
+        )
     return run_dir

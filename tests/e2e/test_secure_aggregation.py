@@ -39,7 +39,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # A model without va-long-beach: `fedward simulate` says so with exit code 4.
     assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
-    return {"dir": run_dir, "stdout": done.stdout}
+    return {"dir": run_dir, "stdout": done.stdout, "stderr": done.stderr}
 
 
 def _json(run: dict[str, Any], name: str) -> Any:
@@ -90,3 +90,10 @@ def test_tune_and_test_metrics_come_from_the_sites_panels(federation: dict[str, 
 def test_simulate_says_secure_aggregation_was_on(federation: dict[str, Any]) -> None:
     out = federation["stdout"].replace("\n", " ")
     assert "secure aggregation (SecAgg+" in out and "va-long-beach left out" in out
+
+
+def test_refusals_leave_no_traceback_on_the_console(federation: dict[str, Any]) -> None:
+    # Ray's ClientAppActor tracebacks of the refusing site go to the run's log file instead.
+    assert "Traceback" not in federation["stdout"] + federation["stderr"]
+    assert "Manually terminating" not in federation["stdout"] + federation["stderr"]
+    assert (federation["dir"] / "simulation.log").exists()

@@ -57,7 +57,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # A model, but two sites left out: not success (4), and not a failure without a model (3, 1).
     assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
-    return {"dir": run_dir, "stdout": done.stdout, "configs": by_name}
+    return {"dir": run_dir, "stdout": done.stdout, "configs": by_name, "stderr": done.stderr}
 
 
 def _json(run: dict[str, Any], name: str) -> Any:
@@ -210,3 +210,10 @@ def test_fedward_audit_audits_a_finished_run_again(federation: dict[str, Any]) -
     assert "Membership audit:" in done.stdout
     report = _json(federation, "audit.json")
     assert report["models"]["run"]["sites"]["cleveland"]["status"] == "ok"
+
+
+def test_refusals_leave_no_traceback_on_the_console(federation: dict[str, Any]) -> None:
+    # Ray's ClientAppActor tracebacks of the refusing site go to the run's log file instead.
+    assert "Traceback" not in federation["stdout"] + federation["stderr"]
+    assert "Manually terminating" not in federation["stdout"] + federation["stderr"]
+    assert "Traceback" in (federation["dir"] / "simulation.log").read_text()

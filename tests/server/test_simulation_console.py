@@ -1,0 +1,82 @@
+"""What a simulation puts on the console: the federation-size line for `flwr run .`, and the sites'
+Ray output routed to the run's log file instead of the terminal."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from fedward.common.config import RunConfig
+from fedward.server.app import CoordinatorSettings
+from fedward.server.simulate import (
+    RUN_LOG_FILE,
+    FederationSizeError,
+    _output_to_run_log,
+    federation_size_problem,
+    stop_on_federation_size,
+)
+
+LINE = 'flwr run . --stream --federation-config "num-supernodes=4"'
+
+
+def test_flowers_default_two_nodes_get_the_line_to_change() -> None:
+    settings = CoordinatorSettings(run=RunConfig())  # heart-disease: four hospitals
+    problem = federation_size_problem(2, settings)
+    assert problem is not None
+    assert "2 SuperNodes" in problem and "'heart-disease' has 4 sites" in problem
+    assert problem.endswith(LINE)
+    assert federation_size_problem(4, settings) is None
+
+
+def test_site_configs_set_the_size() -> None:
+    settings = CoordinatorSettings(run=RunConfig(), sim_site_configs=["a.toml", "b.toml"])
+    assert federation_size_problem(2, settings) is None
+    problem = federation_size_problem(4, settings)
+    assert problem is not None and problem.endswith('"num-supernodes=2"')
+
+
+def test_the_stop_is_one_line_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    settings = CoordinatorSettings(run=RunConfig())
+    stop_on_federation_size(4, settings)  # the right size: nothing happens
+    with pytest.raises(FederationSizeError, match="num-supernodes=4"):
+        stop_on_federation_size(2, settings)
+    # Flower logs the ServerApp's exception with exc_info; the filter keeps only the sentence.
+    flwr_logger = logging.getLogger("flwr")
+    record = flwr_logger.makeRecord(
+        "flwr", logging.ERROR, __file__, 1, "Simulation raised an exception", (), None
+    )
+    try:
+        raise FederationSizeError("x")
+    except FederationSizeError as exc:
+        record.exc_info = (type(exc), exc, exc.__traceback__)
+    assert all(f.filter(record) for f in flwr_logger.filters if hasattr(f, "filter"))
+    assert record.exc_info is None
+
+
+def test_site_output_goes_to_the_run_log_not_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray._private.worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    init: dict[str, object] = {}
+    with _output_to_run_log(tmp_path, init):
+        assert ray_worker._worker_logs_enabled is False
+        dispatcher.emit(
+            {
+                "pid": 123,
+                "actor_name": "ClientAppActor",
+                "is_err": True,
+                "lines": ["Traceback (most recent call last):", "ValueError: refused"],
+            }
+        )
+        logging.getLogger("flwr").warning("site node 7 refused in train")
+    assert ray_worker._worker_logs_enabled is True
+    assert init == {}  # Ray's internals were there: the driver still receives the lines
+    text = (tmp_path / RUN_LOG_FILE).read_text()
+    assert "(ClientAppActor pid=123) Traceback (most recent call last):" in text
+    assert "site node 7 refused in train" in text
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err and "refused" not in out.out + out.err
