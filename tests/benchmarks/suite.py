@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "tests.benchmarks.bench_scale",
     "communication": "tests.benchmarks.bench_communication",
     "he": "tests.benchmarks.bench_he",
+    "cli_startup": "tests.benchmarks.bench_cli_startup",
 }
 # Other processes above this share of the machine's CPU during a benchmark: its figures are flagged.
 BUSY_SHARE = 0.10
