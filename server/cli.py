@@ -320,7 +320,13 @@ def simulate(
             "--no-audit", help="Skip the membership-inference audit at the end (on by default)."
         ),
     ] = False,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            help="Show Flower's and Ray's logs, tracebacks included "
+            "(without it they go to the run folder's simulation.log)."
+        ),
+    ] = False,
 ) -> None:
     """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1).
 
@@ -429,7 +435,12 @@ def simulate(
             raise
         # The federation ended without writing its results: no model, and nothing to tabulate.
         console.print(f"[bold red]run failed:[/] {escape(str(exc))}", soft_wrap=True)
-        console.print(escape(closing_line(run_dir, None)), soft_wrap=True)
+        logs = (
+            "the engine's logs above"
+            if verbose
+            else f"the engine's log, {run_dir / 'simulation.log'}"
+        )
+        console.print(escape(closing_line(run_dir, None, logs=logs)), soft_wrap=True)
         raise typer.Exit(exit_code(None)) from None
     console.print(_final_table(run_dir))
     for line in _left_out(run_dir):
@@ -482,7 +493,13 @@ def audit(
     app_dir: Annotated[
         Path, typer.Option(help="Deployment: the fedward Flower app directory for `flwr run`.")
     ] = Path("."),
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            help="Show Flower's and Ray's logs, tracebacks included "
+            "(without it they go to the run folder's simulation.log)."
+        ),
+    ] = False,
 ) -> None:
     """Audit a finished run's released models at the sites again (membership inference)."""
     manifest = _read_report(run_dir, "manifest.json", "not a fedward run folder")
