@@ -1,5 +1,5 @@
-"""The site operator's commands: `fedward site init | check | approve | ledger | verify | metrics |
-withdraw | withdrawals`.
+"""The site operator's commands: `fedward site init | check | approve | ledger | verify | rotate-key |
+metrics | withdraw | withdrawals`.
 
 Registered on the root `fedward` command through the ``fedward.cli`` entry point. The site writes its
 config (``init``) and checks it without training (``check``), approves what it runs (run configs by
@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from fedward.client.ledger import LEDGER_FILE, Ledger
+from fedward.client.ledger import LEDGER_FILE, Ledger, LedgerError
 from fedward.common.code_identity import SITE_PACKAGES, code_hash, fedward_version
 from fedward.common.config import RunConfig, SiteConfig, load_run_config, load_site_config
 from fedward.common.errors import FedwardError
@@ -313,16 +313,46 @@ def verify(site_config: SiteConfigOption) -> None:
             "trained before, its ledger was moved or deleted: restore it from a backup."
         )
         return
-    result = Ledger(site.state_path).verify()
+    ledger = Ledger(site.state_path)
+    result = ledger.verify()
     if result.ok:
-        console.print(f"OK: {escape(str(path))}: {result.entries} entries, head {result.head}")
+        if result.adopted:
+            console.print(f"[yellow]NOTE[/]: {escape(result.adopted)}")
+        console.print(
+            f"OK: {escape(str(path))}: {result.entries} entries, head {result.head}; anchored "
+            f"under the site key {escape(str(ledger.key_path))}"
+        )
         return
+    where = (
+        f"entry {result.bad_seq} of {result.entries}; the chain is intact up to head "
+        f"{result.head[:12]}"
+        if result.bad_seq is not None
+        else f"the chain holds {result.entries} entries but does not reach the anchor "
+        f"{escape(str(ledger.anchor_path))}"
+    )
     console.print(
         f"[bold red]BROKEN[/]: {escape(str(path))}: {escape(result.problem or '')} "
-        f"(entry {result.bad_seq} of {result.entries}; the chain is intact up to head "
-        f"{result.head[:12]}). The site will not train until an auditor has looked at it."
+        f"({where}). The site will not train until an auditor has looked at it."
     )
     raise typer.Exit(1)
+
+
+@site_app.command("rotate-key")
+def rotate_key(site_config: SiteConfigOption) -> None:
+    """Replace the site key that signs the ledger's anchor, after verifying the ledger under the
+    old one. Exit 1, changing nothing, when the ledger does not verify."""
+    site: SiteConfig = load_site_config(site_config)
+    ledger = Ledger(site.state_path)
+    try:
+        old, new = ledger.rotate_key()
+    except LedgerError as exc:
+        console.print(f"[bold red]NOT ROTATED[/]: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"Rotated: {escape(str(ledger.key_path))} now holds key {new} (was {old}); the anchor "
+        f"{escape(str(ledger.anchor_path))} is signed under it. Back up the new key with the "
+        "state folder; the old one no longer verifies anything."
+    )
 
 
 # ---- metrics ---------------------------------------------------------------------------------

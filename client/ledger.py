@@ -5,7 +5,9 @@ accountant history — plus who asked for it (run, round, attempt) and the previ
 site's lifetime ε is recomputed from the whole history of a dataset, across rounds and runs, so it
 survives process restarts (Flower starts a fresh ClientApp per message) and can be re-derived by an
 auditor with any accountant. Editing or deleting a row breaks the chain (``verify``); truncating the
-tail is caught by the coordinator, which remembers every site's last head hash.
+tail, or editing a row and recomputing every hash after it, is caught by the anchor outside the file
+(``ledger_anchor``: the entry count and head the site last wrote, signed under the site's own key),
+so the site itself refuses such a ledger even when the coordinator is new.
 
 SQLite triggers refuse UPDATE and DELETE, so an honest mistake cannot rewrite history; the hash chain
 makes a deliberate rewrite visible.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,8 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from fedward.client import ledger_anchor
+from fedward.client.ledger_anchor import AnchorError
 from fedward.common.errors import FedwardError
 from fedward.common.site_messages import SiteMessage
+
+_log = logging.getLogger("fedward.ledger")
 
 LEDGER_FILE = "ledger.sqlite"
 GENESIS = "0" * 64
@@ -143,6 +150,8 @@ class VerifyResult:
     head: str
     problem: str | None = None
     bad_seq: int | None = None
+    # Set when this check adopted a ledger that had no anchor yet: what was trusted, once.
+    adopted: str | None = None
 
 
 class Ledger:
@@ -233,9 +242,80 @@ class Ledger:
         return None if row is None else str(row["hash"])
 
     def verify(self) -> VerifyResult:
-        """Walk the chain: contiguous sequence numbers, each hash recomputed and linked."""
-        prev = GENESIS
+        """The chain (contiguous, every hash recomputed and linked), then the anchor outside it."""
         entries = self.entries()
+        chain = self._verify_chain(entries)
+        if not chain.ok:
+            return chain
+        try:
+            adopted = self._check_anchor(len(entries), [e.hash for e in entries])
+        except AnchorError as exc:
+            return VerifyResult(False, len(entries), chain.head, exc.reason, None)
+        return VerifyResult(True, len(entries), chain.head, adopted=adopted)
+
+    # ---- the anchor outside the ledger file --------------------------------------------------
+
+    @property
+    def key_path(self) -> Path:
+        return ledger_anchor.key_path(self.dir)
+
+    @property
+    def anchor_path(self) -> Path:
+        return ledger_anchor.anchor_path(self.dir)
+
+    def _check_anchor(self, count: int, hashes: Sequence[str]) -> str | None:
+        """Raise AnchorError when the ledger does not reach the signed mark; move the mark on when
+        the ledger extends it. A ledger with neither key nor anchor is adopted (returns how)."""
+        ledger_anchor.finish_rotation(self.dir)
+        kpath, apath = self.key_path, self.anchor_path
+        if not kpath.exists() and not apath.exists():
+            return self._adopt(count, hashes[-1] if hashes else GENESIS)
+        if not apath.exists():
+            raise AnchorError(
+                f"the ledger's anchor {apath} is missing while the site key exists: it was "
+                "deleted; restore it from a backup (an auditor should compare the ledger with "
+                "the coordinator's last head before the site trains again)"
+            )
+        key = ledger_anchor.read_key(kpath)
+        mark = ledger_anchor.read_anchor(apath)
+        ledger_anchor.check(key, mark)
+        if count < mark.seq:
+            raise AnchorError(
+                f"the ledger has {count} entries but the site wrote {mark.seq} (its anchor says "
+                f"so): {mark.seq - count} entr{'y was' if mark.seq - count == 1 else 'ies were'} "
+                "deleted or the file was truncated or rolled back"
+            )
+        at_mark = GENESIS if mark.seq == 0 else hashes[mark.seq - 1]
+        if at_mark != mark.head:
+            raise AnchorError(
+                f"entry {mark.seq} is not the one the site wrote (its hash differs from the "
+                "signed anchor): entries were edited and the chain recomputed"
+            )
+        if count > mark.seq:  # a crash between the ledger's commit and the anchor's write
+            ledger_anchor.write_anchor(apath, ledger_anchor.sign(key, count, hashes[-1]))
+        return None
+
+    def _adopt(self, count: int, head: str) -> str:
+        """Anchor a ledger made before anchors existed, trusting it as it stands now."""
+        kpath = self.key_path
+        key = ledger_anchor.new_key(kpath, exclusive=True)
+        ledger_anchor.write_anchor(self.anchor_path, ledger_anchor.sign(key, count, head))
+        message = (
+            f"adopted: the ledger {self.path} had no anchor; its {count} entries (head "
+            f"{head[:12]}) are trusted as they stand now and signed under a new site key "
+            f"{kpath} (mode 0600)"
+        )
+        if count:
+            _log.warning("%s", message)
+        return message
+
+    def rotate_key(self) -> tuple[str, str]:
+        """Verify the ledger under the current key, then re-sign its mark under a new key."""
+        result = self.require_valid()
+        return ledger_anchor.rotate(self.dir, result.entries, result.head)
+
+    def _verify_chain(self, entries: Sequence[LedgerEntry]) -> VerifyResult:
+        prev = GENESIS
         for i, e in enumerate(entries, start=1):
             if e.seq != i:
                 return VerifyResult(False, len(entries), prev, f"entry {i} is missing", i)
@@ -265,9 +345,10 @@ class Ledger:
     def require_valid(self) -> VerifyResult:
         result = self.verify()
         if not result.ok:
+            what = "anchor check failed" if result.bad_seq is None else "hash chain broken"
             raise LedgerError(
                 self.path,
-                f"hash chain broken: {result.problem}; the site will not train until an auditor "
+                f"{what}: {result.problem}; the site will not train until an auditor "
                 "has looked at it (`fedward site verify`)",
             )
         return result
@@ -299,6 +380,7 @@ class Ledger:
                     "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
                 ).fetchone()
                 seq, prev = (1, GENESIS) if row is None else (int(row["seq"]) + 1, str(row["hash"]))
+                key = self._anchored_key(con, seq - 1, prev)
                 fields: dict[str, Any] = {
                     "seq": seq,
                     "created_at": datetime.now(UTC).isoformat(),
@@ -325,7 +407,49 @@ class Ledger:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+        # After the commit: a crash in between leaves the ledger one entry past the mark, which
+        # the next check accepts because that entry extends the signed head.
+        self._advance_anchor(key, seq, fields["hash"])
         return LedgerEntry(**fields)
+
+    def _anchored_key(self, con: sqlite3.Connection, count: int, head: str) -> bytes:
+        """The site key, once the current tail is known to reach the signed mark (under the
+        ledger's write lock, so two processes never adopt at once)."""
+        ledger_anchor.finish_rotation(self.dir)
+        try:
+            if not self.key_path.exists() and not self.anchor_path.exists():
+                self._adopt(count, head)
+                return ledger_anchor.read_key(self.key_path)
+            key = ledger_anchor.read_key(self.key_path)
+            mark = ledger_anchor.read_anchor(self.anchor_path)
+            ledger_anchor.check(key, mark)
+        except AnchorError as exc:
+            raise LedgerError(self.path, f"anchor check failed: {exc.reason}") from None
+        if mark.seq > count:
+            raise LedgerError(
+                self.path,
+                f"anchor check failed: the ledger has {count} entries but the site wrote "
+                f"{mark.seq}; nothing is appended to a truncated ledger (`fedward site verify`)",
+            )
+        at_mark = GENESIS if mark.seq == 0 else None
+        if at_mark is None:
+            row = con.execute("SELECT hash FROM entries WHERE seq = ?", (mark.seq,)).fetchone()
+            at_mark = None if row is None else str(row["hash"])
+        if at_mark != mark.head:
+            raise LedgerError(
+                self.path,
+                f"anchor check failed: entry {mark.seq} is not the one the site wrote; nothing "
+                "is appended to a rewritten ledger (`fedward site verify`)",
+            )
+        return key
+
+    def _advance_anchor(self, key: bytes, seq: int, head: str) -> None:
+        try:
+            current = ledger_anchor.read_anchor(self.anchor_path)
+        except AnchorError:
+            current = None
+        if current is None or current.seq < seq:  # never move the mark backwards (a racing writer)
+            ledger_anchor.write_anchor(self.anchor_path, ledger_anchor.sign(key, seq, head))
 
     # ---- approvals (run configs and code the site operator approved) ---------------------------
 

@@ -29,6 +29,7 @@ import pandas as pd
 import typer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from fedward.client.ledger import Ledger
 from fedward.common.config import (
     DataSourceConfig,
     PolicyConfig,
@@ -444,7 +445,20 @@ def write_site(opts: InitOptions) -> InitResult:
     _write_new(opts.config, config_text, force=opts.force)
     site = load_site_config(opts.config)
     site.load_schema()
+    notes.append(_create_site_key(site))
     return InitResult(opts.config, opts.schema, schema_text is not None, site, notes)
+
+
+def _create_site_key(site: SiteConfig) -> str:
+    """The ledger and the key that anchors it, made now so the operator backs them up together."""
+    ledger = Ledger(site.state_path)
+    result = ledger.verify()
+    if not result.ok:
+        raise SiteInitError(f"{ledger.path}: {result.problem} (`fedward site verify`)")
+    return (
+        f"site key {ledger.key_path} (mode 0600) signs the ledger's anchor "
+        f"{ledger.anchor_path}: back both up with the state folder, never share the key"
+    )
 
 
 def _parse(text: str, path: Path) -> dict[str, Any]:
