@@ -27,6 +27,8 @@ from opacus.validators import ModuleValidator
 
 from fedward.client.budget import BudgetRefusal, Composition, SiteBudget
 from fedward.client.ledger import Ledger, LedgerError
+from fedward.client.randomness import SEEDED as SEEDED_RANDOMNESS
+from fedward.client.randomness import SYSTEM as SYSTEM_RANDOMNESS
 from fedward.client.site import PreparedSite, Site, SiteEntry, prepare, resolve_site
 from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.client.withdrawal import refuse_if_withdrawn
@@ -571,6 +573,14 @@ def local_update(req: Request) -> LocalUpdate:
         )
         spend = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
         budget.check_spend(req.run_id, plan.run_delta, plan.run_epsilon_cap, spend)
+        # Whoever knows the noise seed can subtract the noise: seeded only in simulation, for
+        # repeatable experiments; a real site draws sampling and noise from the OS CSPRNG.
+        noise_seed = (
+            _seed_for(run.seed, site.name, req.server_round, "noise")
+            if site.simulated_node
+            else None
+        )
+        randomness = SEEDED_RANDOMNESS if noise_seed is not None else SYSTEM_RANDOMNESS
         # Committed before training: if the process dies after this, the spend still counts.
         req.ledger.append(
             dataset=req.dataset,
@@ -584,16 +594,13 @@ def local_update(req: Request) -> LocalUpdate:
             delta=plan.run_delta,
             max_grad_norm=run.privacy.max_grad_norm,
             config_hash=run.config_hash(),
+            note=json.dumps({"randomness": randomness}),
         )
         dp = DPSettings(
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=run.privacy.max_grad_norm,
             sample_rate=plan.sample_rate,
-            # Whoever knows the noise seed can subtract the noise: seeded only in simulation, for
-            # repeatable experiments; a real site draws fresh randomness from the OS.
-            noise_seed=_seed_for(run.seed, site.name, req.server_round, "noise")
-            if site.simulated_node
-            else None,
+            noise_seed=noise_seed,
         )
         info.update(_privacy_info(req, budget, plan.run_delta))
         info.update(
@@ -618,6 +625,11 @@ def local_update(req: Request) -> LocalUpdate:
     if dp is not None and result.steps != info["steps"]:
         raise PolicyError(
             site.name, f"training took {result.steps} steps, the ledger recorded {info['steps']}"
+        )
+    if dp is not None and result.randomness != randomness:
+        raise PolicyError(
+            site.name,
+            f"training drew from {result.randomness}, the ledger recorded {randomness}",
         )
     metrics: dict[str, float] = {
         "num-examples": float(n_train),

@@ -24,8 +24,11 @@ returned ``TrainResult`` in the site's ledger (see ``fedward.client.accounting``
 
 Randomness. Under DP the Poisson sampling and the noise must be secret to the adversary; the
 coordinator knows the run ``seed``, so they are NOT drawn from it. They come from
-``DPSettings.noise_seed`` when one is given (simulation and tests, for reproducible runs) and from
-the operating system's entropy otherwise (deployment). ``seed`` fixes only the non-DP shuffling.
+``DPSettings.noise_seed`` when one is given (simulation and tests, for reproducible runs: torch's
+Mersenne Twister, seeded) and from the operating system's CSPRNG otherwise (deployment: every
+uniform and Gaussian from ``os.urandom``, Opacus's secure-mode noise construction; see
+``fedward.client.randomness``). ``TrainResult.randomness`` says which. ``seed`` fixes only the
+non-DP shuffling.
 
 Threads. For models this small, torch's intra-op thread pool costs more than it saves (and several
 sites share the cores in a simulation), so training runs with one intra-op thread on CPU when the
@@ -35,7 +38,6 @@ Pass ``num_threads`` to override.
 
 from __future__ import annotations
 
-import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +53,7 @@ from opacus.utils.module_utils import trainable_modules
 from scipy.special import expit
 from torch import nn
 
+from fedward.client.randomness import SEEDED, SystemRandom, with_system_noise
 from fedward.common.config import TrainingConfig
 from fedward.common.errors import FedwardError
 
@@ -110,6 +113,8 @@ class TrainResult:
     """Mean training loss over the round's batches. NOT covered by DP: keep it at the site or
     list it as a non-DP output."""
     n_train: int
+    randomness: str | None = None
+    """Source of DP-SGD's sampling and noise (``fedward.client.randomness``); None without DP."""
 
 
 def dp_steps(sample_rate: float, local_epochs: int) -> int:
@@ -332,11 +337,14 @@ def _train_dp(
     n = x.shape[0]
     q = dp.sample_rate
     steps = dp_steps(q, cfg.local_epochs)
-    base_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(62)
-    sampler = torch.Generator(device="cpu")
-    sampler.manual_seed(int(base_seed))
-    noise_gen = torch.Generator(device=x.device)
-    noise_gen.manual_seed(int(base_seed) ^ 0x5DEECE66D)
+    # Seeded (simulation, reproducible) or the OS CSPRNG (deployment); see the module doc.
+    sampler: torch.Generator | None = None
+    noise_gen: torch.Generator | None = None
+    if dp.noise_seed is not None:
+        sampler = torch.Generator(device="cpu")
+        sampler.manual_seed(int(dp.noise_seed))
+        noise_gen = torch.Generator(device=x.device)
+        noise_gen.manual_seed(int(dp.noise_seed) ^ 0x5DEECE66D)
 
     # The loss is summed over the batch: the per-sample gradients are then the rows' own, and an
     # empty Poisson batch (possible, and it must still be a noisy step) gives a zero sum, not NaN.
@@ -349,7 +357,10 @@ def _train_dp(
         )
     else:
         gsm = GradSampleModule(model, loss_reduction="sum", strict=True)
-    optimizer = (_GhostDPOptimizer if ghost else DPOptimizer)(
+    optimizer_cls: type[DPOptimizer] = _GhostDPOptimizer if ghost else DPOptimizer
+    if noise_gen is None:
+        optimizer_cls = with_system_noise(optimizer_cls)
+    optimizer = optimizer_cls(
         _base_optimizer(model, cfg),
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
@@ -375,7 +386,10 @@ def _train_dp(
             # Opacus's hooks fire on module outputs when the input needs no grad: expected here.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for _ in range(steps):
-                mask = torch.rand(n, generator=sampler) < q
+                uniforms = (
+                    SystemRandom.uniform(n) if sampler is None else torch.rand(n, generator=sampler)
+                )
+                mask = uniforms < q
                 idx = mask.nonzero().reshape(-1).to(x.device)
                 optimizer.zero_grad(set_to_none=True)
                 if ghost and idx.numel() == 0:
@@ -411,6 +425,7 @@ def _train_dp(
         noise_multiplier=dp.noise_multiplier,
         train_loss=loss_sum / max(rows_seen, 1),
         n_train=n,
+        randomness=SEEDED if sampler is not None else SystemRandom.name,
     )
 
 
