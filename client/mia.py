@@ -22,8 +22,15 @@ Attacks, each scoring "higher = more likely a member":
 
 One-run canary audit (Steinke, Nasr, Jagielski 2023, "Privacy Auditing with One (1) Training
 Run", arXiv:2305.08846): m canaries with flipped labels, each included with probability 1/2, one
-training run; guess the k highest-scoring canaries IN and the k lowest OUT, count the correct
-guesses, and bound ε from below with the paper's result for (ε, δ)-DP (see ``one_run_p_value``).
+training run; guess the r lowest-scoring canaries OUT (the paper's k+ = 0, k- = r: see
+``CANARY_GUESS_FRACTIONS``), count the correct guesses, and bound ε from below with the paper's
+result for (ε, δ)-DP (see ``one_run_p_value``). At small sites power is scarce: the bound needs
+hundreds of guesses, and δ (large there) enters it as 2mδ. So canaries are not only flipped
+copies of real rows but also synthetic ones beside the training rows (``canary_sources``,
+``synthetic_canaries``), m is chosen from the sizes and δ (``default_canary_count``), and guess
+counts that could certify nothing are left out of the Bonferroni grid (``canary_guess_grid``). The canary model trains on the site's training rows plus
+the included canaries, so it is not the released model: the audit tests the training procedure,
+whose DP guarantee holds for every input, and its ε is the procedure's (fixed σ, q and steps).
 
 ROC summary: AUC with a DeLong interval (DeLong, DeLong, Clarke-Pearson 1988; fast form of Sun &
 Xu 2014) on the logit scale, TPR at FPR 10/1/0.1 % with Clopper-Pearson intervals (Clopper &
@@ -39,6 +46,7 @@ why. Wrong arguments (confidence, δ, bins, ...) are programming errors and rais
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -73,6 +81,7 @@ __all__ = [
     "SITE_SUFFIXES",
     "AuditNote",
     "CanaryAudit",
+    "CanarySources",
     "LiraScores",
     "Logits",
     "RocSummary",
@@ -84,6 +93,7 @@ __all__ = [
     "canary_audit",
     "canary_epsilon_max",
     "canary_guess_grid",
+    "canary_sources",
     "clopper_pearson",
     "default_canary_count",
     "lira_from_confidences",
@@ -96,6 +106,7 @@ __all__ = [
     "public_keys",
     "reference_split",
     "roc_summary",
+    "synthetic_canaries",
 ]
 """The vocabulary (``ATTACKS`` ... ``PUBLIC_KEYS``) lives in ``fedward.common.audit_keys``, shared
 with the egress allow-list and the coordinator's report; it is re-exported here."""
@@ -110,11 +121,30 @@ architecture, same DP settings) and returns its logits function."""
 PublicValue = float | int | bool | str | list[int] | list[str] | None
 
 CANARY_GUESS_FRACTIONS = (0.02, 0.05, 0.1, 0.25, 0.5)
-"""The fixed grid of k (guesses per side, as a fraction of m); the bound is Bonferroni-corrected
-over the distinct k it yields, so choosing the best k after the fact stays valid."""
+"""Candidate numbers of guesses r, as a fraction of m; every guess is "OUT" and goes to the r
+lowest-scoring canaries (at most m/2 of them, about as many as are left out). A flipped canary
+left out is predicted with its row's own label by any model that fits its rows, so a very low
+score is strong evidence of OUT; a high score is weak evidence of IN, because a model that
+generalises badly also gives many left-out canaries their flipped label. Steinke et al. allow
+any guesses (k+ IN, k- OUT); fedward fixes k+ = 0 on that ground, before seeing any score.
+``canary_guess_grid`` drops counts that could certify nothing at (m, δ, confidence); the bound is
+Bonferroni-corrected over the counts that remain, so choosing the best after the fact is valid."""
 
-MAX_CANARIES = 1000
+MAX_CANARIES = 2000
+"""At most this many canaries: every one costs the canary model a training row (half of them) and
+past a few thousand guesses the bound grows only slowly (δ = 1e-5: 4.6 with 1,000, 5.3 with 2,000)."""
 MIN_CANARIES = 20
+SYNTHETIC_CANARIES_PER_MEMBER = 1.0
+"""Synthetic canaries per training row at most: each joins the canary model's training set with
+probability 1/2, so in expectation it gets one synthetic canary for every two training rows."""
+SYNTHETIC_CANARY_NOISE = 0.15
+"""A synthetic canary's perturbation, in standard deviations of each feature over the training
+rows: enough to make each canary its own point, small enough that it stays beside its base row
+(larger perturbations let the model learn "perturbed points take the other label", which then
+predicts left-out canaries too and weakens the audit)."""
+CANARY_COUNTS = (20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000)
+"""The canary counts a site's default is chosen among (plus the most its rows allow)."""
+CANARY_CEILING_TOLERANCE = 0.05
 MIN_REFERENCE_MODELS = 2
 MIN_REFERENCE_ROWS = 20
 PER_EXAMPLE_VARIANCE_MIN = 32
@@ -473,22 +503,46 @@ def one_run_epsilon_lower_bound(m: int, r: int, v: int, delta: float, significan
     return lo
 
 
-def canary_guess_grid(m: int) -> tuple[int, ...]:
-    """Distinct guesses per side k (k IN and k OUT, 2k ≤ m) from ``CANARY_GUESS_FRACTIONS``."""
-    return tuple(sorted({max(1, min(m // 2, round(f * m))) for f in CANARY_GUESS_FRACTIONS}))
+@lru_cache(maxsize=4096)
+def canary_guess_grid(m: int, delta: float, confidence: float) -> tuple[int, ...]:
+    """Numbers of guesses r (all OUT, r ≤ m/2) tried by an m-canary audit at (δ, confidence).
+
+    The candidates come from ``CANARY_GUESS_FRACTIONS``; an r whose guesses could not reject even
+    ε = 0 when every one of them is right is dropped, and the drop repeats at the new Bonferroni
+    level until the grid is stable. Such an r could never contribute a bound, yet it would cost
+    every other r its share of the significance level: at small sites, with their large δ, that
+    share decides what the audit can show. The grid depends only on (m, δ, confidence), never on
+    the scores, so the Bonferroni bound over it stays exact.
+    """
+    grid = sorted({max(1, min(m // 2, round(f * m))) for f in CANARY_GUESS_FRACTIONS})
+    while True:
+        significance = (1.0 - confidence) / len(grid)
+        useful = [r for r in grid if one_run_epsilon_lower_bound(m, r, r, delta, significance) > 0]
+        if not useful or useful == grid:
+            # Nothing can certify anything (tiny m): keep the largest r, which is the least bad.
+            return tuple(useful) if useful else (grid[-1],)
+        grid = useful
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)
 def canary_epsilon_max(m: int, delta: float, confidence: float) -> float:
-    """The largest ε lower bound an m-canary audit can show: every guess correct, best k."""
-    grid = canary_guess_grid(m)
+    """The largest ε lower bound an m-canary audit can show: every guess correct, best r.
+
+    Reported as the site's minimum detectable leak, "the largest ε this audit could certify": a
+    claim above it cannot be refuted at this size, and a model that leaked everything would still
+    be certified only at this ε. It depends on (m, δ, confidence) alone.
+    """
+    grid = canary_guess_grid(m, delta, confidence)
     significance = (1.0 - confidence) / len(grid)
-    return max(one_run_epsilon_lower_bound(m, 2 * k, 2 * k, delta, significance) for k in grid)
+    return max(one_run_epsilon_lower_bound(m, r, r, delta, significance) for r in grid)
 
 
 @dataclass(frozen=True)
 class CanaryAudit:
-    """The one-run audit's outcome at the k that gave the largest bound (Bonferroni over the grid)."""
+    """The one-run audit's outcome at the r that gave the largest bound (Bonferroni over the grid).
+
+    ``k_plus`` / ``k_minus``: guesses IN / OUT (``k_plus`` is 0: see ``CANARY_GUESS_FRACTIONS``).
+    """
 
     m: int
     k_plus: int
@@ -501,6 +555,8 @@ class CanaryAudit:
     delta: float
     epsilon_claimed: float | None
     grid: tuple[int, ...]
+    n_synthetic: int = 0
+    """How many of the m canaries are synthetic (the rest are flipped copies of real rows)."""
 
     @property
     def exceeds_claim(self) -> bool | None:
@@ -519,10 +575,10 @@ def one_run_audit(
     epsilon_claimed: float | None = None,
     rng: np.random.Generator | None = None,
 ) -> CanaryAudit:
-    """Guess the top k canaries IN and the bottom k OUT for each k of the grid; keep the best bound.
+    """For each r of the grid, guess the r lowest-scoring canaries OUT; keep the best bound.
 
-    Each k is tested at level (1 − confidence) / |grid|, so the reported bound holds at
-    ``confidence`` whichever k wins. Ties in scores are broken at random (``rng``).
+    Each r is tested at level (1 − confidence) / |grid|, so the reported bound holds at
+    ``confidence`` whichever r wins. Ties in scores are broken at random (``rng``).
     """
     _check_confidence(confidence)
     if not 0 <= delta < 1:
@@ -539,21 +595,21 @@ def one_run_audit(
     shuffle = (rng or np.random.default_rng(0)).permutation(m)
     order = shuffle[np.argsort(-s[shuffle], kind="stable")]  # descending, ties at random
     ranked = inside[order]
-    grid = canary_guess_grid(m)
+    grid = canary_guess_grid(m, delta, confidence)
     significance = (1.0 - confidence) / len(grid)
     best: tuple[float, int, int] | None = None
-    for k in grid:
-        correct = int(ranked[:k].sum() + (~ranked[m - k :]).sum())
-        eps = one_run_epsilon_lower_bound(m, 2 * k, correct, delta, significance)
+    for r in grid:
+        correct = int((~ranked[m - r :]).sum())
+        eps = one_run_epsilon_lower_bound(m, r, correct, delta, significance)
         if best is None or eps > best[0]:
-            best = (eps, k, correct)
+            best = (eps, r, correct)
     assert best is not None  # the grid is never empty
-    eps, k, correct = best
+    eps, r, correct = best
     return CanaryAudit(
         m=m,
-        k_plus=k,
-        k_minus=k,
-        guesses=2 * k,
+        k_plus=0,
+        k_minus=r,
+        guesses=r,
         correct=correct,
         epsilon_lb=eps,
         confidence=confidence,
@@ -564,9 +620,93 @@ def one_run_audit(
     )
 
 
-def default_canary_count(n_pool: int) -> int:
-    """As many canaries as the pool supports (half of it), capped at ``MAX_CANARIES``."""
-    return min(MAX_CANARIES, n_pool // 2)
+@dataclass(frozen=True)
+class CanarySources:
+    """Where an audit's m canaries come from, in the order they are drawn."""
+
+    from_nonmembers: int
+    """Flipped copies of audit rows: nobody is removed from the training set for them."""
+    synthetic: int
+    """Perturbed, flipped copies of pool rows (``synthetic_canaries``): added, displacing nobody."""
+    from_members: int
+    """Flipped copies of training rows, whose originals leave the canary model's training set."""
+
+    @property
+    def total(self) -> int:
+        return self.from_nonmembers + self.synthetic + self.from_members
+
+
+def canary_sources(
+    n_members: int, n_nonmembers: int, n_canaries: int | None = None, *, synthetic: bool = True
+) -> CanarySources:
+    """The canaries' origins for an m-canary audit (``None``: the most this site supports).
+
+    With ``synthetic`` (the default): the audit rows first, then synthetic canaries, at most
+    ``SYNTHETIC_CANARIES_PER_MEMBER`` per training row (each joins the canary model's training set
+    with probability 1/2), and only then training rows, so long as flipped rows stay at most half
+    of the pool: a count that the audit rows and synthetic canaries can supply displaces no
+    training row. Without: real rows only, audit rows first, at most half of the pool (the
+    earlier behaviour). Never more than ``MAX_CANARIES``; fewer when the site is too small
+    for ``n_canaries`` (the caller says so).
+    """
+    half = (n_members + n_nonmembers) // 2
+    if synthetic:
+        caps = (
+            n_nonmembers,
+            math.floor(SYNTHETIC_CANARIES_PER_MEMBER * n_members),
+            max(0, half - n_nonmembers),
+        )
+    else:
+        caps = (min(n_nonmembers, half), 0, max(0, half - n_nonmembers))
+    left = min(MAX_CANARIES, sum(caps) if n_canaries is None else n_canaries)
+    taken = []
+    for cap in caps:
+        taken.append(min(cap, left))
+        left -= taken[-1]
+    return CanarySources(*taken)
+
+
+def default_canary_count(
+    n_members: int, n_nonmembers: int, delta: float, confidence: float = 0.95
+) -> int:
+    """The number of canaries that gives this site the most audit power.
+
+    The largest ε the audit can show (``canary_epsilon_max``) grows with m through the number of
+    guesses, but the (ε, δ) bound's δ term grows with m too (2mδ): at small sites, whose δ is large,
+    more canaries can lower it. So m is the largest count the rows allow (``canary_sources``)
+    among ``CANARY_COUNTS``, unless a smaller one raises that ceiling by more than
+    ``CANARY_CEILING_TOLERANCE``; within the tolerance more canaries win, because more guesses also
+    help an attack that is not always right. The choice uses (sizes, δ, confidence) only, never the
+    data, so the bound stays exact.
+    """
+    top = canary_sources(n_members, n_nonmembers).total
+    if top < 2:
+        return top
+    counts = sorted({c for c in CANARY_COUNTS if c < top} | {top})
+    ceilings = {c: canary_epsilon_max(c, delta, confidence) for c in counts if c >= 2}
+    best = max(ceilings.values())
+    return max(c for c, e in ceilings.items() if e >= (1.0 - CANARY_CEILING_TOLERANCE) * best)
+
+
+def synthetic_canaries(
+    x_rows: np.ndarray, y_rows: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """n synthetic canaries: copies of the given rows (the training rows), each moved by its own
+    Gaussian perturbation (``SYNTHETIC_CANARY_NOISE`` × the rows' per-feature standard deviation,
+    clipped to their range) and given the opposite label; distinct base rows while they last.
+
+    Each sits next to a training row the model fits, with the other label: left out, the model
+    predicts the base row's label there; only memorising the canary turns that round. The
+    perturbation makes every canary its own point, so no two canaries are the same row.
+    """
+    if n == 0:
+        return np.zeros((0, x_rows.shape[1])), np.zeros(0, dtype=np.int64)
+    rounds = -(-n // y_rows.size)
+    base = np.concatenate([rng.permutation(y_rows.size) for _ in range(rounds)])[:n]
+    scale = SYNTHETIC_CANARY_NOISE * x_rows.std(axis=0)
+    x = x_rows[base] + rng.normal(0.0, 1.0, (n, x_rows.shape[1])) * scale
+    x = np.clip(x, x_rows.min(axis=0), x_rows.max(axis=0))
+    return x, (1 - y_rows[base]).astype(np.int64)
 
 
 def canary_audit(
@@ -581,22 +721,26 @@ def canary_audit(
     confidence: float = 0.95,
     epsilon_claimed: float | None = None,
     seed: int,
+    synthetic: bool = True,
 ) -> CanaryAudit:
     """Steinke et al.'s black-box audit with ONE call to ``train_fn``.
 
-    Canaries are pool rows with flipped labels, drawn from the non-members first (so the members
-    stay as the released model saw them) and then from the members, whose original rows are
-    removed from the training set. Each canary is included with probability 1/2; a canary is
-    scored by φ under its flipped label.
+    Canaries (``canary_sources``): audit rows with flipped labels, then synthetic canaries
+    (``synthetic_canaries``), then training rows with flipped labels, whose originals are removed
+    from the training set. Each canary is included with probability 1/2, independently; a canary
+    is scored by φ under its flipped label. ``synthetic=False`` uses real rows only.
     """
     rng = np.random.default_rng(_derive_seed(seed, "canaries"))
     n_mem, n_non = y_members.size, y_nonmembers.size
-    if not 2 <= n_canaries <= n_mem + n_non:
-        raise ValueError(f"n_canaries must be in [2, {n_mem + n_non}], got {n_canaries}")
-    from_non = rng.permutation(n_non)[: min(n_canaries, n_non)]
-    from_mem = rng.permutation(n_mem)[: n_canaries - from_non.size]
-    x_can = np.concatenate([x_nonmembers[from_non], x_members[from_mem]])
-    y_can = 1 - np.concatenate([y_nonmembers[from_non], y_members[from_mem]])
+    top = canary_sources(n_mem, n_non, synthetic=synthetic).total
+    if not 2 <= n_canaries <= top:
+        raise ValueError(f"n_canaries must be in [2, {top}] at this size, got {n_canaries}")
+    src = canary_sources(n_mem, n_non, n_canaries, synthetic=synthetic)
+    from_non = rng.permutation(n_non)[: src.from_nonmembers]
+    from_mem = rng.permutation(n_mem)[: src.from_members]
+    x_syn, y_syn = synthetic_canaries(x_members, y_members, src.synthetic, rng)
+    x_can = np.concatenate([x_nonmembers[from_non], x_syn, x_members[from_mem]])
+    y_can = np.concatenate([1 - y_nonmembers[from_non], y_syn, 1 - y_members[from_mem]])
     included = rng.random(n_canaries) < 0.5
     keep = np.ones(n_mem, dtype=bool)
     keep[from_mem] = False
@@ -605,7 +749,7 @@ def canary_audit(
     order = rng.permutation(y_train.size)  # no position tells a canary from a member
     logits = train_fn(x_train[order], y_train[order], _derive_seed(seed, "canary-model"))
     scores = logit_confidence(logits(x_can), y_can)
-    return one_run_audit(
+    audit = one_run_audit(
         scores,
         included,
         delta=delta,
@@ -613,6 +757,7 @@ def canary_audit(
         epsilon_claimed=epsilon_claimed,
         rng=rng,
     )
+    return dataclasses.replace(audit, n_synthetic=src.synthetic)
 
 
 # ---- the site's audit ------------------------------------------------------------------------
@@ -945,25 +1090,28 @@ def _run_canary(
     seed: int,
 ) -> CanaryAudit | None:
     xm, ym, xn, yn = rows
-    n_pool = ym.size + yn.size
     if n_canaries == 0:
         return None
-    m = default_canary_count(n_pool) if n_canaries is None else min(n_canaries, n_pool // 2)
-    if n_canaries is not None and n_canaries > m:
-        notes.append(
-            AuditNote(
-                f"{n_canaries} canaries were asked for; canaries come from at most half of the "
-                "site's rows, so the audit uses {m}.",
-                {"m": m},
+    if n_canaries is None:
+        m = default_canary_count(ym.size, yn.size, delta, confidence)
+    else:
+        m = canary_sources(ym.size, yn.size, n_canaries).total
+        if n_canaries > m:
+            notes.append(
+                AuditNote(
+                    f"{n_canaries} canaries were asked for; this site's rows support at most "
+                    "{m} (its audit rows, a synthetic canary per training row, training rows up "
+                    "to half of all rows), so the audit uses {m}.",
+                    {"m": m},
+                )
             )
-        )
     needed = max(MIN_CANARIES, min_cell)
     if m < needed:
         notes.append(
             AuditNote(
-                f"The canary audit is skipped: it needs at least {needed} canaries, drawn from at "
-                f"most half of the site's rows ({2 * needed} rows); this site has {{has}}.",
-                {"has": n_pool},
+                f"The canary audit is skipped: it needs at least {needed} canaries and this "
+                "site's rows support {m} (it has {has} rows).",
+                {"m": m, "has": ym.size + yn.size},
             )
         )
         return None
@@ -991,11 +1139,14 @@ def _run_canary(
         )
         return None
     pct = f"{confidence:.0%}"
+    counts = {"m": m, "syn": canary.n_synthetic}
+    made = ", {syn} synthetic" if canary.n_synthetic else ""
     notes.append(
         AuditNote(
-            f"The canary audit gives a lower bound on ε at {pct} confidence: with {{m}} canaries "
-            f"it cannot show an ε above {canary.epsilon_max:.2f}, whatever the model leaks.",
-            {"m": m},
+            f"Minimum detectable leak: this canary audit could certify at most "
+            f"ε = {canary.epsilon_max:.2f} ({{m}} canaries{made}, {pct} confidence, "
+            f"δ = {delta:g}); it cannot show more, whatever the model leaks.",
+            counts,
         )
     )
     if epsilon_claimed is not None and canary.epsilon_max < epsilon_claimed:

@@ -3,9 +3,12 @@
 Members are the site's training rows, non-members its audit split (never trained on, never the
 sealed test split). The reference models (LiRA) and the canary model (one-run audit) are trained
 here the way this site trained for the run: the same model, the same training settings, the same
-rounds and, under DP, the noise multiplier and clipping norm of the site's plan in its ledger — so
-the canary model's accountant ε is the ε the audit checks. None of these models leaves the site and
-none of them spends release budget: only the audit's aggregates leave, as non-DP outputs.
+rounds and, under DP, the noise multiplier, clipping norm and sampling rate of the site's plan in
+its ledger — so the canary model's accountant ε is the ε the audit checks, whatever its row count.
+Its training set is the site's training rows plus the included canaries (synthetic ones among
+them): DP is a guarantee for every input, so what the canary audit tests is the procedure. None of
+these models leaves the site and none of them spends release budget: only the audit's aggregates
+leave, as non-DP outputs.
 """
 
 from __future__ import annotations

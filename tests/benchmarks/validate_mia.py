@@ -11,10 +11,11 @@ Adam, lr 1e-3, expected batch 128) is trained through ``fedward.client.training.
 * "broken DP": the ε = 1 run's settings with the noise multiplier set to 0, while ε = 1 is claimed.
 
 Each model is audited with ``fedward.client.mia.audit_site`` (loss attack, offline and online
-LiRA with 4 reference models, one-run canary audit with 1,000 canaries, 95 % confidence). The
-audit's own models (references, canary model) are trained exactly like the audited model, at the
-same fixed sample rate, so the accountant's ε applies to each of them. Reported per run: the
-accountant's ε, the canary lower bound (and the largest bound 1,000 canaries can show), every
+LiRA with 4 reference models, one-run canary audit with the default count for this size, 2,000
+canaries, 95 % confidence). The audit's own models (references, canary model) are trained
+exactly like the audited model, at the same fixed sample rate, so the accountant's ε applies to
+each of them. Reported per run: the
+accountant's ε, the canary lower bound (and the largest bound those canaries can show), every
 attack's AUC with its 95 % interval and TPR at 1 % FPR, and the model's test AUROC.
 
     python -m tests.benchmarks.validate_mia [--seed 0] [--epsilons 0.5 1 2 4 8] [--json FILE]

@@ -234,8 +234,8 @@ def test_the_chosen_k_is_paid_for_over_the_whole_grid() -> None:
     rng = np.random.default_rng(9)
     included = rng.random(300) < 0.5
     audit = one_run_audit(2.0 * included + rng.normal(0, 1, 300), included, delta=DELTA)
-    grid = canary_guess_grid(300)
-    assert audit.grid == grid and len(grid) > 1 and audit.k_plus in grid
+    grid = canary_guess_grid(300, DELTA, 0.95)
+    assert audit.grid == grid and len(grid) > 1 and audit.guesses in grid
     split = one_run_epsilon_lower_bound(300, audit.guesses, audit.correct, DELTA, 0.05 / len(grid))
     unsplit = one_run_epsilon_lower_bound(300, audit.guesses, audit.correct, DELTA, 0.05)
     assert audit.epsilon_lb == pytest.approx(split) and audit.epsilon_lb < unsplit
@@ -333,7 +333,8 @@ def _audit(
 def test_a_full_audit_runs_every_attack_and_the_canary_audit() -> None:
     audit = _audit(_rows(400), _rows(300, seed=1), n_reference=4)
     assert set(audit.attacks) == set(ATTACKS) and audit.n_reference == 4
-    assert audit.canary is not None and audit.canary.m == 350
+    # 350 flipped copies of real rows (half the pool) and 400 synthetic canaries (one per member).
+    assert audit.canary is not None and audit.canary.m == 750 and audit.canary.n_synthetic == 400
     assert audit.seconds["total"] >= audit.seconds["reference"] + audit.seconds["canary"]
 
 
@@ -342,7 +343,7 @@ def test_a_full_audit_runs_every_attack_and_the_canary_audit() -> None:
     [
         (_rows(200), (np.zeros((0, 4)), np.zeros(0)), "non-members"),
         ((_rows(200)[0], np.ones(200)), (_rows(100)[0], np.ones(100)), "one class"),
-        (_rows(12), _rows(6, seed=1), "canary audit is skipped"),
+        (_rows(8), _rows(6, seed=1), "canary audit is skipped"),
         ((np.full((50, 4), np.nan), np.ones(50)), _rows(50), "missing or infinite"),
         ((_rows(50)[0], np.ones(49)), _rows(50), "labels for 50 feature rows"),
         ((_rows(50)[0], np.full(50, 2)), _rows(50), "labels must be 0 and 1"),
@@ -393,13 +394,21 @@ def test_counts_below_the_minimum_cell_are_never_written_out() -> None:
 
 def test_a_small_site_says_what_its_canary_audit_cannot_show() -> None:
     audit = _audit(_rows(60), _rows(40, seed=1), n_reference=0, n_canaries=500, epsilon_claimed=8.0)
-    assert audit.canary is not None and audit.canary.m == 50
+    assert audit.canary is not None and audit.canary.m == 110 and audit.canary.n_synthetic == 60
     eps_max = audit.canary.epsilon_max
-    assert eps_max == pytest.approx(canary_epsilon_max(50, DELTA, 0.95)) and eps_max < 8.0
-    assert (
-        "500 canaries were asked for; canaries come from at most half of the site's rows, so the audit uses 50."
-        in audit.notes
-    )
+    assert eps_max == pytest.approx(canary_epsilon_max(110, DELTA, 0.95)) and eps_max < 8.0
+    assert any(
+        n.startswith("500 canaries were asked for; this site's rows support at most 110")
+        and n.endswith("so the audit uses 110.")
+        for n in audit.notes
+    ), audit.notes
+    assert any(
+        n.startswith(
+            f"Minimum detectable leak: this canary audit could certify at most ε = {eps_max:.2f} "
+            "(110 canaries, 60 synthetic, 95% confidence"
+        )
+        for n in audit.notes
+    ), audit.notes
     assert any(f"at most ε ≥ {eps_max:.2f}" in n and "cannot refute" in n for n in audit.notes)
     assert audit.public()["mia_canary_epsilon_max"] == pytest.approx(eps_max, abs=1e-6)
 
