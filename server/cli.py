@@ -190,6 +190,22 @@ def _left_out(run_dir: Path) -> list[str]:
     return [f"{x['site']} left out ({x['status']}): {x['reason']}" for x in record["left_out"]]
 
 
+MAX_WARNING_LINES = 8
+
+
+def _site_warnings(run_dir: Path) -> list[str]:
+    """The sites' data warnings (clipped out-of-range values with their count, or "fewer than N"
+    under a site's minimum cell; empty columns), which otherwise only the run record and card hold."""
+    record = json.loads((run_dir / "run_record.json").read_text())
+    warnings = [str(w) for w in record.get("warnings") or []]
+    lines = [f"warning: {w}" for w in warnings[:MAX_WARNING_LINES]]
+    if len(warnings) > MAX_WARNING_LINES:
+        lines.append(
+            f"warning: {len(warnings) - MAX_WARNING_LINES} more in {run_dir / 'run_record.json'}"
+        )
+    return lines
+
+
 def simulate(
     dataset: Annotated[
         str | None,
@@ -445,6 +461,8 @@ def simulate(
     console.print(_final_table(run_dir))
     for line in _left_out(run_dir):
         console.print(f"[yellow]{line}[/]")
+    for line in _site_warnings(run_dir):
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     for line in _epsilon_lines(run_dir) + _privacy_modes(run_dir):
         console.print(line)
     if (run_dir / "baselines.json").exists():

@@ -217,3 +217,11 @@ def test_refusals_leave_no_traceback_on_the_console(federation: dict[str, Any]) 
     assert "Traceback" not in federation["stdout"] + federation["stderr"]
     assert "Manually terminating" not in federation["stdout"] + federation["stderr"]
     assert "Traceback" in (federation["dir"] / "simulation.log").read_text()
+
+
+def test_the_sites_data_warnings_are_printed_with_their_counts(federation: dict[str, Any]) -> None:
+    warnings = _json(federation, "run_record.json")["warnings"]
+    assert warnings  # the bundled hospitals have clipped values and an empty column
+    out = " ".join(federation["stdout"].split())
+    for warning in warnings[:8]:
+        assert f"warning: {' '.join(warning.split())}" in out

@@ -80,3 +80,16 @@ def test_site_output_goes_to_the_run_log_not_the_console(
     assert "site node 7 refused in train" in text
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and "refused" not in out.out + out.err
+
+
+def test_site_warnings_are_listed_up_to_a_cap(tmp_path: Path) -> None:
+    import json
+
+    from fedward.server.cli import MAX_WARNING_LINES, _site_warnings
+
+    warnings = [f"site{i}: column age: 12 values lie outside the declared range" for i in range(11)]
+    (tmp_path / "run_record.json").write_text(json.dumps({"warnings": warnings}))
+    lines = _site_warnings(tmp_path)
+    assert lines[0] == f"warning: {warnings[0]}"
+    assert len(lines) == MAX_WARNING_LINES + 1
+    assert lines[-1].startswith(f"warning: {11 - MAX_WARNING_LINES} more in ")
