@@ -24,6 +24,24 @@ waits are shortened as well (:mod:`fedward.common.flower_internals`, the only mo
 Flower's internals). Usage::
 
     fedward-supernode [--flower-shortcuts] [--] FLOWER_SUPERNODE_ARGS...
+
+Restarts. A SuperNode killed without deactivating (a crash, SIGKILL, a lost host) stays *online*
+at the SuperLink until its heartbeats are overdue: Flower 1.42 allows twice the 30 s heartbeat
+interval. Until then the SuperLink refuses to activate the same key again (HTTP 412, code 2004,
+"Failed to activate SuperNode") and Flower's SuperNode exits at once, so a container restart
+policy loops for up to a minute. The launcher makes a restarted site rejoin by itself:
+
+* with ``FEDWARD_NODE_ID_FILE`` (the site entrypoint sets it inside the site's state folder) it
+  records the node id the SuperLink activated, and before the next activation it releases that
+  node (Fleet ``DeactivateNode``, signed with the same key: the SuperLink accepts it only from the
+  key the node id belongs to), so the restart is activated at once;
+* a refused activation is retried with backoff (1 s doubling to 8 s) for
+  ``FEDWARD_ACTIVATION_WAIT_S`` seconds (default 120; 0: no retries), saying why, for a restart
+  with no record (first start, lost state volume) or a release that failed.
+
+A key the SuperLink does not know gets the same refusal: after the wait the SuperNode exits with
+Flower's own message. One key must run in one SuperNode: a second process started with it would
+release the first one's node.
 """
 
 from __future__ import annotations
@@ -38,11 +56,18 @@ import socket
 import struct
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any
 
 SHORTCUTS_ENV = "FEDWARD_FLOWER_SHORTCUTS"
+ACTIVATION_WAIT_ENV = "FEDWARD_ACTIVATION_WAIT_S"
+NODE_ID_FILE_ENV = "FEDWARD_NODE_ID_FILE"
+ACTIVATION_WAIT_DEFAULT = 120.0
+ACTIVATION_BACKOFF = (1.0, 8.0)  # first wait, longest wait (seconds)
+ACTIVATION_FAILED_CODE = 2004  # flwr ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED (HTTP 412)
 TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 TASK_POLL_DEFAULT = "0.5"
 CLIENTAPP_COMMAND = "flwr-clientapp"
@@ -227,6 +252,138 @@ def _apply_shortcuts() -> None:
     )
 
 
+def activation_wait() -> float:
+    """Seconds to keep retrying a refused activation (``FEDWARD_ACTIVATION_WAIT_S``)."""
+    raw = os.environ.get(ACTIVATION_WAIT_ENV, "").strip()
+    if not raw:
+        return ACTIVATION_WAIT_DEFAULT
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise SystemExit(
+            f"fedward-supernode: {ACTIVATION_WAIT_ENV}={raw!r} is not a number of seconds"
+        ) from None
+
+
+def is_activation_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the SuperLink's 412 "Failed to activate SuperNode" (code 2004)."""
+    response = getattr(exc, "response", None)
+    if response is None or getattr(response, "status_code", None) != 412:
+        return False
+    try:
+        payload = json.loads(response.text)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(payload, dict) and payload.get("code") == ACTIVATION_FAILED_CODE
+
+
+def retry_activation(
+    activate: Callable[[Any], Any],
+    request: Any,
+    *,
+    wait_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """Call ``activate(request)``, retrying the SuperLink's activation refusal until ``wait_s``.
+
+    Why: a crashed predecessor with the same key stays online at the SuperLink until its
+    heartbeats are overdue; the refusal then lifts by itself. Any other error is raised at once.
+    """
+    from flwr.common.logger import log
+
+    deadline = clock() + wait_s
+    delay, longest = ACTIVATION_BACKOFF
+    while True:
+        try:
+            return activate(request)
+        except Exception as exc:
+            left = deadline - clock()
+            if not is_activation_refusal(exc) or left <= 0:
+                raise
+            pause = min(delay, left)
+            log(
+                WARNING,
+                "fedward-supernode: the SuperLink refused to activate this node's key (HTTP 412, "
+                "code 2004). It still counts this node's previous process as online (after a "
+                "crash, until its heartbeats are overdue: up to 60 s), or the key is not "
+                "registered. Retrying in %.0f s (%.0f s left).",
+                pause,
+                left,
+            )
+            sleep(pause)
+            delay = min(delay * 2, longest)
+
+
+def read_node_id(path: Path) -> int | None:
+    """The node id a previous process of this site was activated as, if it recorded one."""
+    try:
+        value = int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def write_node_id(path: Path, node_id: int) -> None:
+    """Record the activated node id atomically; a site whose state cannot be written still runs."""
+    from flwr.common.logger import log
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(f"{node_id}\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log(WARNING, "fedward-supernode: cannot record the node id in %s: %s", path, exc)
+
+
+def release_stale_node(deactivate: Callable[[Any], Any], path: Path) -> int | None:
+    """Deactivate the node a crashed predecessor left online; returns its id when released.
+
+    Why: the SuperLink refuses to activate a key whose node it still counts as online. Refusals
+    (the node was already offline, or the id is not this key's) are expected and ignored.
+    """
+    from flwr.common.logger import log
+    from flwr.proto.fleet_pb2 import DeactivateNodeRequest
+
+    stale = read_node_id(path)
+    if stale is None:
+        return None
+    try:
+        deactivate(DeactivateNodeRequest(node_id=stale))
+    except Exception as exc:
+        log(INFO, "fedward-supernode: node %d was not left online (%s)", stale, type(exc).__name__)
+        return None
+    log(INFO, "fedward-supernode: released node %d, left online by a previous process", stale)
+    return stale
+
+
+def install_activation_retry(wait_s: float, node_id_file: Path | None = None) -> bool:
+    """Make Flower's Fleet client release a stale node and retry a refused activation.
+
+    False where this Flower has no ``FleetHttpClient.ActivateNode`` to wrap.
+    """
+    try:
+        from flwr.supernode.fleet_http_client import FleetHttpClient
+    except ImportError:
+        return False
+    original = getattr(FleetHttpClient, "ActivateNode", None)
+    if original is None or getattr(original, "_fedward_retry", False):
+        return original is not None
+
+    def activate_node(self: Any, request: Any) -> Any:
+        if node_id_file is not None:
+            release_stale_node(self.DeactivateNode, node_id_file)
+        response = retry_activation(lambda r: original(self, r), request, wait_s=wait_s)
+        if node_id_file is not None:
+            write_node_id(node_id_file, int(response.node_id))
+        return response
+
+    activate_node._fedward_retry = True  # type: ignore[attr-defined]
+    FleetHttpClient.ActivateNode = activate_node  # type: ignore[method-assign]
+    return True
+
+
 def start_zygote(workdir: Path, real: str) -> int:
     """Fork the zygote, listening in ``workdir``, and write the stand-in there; returns its pid.
 
@@ -259,6 +416,14 @@ def real_clientapp() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     shortcuts, supernode_args = _split_args(sys.argv[1:] if argv is None else argv)
+    wait_s = activation_wait()
+    node_id_file = os.environ.get(NODE_ID_FILE_ENV, "").strip()
+    if (wait_s > 0 or node_id_file) and not install_activation_retry(
+        wait_s, Path(node_id_file) if node_id_file else None
+    ):
+        from flwr.common.logger import log
+
+        log(WARNING, "fedward-supernode: this Flower has no Fleet ActivateNode to retry")
     if shortcuts:
         # Before the zygote forks: a ClientApp waits on the object-pull backoff too.
         _apply_shortcuts()

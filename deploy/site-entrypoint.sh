@@ -27,6 +27,12 @@
 #                         `flower-supernode`, which starts and imports everything per message
 #   FEDWARD_FLOWER_SHORTCUTS  1: shorten the SuperNode's fixed internal waits (default; see
 #                         docs/deployment.md); 0: leave Flower's timing as it ships
+#   FEDWARD_NODE_ID_FILE  where the fast path records the node id it was activated as, so that after
+#                         a crash the restarted SuperNode releases the node left online and rejoins
+#                         at once (default: .supernode-node-id in the site config's state folder;
+#                         empty: no record)
+#   FEDWARD_ACTIVATION_WAIT_S  how long the fast path retries a refused activation (HTTP 412, "Failed
+#                         to activate SuperNode") before exiting (default 120; 0: exit at once)
 set -euo pipefail
 
 SITE_CONFIG="${FEDWARD_SITE_CONFIG:-/etc/fedward/site.toml}"
@@ -96,6 +102,15 @@ if [ -n "${FEDWARD_DEMO_DATA:-}" ]; then
 fi
 # Fails early, naming the field, on a bad site config or schema (the data are read per message).
 fedward config check "$SITE_CONFIG" --kind site >&2 || fail "site config $SITE_CONFIG is not valid"
+
+# Restarts (fast path): the node id recorded in the site's own state folder lets a SuperNode restarted
+# after a crash release the node its predecessor left online (docs/deployment.md, "Restarts").
+if [ "$FAST_PATH" = 1 ] && [ "$INSECURE" != 1 ] && [ -z "${FEDWARD_NODE_ID_FILE+set}" ]; then
+  FEDWARD_NODE_ID_FILE="$(python -c 'import sys
+from fedward.common.config import load_site_config
+print(load_site_config(sys.argv[1]).state_path / ".supernode-node-id")' "$SITE_CONFIG")" || FEDWARD_NODE_ID_FILE=""
+  export FEDWARD_NODE_ID_FILE
+fi
 
 NODE_CONFIG="site-config='$SITE_CONFIG'"
 if [ -n "${FEDWARD_NODE_CONFIG_EXTRA:-}" ]; then

@@ -140,3 +140,118 @@ def test_launcher_arguments(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert _split_args(argv) == (shortcuts, rest)
+
+
+# Restarts: a refused activation is retried, a stale node released (real processes in
+# tests/e2e/test_site_restart.py).
+
+
+def _refusal(code: int = 2004, status: int = 412) -> Exception:
+    import httpx
+
+    request = httpx.Request("POST", "https://superlink/v1/fleet/activate-node")
+    response = httpx.Response(
+        status, request=request, json={"code": code, "detail": "Failed to activate SuperNode."}
+    )
+    return httpx.HTTPStatusError("refused", request=request, response=response)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_only_the_superlinks_activation_refusal_is_recognised() -> None:
+    from fedward.client.supernode_launcher import is_activation_refusal
+
+    assert is_activation_refusal(_refusal())
+    assert not is_activation_refusal(_refusal(code=2005))
+    assert not is_activation_refusal(_refusal(status=401))
+    assert not is_activation_refusal(ConnectionError("down"))
+
+
+def test_a_refused_activation_is_retried_with_backoff_until_it_succeeds() -> None:
+    from fedward.client.supernode_launcher import retry_activation
+
+    clock, answers = _Clock(), [_refusal()] * 5 + ["activated"]
+
+    def activate(request: str) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return f"{answer} {request}"
+
+    got = retry_activation(activate, "node", wait_s=120, sleep=clock.sleep, clock=clock.time)
+    assert got == "activated node"
+    assert clock.sleeps == [1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+def test_retries_stop_at_the_wait_and_other_errors_are_not_retried() -> None:
+    from fedward.client.supernode_launcher import retry_activation
+
+    clock = _Clock()
+
+    def refused(request: str) -> str:
+        raise _refusal()
+
+    with pytest.raises(Exception, match="refused"):
+        retry_activation(refused, "node", wait_s=20, sleep=clock.sleep, clock=clock.time)
+    assert sum(clock.sleeps) == pytest.approx(20.0) and max(clock.sleeps) == 8.0
+
+    clock = _Clock()
+
+    def down(request: str) -> str:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        retry_activation(down, "node", wait_s=120, sleep=clock.sleep, clock=clock.time)
+    assert clock.sleeps == []
+    with pytest.raises(Exception, match="refused"):
+        retry_activation(refused, "node", wait_s=0, sleep=clock.sleep, clock=clock.time)
+    assert clock.sleeps == []
+
+
+def test_the_recorded_node_is_released_before_activation(tmp_path: Path) -> None:
+    from fedward.client.supernode_launcher import (
+        read_node_id,
+        release_stale_node,
+        write_node_id,
+    )
+
+    record = tmp_path / "state" / ".supernode-node-id"
+    asked: list[int] = []
+
+    def deactivate(request: object) -> None:
+        asked.append(int(request.node_id))  # type: ignore[attr-defined]
+
+    assert release_stale_node(deactivate, record) is None and asked == []  # nothing recorded
+    write_node_id(record, 7269)
+    assert read_node_id(record) == 7269 and oct(record.parent.stat().st_mode & 0o777) == "0o700"
+    assert release_stale_node(deactivate, record) == 7269 and asked == [7269]
+
+    def already_offline(request: object) -> None:
+        raise _refusal(code=2005)
+
+    assert release_stale_node(already_offline, record) is None
+    record.write_text("not a number")
+    assert read_node_id(record) is None
+
+
+def test_the_activation_wait_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedward.client.supernode_launcher import ACTIVATION_WAIT_ENV, activation_wait
+
+    monkeypatch.delenv(ACTIVATION_WAIT_ENV, raising=False)
+    assert activation_wait() == 120.0
+    monkeypatch.setenv(ACTIVATION_WAIT_ENV, "0")
+    assert activation_wait() == 0.0
+    monkeypatch.setenv(ACTIVATION_WAIT_ENV, "soon")
+    with pytest.raises(SystemExit, match="FEDWARD_ACTIVATION_WAIT_S"):
+        activation_wait()
