@@ -24,6 +24,7 @@ from fedward.common.protocol import KEY_PURPOSE, KEY_RUN, KEY_RUN_ID, KEY_SPLIT
 from fedward.common.schema import DataSchema
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
+from fedward.server.site_registry import SiteRegistry
 from fedward.server.site_tracking import SiteTracking, TooFewSites
 from fedward.server.strategies import build_strategy
 from fedward.server.update_validation import UpdateValidator
@@ -92,6 +93,8 @@ class Federation:
             min_sites=self.run.strategy.min_sites,
             heads=self.heads,
             validator=UpdateValidator.from_config(self.run.strategy.validation),
+            # The register lives beside the remembered heads, in the coordinator's state folder.
+            registry=None if self.heads is None else SiteRegistry(self.heads.path.parent),
         )
         tracker.excluded.update(self.exclude)
         return tracker

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,7 @@ from fedward.server.exit_codes import (
     exit_code,
     read_record,
 )
+from fedward.server.site_registry_cli import sites_app
 
 DEFAULT_RUNS_DIR = Path("runs")
 FLWR_LOG_LINES = 400
@@ -69,8 +71,10 @@ class RunFollowError(FedwardError):
 # ---- the coordinator metrics endpoint ---------------------------------------------------------
 
 coordinator_app = typer.Typer(
-    help="Coordinator operations: Prometheus metrics of the run folders.", no_args_is_help=True
+    help="Coordinator operations: Prometheus metrics of the run folders, the registered sites.",
+    no_args_is_help=True,
 )
+coordinator_app.add_typer(sites_app, name="sites")
 
 
 @coordinator_app.command("metrics")
@@ -470,7 +474,7 @@ def run(
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = _start_and_follow(
-            launched, federation, out, before, follow, folder_timeout, folder=folder
+            launched, federation, out, before, follow, folder_timeout, folder=folder, app_dir=app_dir
         )
     except KeyboardInterrupt:
         launched.stop()
@@ -498,9 +502,11 @@ def _start_and_follow(
     folder_timeout: float,
     *,
     folder: Path | None = None,
+    app_dir: Path | None = None,
 ) -> int:
     """From `flwr run`'s answer to the run's end; returns the exit status. ``folder``: the run
-    folder a resumed run continues in (else the new one is looked for under ``out``)."""
+    folder a resumed run continues in (else the new one is looked for under ``out``); ``app_dir``
+    goes into the resume hint."""
     run_id = launched.wait_started()
     if run_id is None:
         code = launched.wait()
@@ -543,7 +549,25 @@ def _start_and_follow(
     except KeyboardInterrupt:
         console.print(f"run folder: [bold]{escape(str(folder))}[/]", soft_wrap=True)
         raise
-    return _report(folder, launched)
+    return _report(folder, launched, resume=(app_dir, federation) if app_dir else None)
+
+
+def resume_hint(folder: Path, app_dir: Path | str, federation: str) -> str:
+    """What to do when a run ended unfinished, most often because its coordinator (SuperLink or
+    ServerApp) died or was stopped: resume from the last checkpoint, never start it again (a new
+    run would spend the sites' ε a second time)."""
+    checkpoints = sorted((folder / "checkpoints").glob("state-*.pt"))
+    if not checkpoints:
+        return (
+            "the run has no checkpoint yet (one is written after each round): start it again "
+            "with `fedward run`"
+        )
+    return (
+        "if the coordinator (SuperLink or ServerApp) died or was stopped, continue from its last "
+        f"checkpoint ({checkpoints[-1].name}), same run id, ε already spent counted once: "
+        f"`fedward run {shlex.quote(str(app_dir))} {shlex.quote(federation)} --resume "
+        f"{shlex.quote(str(folder))}`"
+    )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -586,8 +610,9 @@ def _follow(folder: Path, launched: FlwrRun, title: str) -> None:
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
 
 
-def _report(folder: Path, launched: FlwrRun) -> int:
-    """Print the run's outcome (as `fedward simulate` does) and return its exit status."""
+def _report(folder: Path, launched: FlwrRun, *, resume: tuple[Path, str] | None = None) -> int:
+    """Print the run's outcome (as `fedward simulate` does) and return its exit status.
+    ``resume`` (app folder, federation): for the hint to resume a run that ended unfinished."""
     from fedward.server.cli import _final_table, _left_out, _print_audit
     from fedward.server.coordinator_metrics import read_run_progress
 
@@ -621,6 +646,10 @@ def _report(folder: Path, launched: FlwrRun) -> int:
         )
         if launched.tail():
             err_console.print(f"its last log lines:\n{escape(launched.tail())}", soft_wrap=True)
+        if resume is not None:
+            err_console.print(
+                f"[bold]to resume:[/] {escape(resume_hint(folder, *resume))}", soft_wrap=True
+            )
         record = None
     console.print(f"run folder: [bold]{escape(str(folder))}[/]", soft_wrap=True)
     logs = "the ServerApp's log at the SuperLink (its last lines are above)"

@@ -38,6 +38,7 @@ from fedward.common.protocol import (
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.reply_check import malformed_reply
 from fedward.server.run_folder import RunFolder
+from fedward.server.site_registry import SiteRegistry
 from fedward.server.update_validation import STATUS_REJECTED, UpdateValidator
 
 _AGGREGATED_TRAIN_KEYS = ("num-examples", "train_loss")
@@ -174,6 +175,7 @@ class SiteTracking(Strategy):
         min_sites: int,
         heads: LedgerHeads | None = None,
         validator: UpdateValidator | None = None,
+        registry: SiteRegistry | None = None,
     ) -> None:
         if histogram_bins < 2:
             raise ValueError("histogram_bins must be at least 2")
@@ -187,6 +189,11 @@ class SiteTracking(Strategy):
         self.excluded: set[int] = set()
         self.history: dict[str, list[dict[str, Any]]] = {"train": [], "tune": [], "test": []}
         self.heads = heads
+        # Which node key speaks for which site: with a register, a reply is the registered
+        # site's whatever name it reports; without one (simulation), the reported name.
+        self.registry = registry if registry is not None and registry.active else None
+        self.bound: dict[int, str | None] = {}
+        self._binding_announced = False
         self.attempts: dict[int, str] = {}
         # Every train reply is checked against the model sent that round before aggregation.
         self.validator = validator
@@ -211,13 +218,94 @@ class SiteTracking(Strategy):
 
     def _site(self, node_id: int) -> SiteRecord:
         if node_id not in self.sites:
-            self.sites[node_id] = SiteRecord(node_id=node_id)
+            self.sites[node_id] = SiteRecord(node_id=node_id, name=self.bound.get(node_id))
         return self.sites[node_id]
 
-    def _keep(self, messages: Iterable[Message], phase: str) -> list[Message]:
+    # ---- identities bound to node keys ------------------------------------------------------------
+
+    @property
+    def binding(self) -> bool:
+        return self.registry is not None
+
+    def bind(self, grid: Grid) -> None:
+        """Node id -> registered site, from the public keys the SuperLink authenticated."""
+        if self.registry is None:
+            if not self._binding_announced:
+                self._binding_announced = True
+                self.folder.event(
+                    "site-identities",
+                    bound=False,
+                    reason="no site register at the coordinator: a site is the name it reports",
+                )
+            return
+        self.bound = self.registry.bind(grid.get_nodes())
+        if not self._binding_announced:
+            self._binding_announced = True
+            self.folder.event(
+                "site-identities",
+                bound=True,
+                register=str(self.registry.path),
+                sites=sorted(self.registry.sites),
+            )
+
+    def _refuse_node(
+        self, node: int, server_round: int, phase: str, reason: str, **why: Any
+    ) -> None:
+        """Refuse a node for what it is, not what it sent: stop asking it, and name it."""
+        rec = self._site(node)
+        rec.status = STATUS_REFUSED
+        rec.reason = reason
+        rec.details = {"node_id": node, **why}
+        rec.refusals.append(
+            {"round": server_round, "phase": phase, "status": STATUS_REFUSED, "reason": reason}
+        )
+        self.excluded.add(node)
+        self.folder.event(
+            "site-refused", round=server_round, site=rec.label, reason=reason, phase=phase, **why
+        )
+        log(WARNING, "site %s refused by the coordinator: %s", rec.label, reason)
+
+    def _unregistered(self, node: int, server_round: int, phase: str) -> bool:
+        """A node whose key is bound to no site is never sent anything (and is named once)."""
+        if not self.binding or self.bound.get(node) is not None:
+            return False
+        if node not in self.excluded:
+            self._refuse_node(
+                node,
+                server_round,
+                phase,
+                f"node {node}'s key is not registered to any site at the coordinator "
+                "(`fedward coordinator sites add NAME KEY.pub`)",
+                identity="unregistered-key",
+            )
+        return True
+
+    def _impersonates(self, node: int, claimed: str | None) -> bool:
+        registered = self.bound.get(node)
+        return self.binding and claimed is not None and claimed != registered
+
+    def _own_head(self, msg: Message) -> None:
+        """Each site receives its own ledger head only, never the others'."""
+        assert self.heads is not None
+        name = self.bound.get(msg.metadata.dst_node_id)
+        head = self.heads.heads.get(name) if name is not None else None
+        payload = json.dumps({name: [head[0], head[1]]} if head is not None else {})
+        # Flower's strategies hand every node the same RecordDict: this node gets its own (the
+        # model's ArrayRecord is shared, not copied).
+        items = dict(msg.content.items())
+        for key, record in msg.content.config_records.items():
+            if KEY_ATTEMPT in record:
+                items[key] = ConfigRecord({**dict(record), KEY_LEDGER_HEADS: payload})
+        msg.content = RecordDict(items)
+
+    def _keep(
+        self, messages: Iterable[Message], phase: str, server_round: int = 0
+    ) -> list[Message]:
         kept = []
         for m in messages:
             if m.metadata.dst_node_id in self.excluded:
+                continue
+            if self._unregistered(m.metadata.dst_node_id, server_round, phase):
                 continue
             self._site(m.metadata.dst_node_id)
             kept.append(m)
@@ -257,6 +345,7 @@ class SiteTracking(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
+        self.bind(grid)
         available = [n for n in grid.get_node_ids() if n not in self.excluded]
         if len(available) < self.min_sites:
             left = ", ".join(
@@ -272,21 +361,28 @@ class SiteTracking(Strategy):
         attempt = uuid.uuid4().hex
         self.attempts[server_round] = attempt
         config[KEY_ATTEMPT] = attempt
-        if self.heads is not None:
-            config[KEY_LEDGER_HEADS] = self.heads.to_json()
+        if self.heads is not None and not self.binding:
+            config[KEY_LEDGER_HEADS] = self.heads.to_json()  # unbound: every site's, as reported
         self.folder.event("round-started", round=server_round, attempt=attempt)
         self._train_arrays = arrays
-        return self._keep(
-            self.strategy.configure_train(server_round, arrays, config, grid), "train"
+        kept = self._keep(
+            self.strategy.configure_train(server_round, arrays, config, grid), "train", server_round
         )
+        if self.heads is not None and self.binding:
+            for m in kept:
+                self._own_head(m)
+        return kept
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
+        self.bind(grid)
         self._round_arrays = arrays
         return self._keep(
-            self.strategy.configure_evaluate(server_round, arrays, config, grid), "evaluate (tune)"
+            self.strategy.configure_evaluate(server_round, arrays, config, grid),
+            "evaluate (tune)",
+            server_round,
         )
 
     # ---- classification of replies ------------------------------------------------------------
@@ -316,8 +412,25 @@ class SiteTracking(Strategy):
                 log(WARNING, "site %s failed in %s: %s", rec.label, phase, msg.error.reason)
                 continue
             info = _reply_info(msg)
-            rec.name = str(info.get("site", rec.name or f"node {node}"))
+            claimed = str(info["site"]) if "site" in info else None
+            if self.binding:
+                rec.name = self.bound.get(node) or rec.name
+            else:
+                rec.name = claimed or rec.name or f"node {node}"
             rec = self._reclaim(rec)
+            if self._impersonates(node, claimed):
+                # Refused before anything it sent is read: its ledger head, its update, its ε.
+                self._refuse_node(
+                    node,
+                    server_round,
+                    phase,
+                    f"node {node} is registered as site '{rec.label}' but its reply claims to be "
+                    f"site '{claimed}': a site speaks only for itself",
+                    identity="impersonation",
+                    registered_site=rec.label,
+                    claimed_site=claimed,
+                )
+                continue
             status = str(info.get("status", "error"))
             problem = f"no ConfigRecord '{REPLY}'" if not info else None
             if problem is None and status == STATUS_OK:
@@ -572,8 +685,10 @@ class SiteTracking(Strategy):
         cfg = ConfigRecord(dict(config))
         cfg[KEY_SPLIT] = "test"
         cfg["server-round"] = server_round
+        self.bind(grid)
         if nodes is None:
             nodes = [n for n in grid.get_node_ids() if n not in self.excluded]
+        nodes = [n for n in nodes if not self._unregistered(n, server_round, "evaluate (test)")]
         messages = [
             Message(
                 RecordDict({ARRAYS: arrays, CONFIG: cfg}), dst_node_id=n, message_type="evaluate"
@@ -599,6 +714,13 @@ class SiteTracking(Strategy):
                 log(WARNING, "site %s failed its %s: %s", rec.label, what, reply.error.reason)
                 continue
             info = _reply_info(reply)
+            claimed = str(info["site"]) if "site" in info else None
+            if self._impersonates(reply.metadata.src_node_id, claimed):
+                out[rec.label] = {
+                    "status": STATUS_REFUSED,
+                    "reason": f"registered as site '{rec.label}' but claims to be '{claimed}'",
+                }
+                continue
             if str(info.get("status")) != STATUS_OK:
                 out[rec.label] = {
                     "status": str(info.get("status", "error")),
