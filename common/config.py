@@ -181,7 +181,15 @@ class StrategyConfig(BaseModel):
     model_config = _Strict
 
     name: Literal[
-        "fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum"
+        "fedavg",
+        "fedprox",
+        "fedadam",
+        "fedadagrad",
+        "fedyogi",
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+        "multikrum",
     ] = "fedavg"
     fraction_train: float = Field(default=1.0, gt=0, le=1)
     min_sites: int = Field(default=2, ge=1, le=100000)

@@ -32,11 +32,18 @@ TRANSFORM_VERSION = 1
 # The pooled SD is floored at this share of the declared range: a tiny (or noisy, near-zero) spread
 # would otherwise blow a column up to huge values.
 MIN_SCALE_SHARE = 0.02
+# A log-scaled column enters as log(x - lo + offset), offset = this share of the declared range: the
+# lower bound maps to a finite value, and values near it keep about three decades of resolution.
+LOG_OFFSET_SHARE = 1e-3
 
 
 @dataclass(frozen=True)
 class NumericColumn:
-    """Impute, clip to the declared range, then (x - center) / scale."""
+    """Impute, clip to the declared range, optionally take the log, then (x - center) / scale.
+
+    With ``log``, ``center`` and ``scale`` are on the log scale (see ``warp``): a skewed lab value
+    spreads its patients over the model's input range instead of crowding them near the bottom.
+    """
 
     name: str
     center: float
@@ -45,6 +52,11 @@ class NumericColumn:
     lo: float
     hi: float
     missing_indicator: bool = False
+    log: bool = False
+
+    def warp(self, x: np.ndarray) -> np.ndarray:
+        """The clipped value on the scale ``center`` and ``scale`` refer to."""
+        return log_warp(x, self.lo, self.hi) if self.log else x
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ class SharedTransform:
                 )
                 missing = np.isnan(x)
                 x = np.where(missing, col.impute, x)
-                x = (np.clip(x, col.lo, col.hi) - col.center) / col.scale
+                x = (col.warp(np.clip(x, col.lo, col.hi)) - col.center) / col.scale
                 blocks.append(x.reshape(n, 1))
             else:
                 values = frame[col.name].astype(object)
@@ -141,18 +153,19 @@ class SharedTransform:
         cols: list[dict[str, Any]] = []
         for col in self.columns:
             if isinstance(col, NumericColumn):
-                cols.append(
-                    {
-                        "name": col.name,
-                        "kind": "numeric",
-                        "center": float(col.center),
-                        "scale": float(col.scale),
-                        "impute": float(col.impute),
-                        "lo": float(col.lo),
-                        "hi": float(col.hi),
-                        "missing_indicator": bool(col.missing_indicator),
-                    }
-                )
+                entry: dict[str, Any] = {
+                    "name": col.name,
+                    "kind": "numeric",
+                    "center": float(col.center),
+                    "scale": float(col.scale),
+                    "impute": float(col.impute),
+                    "lo": float(col.lo),
+                    "hi": float(col.hi),
+                    "missing_indicator": bool(col.missing_indicator),
+                }
+                if col.log:  # absent when off: transforms without it keep their fingerprint
+                    entry["log"] = True
+                cols.append(entry)
             else:
                 cols.append(
                     {
@@ -184,6 +197,7 @@ class SharedTransform:
                         lo=float(c["lo"]),
                         hi=float(c["hi"]),
                         missing_indicator=bool(c.get("missing_indicator", False)),
+                        log=bool(c.get("log", False)),
                     )
                 )
             elif c["kind"] == "categorical":
@@ -214,22 +228,44 @@ class SharedTransform:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
 
+def log_warp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """log(x - lo + offset) for x already clipped to [lo, hi]: monotone, finite at ``lo``."""
+    offset = LOG_OFFSET_SHARE * (hi - lo)
+    return np.log(np.asarray(x, dtype=np.float64) - lo + offset)
+
+
+def _unwarp(value: float, lo: float, hi: float) -> float:
+    """The raw value whose log warp is ``value`` (to state a DP-fitted imputation in raw units)."""
+    return float(min(max(math.exp(value) - LOG_OFFSET_SHARE * (hi - lo) + lo, lo), hi))
+
+
+def _warped_bounds(spec: FeatureSpec) -> tuple[float, float]:
+    assert spec.min is not None and spec.max is not None
+    lo, hi = float(spec.min), float(spec.max)
+    if spec.transform != "log":
+        return lo, hi
+    w = log_warp(np.array([lo, hi]), lo, hi)
+    return float(w[0]), float(w[1])
+
+
 def _declared_column(spec: FeatureSpec) -> Column:
     if spec.kind == "numeric":
         assert spec.min is not None and spec.max is not None
         lo, hi = float(spec.min), float(spec.max)
-        center = (lo + hi) / 2.0
+        w_lo, w_hi = _warped_bounds(spec)
+        center = (w_lo + w_hi) / 2.0
         # Missing cells in a column without `impute` are refused by load_table; the midpoint is
         # only a placeholder so the transform is total.
-        impute = float(spec.impute) if spec.impute is not None else center
+        impute = float(spec.impute) if spec.impute is not None else (lo + hi) / 2.0
         return NumericColumn(
             name=spec.name,
             center=center,
-            scale=(hi - lo) / 2.0,
+            scale=(w_hi - w_lo) / 2.0,
             impute=impute,
             lo=lo,
             hi=hi,
             missing_indicator=spec.missing_indicator,
+            log=spec.transform == "log",
         )
     cats = tuple(c.strip().casefold() for c in spec.categories or [])
     imp = str(spec.impute).strip().casefold() if spec.impute is not None else cats[0]
@@ -281,7 +317,7 @@ def site_aggregates(
             assert spec.min is not None and spec.max is not None
             x = pd.to_numeric(frame[spec.name]).to_numpy(dtype=np.float64, na_value=np.nan)
             x = x[~np.isnan(x)]
-            u = (np.clip(x, spec.min, spec.max) - spec.min) / (spec.max - spec.min)
+            u = _unit(spec, x)
             exact = np.array([len(u), u.sum(), np.square(u).sum()], dtype=np.float64)
             key = f"num:{spec.name}"
         else:
@@ -292,6 +328,16 @@ def site_aggregates(
         noisy = exact + (rng.normal(0.0, std, size=exact.shape) if std > 0 else 0.0)
         out[key] = [float(v) for v in noisy]
     return out
+
+
+def _unit(spec: FeatureSpec, x: np.ndarray) -> np.ndarray:
+    """The clipped (and, for a log column, log-scaled) value mapped onto [0, 1]."""
+    assert spec.min is not None and spec.max is not None
+    clipped = np.clip(x, spec.min, spec.max)
+    w_lo, w_hi = _warped_bounds(spec)
+    if spec.transform == "log":
+        clipped = log_warp(clipped, float(spec.min), float(spec.max))
+    return (clipped - w_lo) / (w_hi - w_lo)
 
 
 def transform_from_aggregates(
@@ -314,20 +360,24 @@ def transform_from_aggregates(
             if n < 1.0:
                 columns.append(declared)
                 continue
-            width = spec.max - spec.min
+            w_lo, w_hi = _warped_bounds(spec)
+            width = w_hi - w_lo
             mean_u = min(max(s / n, 0.0), 1.0)
             var_u = max(ss / n - mean_u**2, 0.0)
             sd_u = min(max(math.sqrt(var_u), MIN_SCALE_SHARE), 1.0)
-            mean = spec.min + mean_u * width
+            mean = w_lo + mean_u * width
+            log = spec.transform == "log"
+            raw_mean = _unwarp(mean, float(spec.min), float(spec.max)) if log else mean
             columns.append(
                 NumericColumn(
                     name=spec.name,
                     center=mean,
                     scale=sd_u * width,
-                    impute=mean,
+                    impute=raw_mean,
                     lo=float(spec.min),
                     hi=float(spec.max),
                     missing_indicator=spec.missing_indicator,
+                    log=log,
                 )
             )
         else:

@@ -41,12 +41,17 @@ def derived_run(run: RunConfig, name: str, **changes: Any) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
+# Flower's FedOpt family: a server optimiser with its own learning rate (left out for the others, so
+# their searches draw the settings they always drew).
+FEDOPT_STRATEGIES = ("fedadam", "fedadagrad", "fedyogi")
+
+
 def run_model_space(run: RunConfig) -> dict[str, Any]:
     """Hyperparameters of the run's model, as dotted run-config paths: what the search may change.
 
     Learning rate, local epochs and expected batch size for every model; under DP also the clipping
-    norm; for an MLP its hidden layers and activation. The privacy target and the rounds stay the
-    run's.
+    norm; for a FedOpt strategy the server's learning rate; for an MLP its hidden layers and
+    activation. The privacy target and the rounds stay the run's.
     """
     space: dict[str, Any] = {
         "training.learning_rate": loguniform(0.01, 2.0),
@@ -55,6 +60,10 @@ def run_model_space(run: RunConfig) -> dict[str, Any]:
     }
     if run.privacy.dp:
         space["privacy.max_grad_norm"] = [0.5, 1.0, 2.0]
+    if run.strategy.name in FEDOPT_STRATEGIES:
+        # An adaptive server step scales every round's update: tuned with the clients' rate and,
+        # under DP, the clipping norm, so the recipe and the noise plan are chosen together.
+        space["strategy.server_learning_rate"] = loguniform(0.01, 1.0)
     if run.model.kind == "mlp":
         space["model.hidden"] = [[16], [32], [64], [32, 16]]
         space["model.activation"] = ["relu", "tanh"]

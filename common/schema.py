@@ -67,6 +67,12 @@ class FeatureSpec(BaseModel):
     missing_indicator: bool = Field(
         default=False, description="Add a 0/1 input that says the value was imputed."
     )
+    transform: Literal["none", "log"] = Field(
+        default="none",
+        description="'log': the (clipped) value enters the model on a log scale, for skewed "
+        "positive values such as lab concentrations, where range scaling squeezes most patients "
+        "into a sliver of the range.",
+    )
     drop: bool = Field(default=False, description="Declared but not used as a model input.")
     note: str | None = None
 
@@ -84,6 +90,8 @@ class FeatureSpec(BaseModel):
             if isinstance(self.impute, float) and not math.isfinite(self.impute):
                 raise ValueError(f"feature '{self.name}': impute must be a finite number")
         else:
+            if self.transform != "none":
+                raise ValueError(f"feature '{self.name}': transform applies to numeric features")
             if not self.categories:
                 raise ValueError(f"categorical feature '{self.name}' needs declared categories")
             folded = [c.strip().casefold() for c in self.categories]
@@ -161,6 +169,9 @@ class DataSchema(BaseModel):
         payload = self.model_dump(mode="json", exclude={"name"})
         for feat in payload["features"]:
             feat.pop("note", None)
+            # Added later: a schema that leaves it at its default keeps the fingerprint it had.
+            if feat.get("transform") == "none":
+                del feat["transform"]
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -53,6 +53,10 @@ MAX_IMPOSSIBLE_DECLARED = 10  # distinct impossible values written into missing_
 # is its smallest and largest value, not a widened quantile range.
 CODE_MAX_LEVELS = 10
 HEAVY_MISSING_SHARE = 0.5
+# A non-negative column whose upper tail (median to 95th percentile) is this many times longer than
+# its lower one (5th percentile to median) is skewed, like most lab values: it is declared
+# `transform = "log"`, since range scaling would crowd most patients into a sliver of the range.
+SKEW_TAIL_RATIO = 4.0
 # Texts exports use for "no value" besides an empty cell (pandas already reads NA, NULL, NaN, …).
 # Symbols mean "no value" in any column; words only where the rest of the column is numbers (a
 # categorical column may well have a category "none" or "unknown").
@@ -148,6 +152,7 @@ class NumericSummary:
     median: float
     impossible: dict[float, int]  # value -> how many cells hold it
     code: bool  # a small set of integers: range = [smallest, largest]
+    skewed: bool = False  # non-negative with a long upper tail: declared on a log scale
 
 
 def impossible_values(values: np.ndarray) -> np.ndarray:
@@ -188,7 +193,17 @@ def summarise_numeric(values: np.ndarray) -> NumericSummary:
         if float(kept.min()) >= 0 and lo < 0:
             lo = 0.0  # a count, a concentration: never declare a negative bound
         lo, hi = _nice_range(lo, hi)
-    return NumericSummary(lo, hi, float(np.median(kept)), dict(counts), code)
+    return NumericSummary(lo, hi, float(np.median(kept)), dict(counts), code, _skewed(kept, code))
+
+
+def _skewed(kept: np.ndarray, code: bool) -> bool:
+    """Non-negative, not a code, and the upper tail SKEW_TAIL_RATIO times the lower one."""
+    if code or len(kept) < 20 or float(kept.min()) < 0:
+        return False
+    q05, q50, q95 = (float(q) for q in np.quantile(kept, [0.05, 0.5, 0.95]))
+    if q95 <= q50:
+        return False
+    return q95 - q50 > SKEW_TAIL_RATIO * (q50 - q05)
 
 
 # ---- inference over files ----------------------------------------------------------------------
@@ -258,6 +273,9 @@ def _numeric_lines(
         "rounded outward"
     )
     note = f"{how}; declare the clinically plausible range"
+    if summary.skewed:
+        lines.append('transform = "log"')
+        note += "; skewed (long upper tail): enters the model on a log scale"
     missing_values: list[Scalar] = sorted({t for t in tokens}, key=str.casefold)
     if summary.impossible:
         shown = sorted(summary.impossible)
