@@ -496,6 +496,16 @@ def init(
             metavar="KEY",
         ),
     ] = None,
+    supernode_port: Annotated[
+        int,
+        typer.Option(
+            "--supernode-port",
+            min=1,
+            max=65535,
+            help="For the printed SuperNode command: its local runtime API port. Every "
+            "SuperNode on one host needs its own.",
+        ),
+    ] = 9094,
     auto_approve: Annotated[
         bool,
         typer.Option(
@@ -563,16 +573,27 @@ def init(
     console.print(
         "\nThe site config holds no connection settings. Start this site's SuperNode with:\n"
     )
+    import shlex
+
+    node_id_file = shlex.quote(str(result.site.state_path.resolve() / ".supernode-node-id"))
     console.print(
         escape(
             "export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1\n"
+            # Lets a SuperNode restarted after a crash release its stale node (docs/deployment.md).
+            + f"export FEDWARD_NODE_ID_FILE={node_id_file}\n"
             + supernode_command(
                 config,
                 superlink=superlink,
                 root_certificates=root_certificates,
                 auth_key=auth_key,
+                port=supernode_port,
             )
         ),
+        highlight=False,
+    )
+    console.print(
+        f"\n--port {supernode_port} is this SuperNode's local runtime API port: each SuperNode on "
+        "one host needs its own (--supernode-port).",
         highlight=False,
     )
     console.print(

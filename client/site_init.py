@@ -472,6 +472,8 @@ def _parse(text: str, path: Path) -> dict[str, Any]:
 
 # ---- the SuperNode command line --------------------------------------------------------------
 
+SUPERNODE_PORT = 9094
+"""Flower's default port for the SuperNode's local runtime API (``flower-supernode --port``)."""
 _SAFE_PATH = re.compile(r"^[^'\"$`\\!\n]+$")  # nothing a shell expands inside double quotes
 
 
@@ -494,11 +496,13 @@ def supernode_command(
     superlink: str | None = None,
     root_certificates: Path | None = None,
     auth_key: Path | None = None,
+    port: int = SUPERNODE_PORT,
 ) -> str:
     """The SuperNode command this site runs; placeholders in capitals where not given.
 
     ``fedward-supernode`` is Flower's SuperNode with forked ClientApps (the fast path); everything
-    after ``--`` is ``flower-supernode``'s own arguments.
+    after ``--`` is ``flower-supernode``'s own arguments. ``--port`` is always written: every
+    SuperNode on one host needs its own local runtime API port, and Flower's default is shared.
     """
 
     def path(p: Path | None, placeholder: str) -> str:
@@ -513,6 +517,7 @@ def supernode_command(
         # Flower 1.42 derives the public key from the private one (--auth-supernode-public-key is
         # deprecated); the coordinator registers KEY.pub with `flwr supernode register`.
         parts.append(f"--auth-supernode-private-key {path(auth_key, '')}")
+    parts.append(f"--port {int(port)}")
     parts.append(f"--node-config {_node_config_arg(config)}")
     return " \\\n    ".join(parts)
 

@@ -334,3 +334,23 @@ def test_init_says_what_the_inference_found_in_the_sites_file(tmp_path: Path) ->
     assert "note: schema: column 'age': 1 impossible value(s) (65526 in" in flat
     schema = load_site_config(tmp_path / "site.toml").load_schema()
     assert 65526 in schema.feature("age").missing_values
+
+
+def test_init_prints_a_port_of_its_own_for_several_sites_on_one_host(
+    data_csv: Path, tmp_path: Path
+) -> None:
+    config = data_csv.parent / "site.toml"
+
+    done = _init(
+        config, "--name", "st-mary", "--data", data_csv, *BUNDLED_SCHEMA_ARGS,
+        "--supernode-port", "9096",
+    )  # fmt: skip
+
+    assert done.exit_code == 0, done.output
+    launcher = _supernode_command(done.output)
+    argv = launcher[3:]
+    assert dict(zip(argv[::2], argv[1::2], strict=True))["--port"] == "9096"
+    assert "each SuperNode on one host needs its own" in " ".join(done.output.split())
+    # A restart after a crash releases the node left online: the record is in the state folder.
+    state = load_site_config(config).state_path.resolve()
+    assert f"FEDWARD_NODE_ID_FILE={state / '.supernode-node-id'}" in done.output.replace("\n", "")
