@@ -49,6 +49,7 @@ from fedward.server.exit_codes import (
     exit_code,
     read_record,
 )
+from fedward.server.site_registry_cli import sites_app
 
 DEFAULT_RUNS_DIR = Path("runs")
 FLWR_LOG_LINES = 400
@@ -70,8 +71,10 @@ class RunFollowError(FedwardError):
 # ---- the coordinator metrics endpoint ---------------------------------------------------------
 
 coordinator_app = typer.Typer(
-    help="Coordinator operations: Prometheus metrics of the run folders.", no_args_is_help=True
+    help="Coordinator operations: Prometheus metrics of the run folders, the registered sites.",
+    no_args_is_help=True,
 )
+coordinator_app.add_typer(sites_app, name="sites")
 
 
 @coordinator_app.command("metrics")
