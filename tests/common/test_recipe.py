@@ -17,6 +17,7 @@ from fedward.common.preprocessing import (
 from fedward.common.run_plan import run_model_space
 from fedward.common.schema import DataSchema
 from fedward.common.schema_inference import infer_schema, summarise_numeric
+from fedward.server.checkpoint import restore_strategy, strategy_state
 from fedward.server.strategies import build_strategy
 
 
@@ -115,3 +116,16 @@ def test_search_tunes_the_server_rate_only_for_fedopt_runs() -> None:
     fedopt = RunConfig.model_validate({"strategy": {"name": "fedadagrad"}})
     assert "strategy.server_learning_rate" in run_model_space(fedopt)
     assert RunConfig().config_hash() == RunConfig.model_validate({}).config_hash()
+
+
+@pytest.mark.parametrize("name", ["fedadagrad", "fedyogi"])
+def test_fedopt_moments_survive_a_restart(name: str) -> None:
+    cfg = StrategyConfig.model_validate({"name": name})
+    before = build_strategy(cfg)
+    before.m_t = {"w": np.full((2, 2), 0.25, dtype=np.float32)}
+    before.v_t = {"w": np.full((2, 2), 0.5, dtype=np.float32)}
+    state, arrays = strategy_state(before)
+    after = build_strategy(cfg)
+    restore_strategy(after, state, arrays)
+    np.testing.assert_array_equal(getattr(after, "m_t")["w"], 0.25)  # noqa: B009
+    np.testing.assert_array_equal(getattr(after, "v_t")["w"], 0.5)  # noqa: B009
