@@ -510,7 +510,7 @@ def site_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 CANARY_HEADER = (
-    "| site | canary guesses | correct | ε lower bound | largest ε it could certify | "
+    "| site | canary guesses | correct | ε lower bound | minimum detectable leak (largest ε it could certify) | "
     "accountant ε | what it cannot measure |"
 )
 
@@ -649,7 +649,7 @@ th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: left; }
 <td>{{ row.adv }}</td><td>{{ row.eps_lb }}</td><td>{{ row.eps }}</td>
 <td class="{{ vclass(row.verdict) }}">{{ row.verdict }}{% if row.note %}: {{ row.note }}{% endif %}</td></tr>{% endfor %}
 </table>
-<table class="canary"><tr><th>site</th><th>canary guesses</th><th>correct</th><th>ε lower bound</th><th>largest ε it could certify</th><th>accountant ε</th><th>what it cannot measure</th></tr>
+<table class="canary"><tr><th>site</th><th>canary guesses</th><th>correct</th><th>ε lower bound</th><th>minimum detectable leak (largest ε it could certify)</th><th>accountant ε</th><th>what it cannot measure</th></tr>
 {% for r in canaries if r.model == name %}<tr><td>{{ r.site }}</td><td>{{ r.guesses }}</td><td>{{ r.correct }}</td><td>{{ r.eps_lb }}</td><td>{{ r.eps_max }}</td><td>{{ r.eps }}</td><td>{{ r.cannot }}</td></tr>{% endfor %}
 </table>
 <div class="plots">

@@ -317,7 +317,7 @@ def canary_statement(
     )
     cannot: list[str] = []
     if finite(top):
-        text += f"; the largest ε this site's size could certify is {top:.2f}"
+        text += f"; the largest ε this site's size could certify (its minimum detectable leak) is {top:.2f}"
         cannot.append(f"an ε above {top:.2f}, whatever the model leaks (all guesses right)")
         if finite(epsilon) and float(top) <= float(epsilon):
             cannot.append(

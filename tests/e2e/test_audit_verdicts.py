@@ -134,7 +134,7 @@ def test_each_site_states_its_canary_guesses_and_what_it_cannot_measure(
         assert e["canary_epsilon_max"] == top
         assert e["canary_summary"] == (
             f"{c['n']} canaries, {guesses} guesses, {correct} correct: ε lower bound {lb:.2f} "
-            f"at 95% confidence; the largest ε this site's size could certify is {top:.2f}"
+            f"at 95% confidence; the largest ε this site's size could certify (its minimum detectable leak) is {top:.2f}"
         )
         assert e["cannot_measure"][0] == (
             f"an ε above {top:.2f}, whatever the model leaks (all guesses right)"

@@ -108,7 +108,7 @@ def test_every_released_model_is_audited_at_every_site(audited_run: Path) -> Non
 def test_reports_are_written_for_people_and_machines(audited_run: Path) -> None:
     md = (audited_run / "audit.md").read_text()
     assert md.startswith("# Membership-inference audit") and "Verdict:" in md
-    assert "| site | canary guesses | correct | ε lower bound | largest ε it could certify" in md
+    assert "| site | canary guesses | correct | ε lower bound | minimum detectable leak (largest ε it could certify)" in md
     assert "NO DP GUARANTEE" not in md
     html = (audited_run / "audit.html").read_text()
     assert (
