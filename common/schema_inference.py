@@ -588,6 +588,11 @@ def _merged_feature(column: str, specs: list[FeatureSpec], findings: list[str]) 
         if len({(s.min, s.max) for s in specs}) > 1:
             notes.append("ranges differed: their union is declared")
         lines += [f"min = {_number(lo)}", f"max = {_number(hi)}"]
+        logged = [s.transform == "log" for s in specs]
+        if any(logged):  # one site saw the long tail: the shared transform must take it
+            lines.append('transform = "log"')
+            if not all(logged):
+                notes.append("some sites declared a log scale: it is declared for all")
     elif kind == "categorical":
         seen: dict[str, str] = {}
         for s in specs:

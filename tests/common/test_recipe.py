@@ -16,7 +16,7 @@ from fedward.common.preprocessing import (
 )
 from fedward.common.run_plan import run_model_space
 from fedward.common.schema import DataSchema
-from fedward.common.schema_inference import infer_schema, summarise_numeric
+from fedward.common.schema_inference import infer_schema, merge_schemas, summarise_numeric
 from fedward.server.checkpoint import restore_strategy, strategy_state
 from fedward.server.strategies import build_strategy
 
@@ -129,3 +129,9 @@ def test_fedopt_moments_survive_a_restart(name: str) -> None:
     restore_strategy(after, state, arrays)
     np.testing.assert_array_equal(getattr(after, "m_t")["w"], 0.25)  # noqa: B009
     np.testing.assert_array_equal(getattr(after, "v_t")["w"], 0.5)  # noqa: B009
+
+
+def test_merging_site_schemas_keeps_a_log_scale_any_site_declared() -> None:
+    merged = merge_schemas({"a": _schema("log"), "b": _schema(None)})
+    assert merged.schema.feature("crp").transform == "log"
+    assert merged.schema.feature("age").transform == "none"
