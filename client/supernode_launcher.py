@@ -40,7 +40,8 @@ policy loops for up to a minute. The launcher makes a restarted site rejoin by i
   with no record (first start, lost state volume) or a release that failed.
 
 A key the SuperLink does not know gets the same refusal: after the wait the SuperNode exits with
-Flower's own message. One key must run in one SuperNode: a second process started with it would
+Flower's own message, at once where the recorded node's release showed that the SuperLink no
+longer ties the key to it (unregistered or replaced). One key must run in one SuperNode: a second process started with it would
 release the first one's node.
 """
 
@@ -60,7 +61,7 @@ import time
 from collections.abc import Callable, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SHORTCUTS_ENV = "FEDWARD_FLOWER_SHORTCUTS"
 ACTIVATION_WAIT_ENV = "FEDWARD_ACTIVATION_WAIT_S"
@@ -282,8 +283,8 @@ def retry_activation(
     request: Any,
     *,
     wait_s: float,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Any:
     """Call ``activate(request)``, retrying the SuperLink's activation refusal until ``wait_s``.
 
@@ -292,6 +293,8 @@ def retry_activation(
     """
     from flwr.common.logger import log
 
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
     deadline = clock() + wait_s
     delay, longest = ACTIVATION_BACKOFF
     while True:
@@ -337,11 +340,15 @@ def write_node_id(path: Path, node_id: int) -> None:
         log(WARNING, "fedward-supernode: cannot record the node id in %s: %s", path, exc)
 
 
-def release_stale_node(deactivate: Callable[[Any], Any], path: Path) -> int | None:
-    """Deactivate the node a crashed predecessor left online; returns its id when released.
+Release = Literal["released", "not-online", "not-this-key", "unknown"]
 
-    Why: the SuperLink refuses to activate a key whose node it still counts as online. Refusals
-    (the node was already offline, or the id is not this key's) are expected and ignored.
+
+def release_stale_node(deactivate: Callable[[Any], Any], path: Path) -> Release | None:
+    """Deactivate the node a crashed predecessor left online; None when nothing was recorded.
+
+    Why: the SuperLink refuses to activate a key whose node it still counts as online. A node
+    already offline (a clean stop) is refused with 412: expected. A 401 means the SuperLink no
+    longer ties this key to that node (unregistered, or the key replaced): ``"not-this-key"``.
     """
     from flwr.common.logger import log
     from flwr.proto.fleet_pb2 import DeactivateNodeRequest
@@ -352,10 +359,19 @@ def release_stale_node(deactivate: Callable[[Any], Any], path: Path) -> int | No
     try:
         deactivate(DeactivateNodeRequest(node_id=stale))
     except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401:
+            log(
+                WARNING,
+                "fedward-supernode: the SuperLink no longer ties this node's key to node %d, "
+                "the node it was last activated as: the key was unregistered or replaced",
+                stale,
+            )
+            return "not-this-key"
         log(INFO, "fedward-supernode: node %d was not left online (%s)", stale, type(exc).__name__)
-        return None
+        return "not-online" if status == 412 else "unknown"
     log(INFO, "fedward-supernode: released node %d, left online by a previous process", stale)
-    return stale
+    return "released"
 
 
 def install_activation_retry(wait_s: float, node_id_file: Path | None = None) -> bool:
@@ -372,9 +388,12 @@ def install_activation_retry(wait_s: float, node_id_file: Path | None = None) ->
         return original is not None
 
     def activate_node(self: Any, request: Any) -> Any:
-        if node_id_file is not None:
-            release_stale_node(self.DeactivateNode, node_id_file)
-        response = retry_activation(lambda r: original(self, r), request, wait_s=wait_s)
+        released = (
+            None if node_id_file is None else release_stale_node(self.DeactivateNode, node_id_file)
+        )
+        # After "not-this-key" a refusal means an unregistered key: waiting will not help.
+        wait = 0.0 if released == "not-this-key" else wait_s
+        response = retry_activation(lambda r: original(self, r), request, wait_s=wait)
         if node_id_file is not None:
             write_node_id(node_id_file, int(response.node_id))
         return response

@@ -474,7 +474,14 @@ def run(
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = _start_and_follow(
-            launched, federation, out, before, follow, folder_timeout, folder=folder, app_dir=app_dir
+            launched,
+            federation,
+            out,
+            before,
+            follow,
+            folder_timeout,
+            folder=folder,
+            app_dir=app_dir,
         )
     except KeyboardInterrupt:
         launched.stop()

@@ -235,14 +235,48 @@ def test_the_recorded_node_is_released_before_activation(tmp_path: Path) -> None
     assert release_stale_node(deactivate, record) is None and asked == []  # nothing recorded
     write_node_id(record, 7269)
     assert read_node_id(record) == 7269 and oct(record.parent.stat().st_mode & 0o777) == "0o700"
-    assert release_stale_node(deactivate, record) == 7269 and asked == [7269]
+    assert release_stale_node(deactivate, record) == "released" and asked == [7269]
 
     def already_offline(request: object) -> None:
-        raise _refusal(code=2005)
+        raise _refusal(code=2005)  # a clean stop deactivated it
 
-    assert release_stale_node(already_offline, record) is None
+    def unregistered(request: object) -> None:
+        raise _refusal(code=0, status=401)  # the key no longer belongs to that node
+
+    assert release_stale_node(already_offline, record) == "not-online"
+    assert release_stale_node(unregistered, record) == "not-this-key"
     record.write_text("not a number")
     assert read_node_id(record) is None
+
+
+def test_a_key_no_longer_tied_to_its_node_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a revoked key's release is refused (401), a refused activation exits at once."""
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    from fedward.client import supernode_launcher as launcher
+
+    record = tmp_path / ".supernode-node-id"
+    launcher.write_node_id(record, 42)
+    calls: list[str] = []
+
+    def activate(self: object, request: object) -> object:
+        calls.append("activate")
+        raise _refusal()
+
+    def deactivate(self: object, request: object) -> object:
+        calls.append("deactivate")
+        raise _refusal(code=0, status=401)
+
+    monkeypatch.setattr(FleetHttpClient, "ActivateNode", activate)
+    monkeypatch.setattr(FleetHttpClient, "DeactivateNode", deactivate)
+    monkeypatch.setattr(launcher.time, "sleep", lambda s: pytest.fail("waited for a revoked key"))
+    assert launcher.install_activation_retry(120.0, record)
+    client = FleetHttpClient.__new__(FleetHttpClient)
+    with pytest.raises(Exception, match="refused"):
+        client.ActivateNode(object())  # type: ignore[arg-type]
+    assert calls == ["deactivate", "activate"]
 
 
 def test_the_activation_wait_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,8 +39,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 FEDERATION = "fedward"
 # Flower 1.42 marks a node offline HEARTBEAT_PATIENCE (2) x its 30 s heartbeat interval after its
-# last heartbeat; released, the restarted site is activated well within it.
-REJOIN_WITHIN_S = 20
+# last heartbeat; released, the restarted site is activated within it (8.5 s on an idle machine;
+# the bound leaves room for a loaded CI runner while staying under the window it replaces).
+REJOIN_WITHIN_S = 50
 
 
 def _activations(log: Path) -> int:
