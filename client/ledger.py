@@ -251,6 +251,9 @@ class Ledger:
             adopted = self._check_anchor(len(entries), [e.hash for e in entries])
         except AnchorError as exc:
             return VerifyResult(False, len(entries), chain.head, exc.reason, None)
+        except OSError as exc:  # a read-only copy, a folder the SuperNode's user cannot write
+            reason = f"cannot read or write the anchor beside {self.dir}: {exc.strerror or exc}"
+            return VerifyResult(False, len(entries), chain.head, reason, None)
         return VerifyResult(True, len(entries), chain.head, adopted=adopted)
 
     # ---- the anchor outside the ledger file --------------------------------------------------
@@ -409,7 +412,12 @@ class Ledger:
                 raise
         # After the commit: a crash in between leaves the ledger one entry past the mark, which
         # the next check accepts because that entry extends the signed head.
-        self._advance_anchor(key, seq, fields["hash"])
+        try:
+            self._advance_anchor(key, seq, fields["hash"])
+        except (
+            OSError
+        ) as exc:  # the entry stands; the next check re-anchors a ledger that extends it
+            _log.warning("ledger %s: the anchor was not moved on: %s", self.path, exc)
         return LedgerEntry(**fields)
 
     def _anchored_key(self, con: sqlite3.Connection, count: int, head: str) -> bytes:
@@ -425,6 +433,11 @@ class Ledger:
             ledger_anchor.check(key, mark)
         except AnchorError as exc:
             raise LedgerError(self.path, f"anchor check failed: {exc.reason}") from None
+        except OSError as exc:
+            raise LedgerError(
+                self.path,
+                f"cannot read or write the anchor beside {self.dir}: {exc.strerror or exc}",
+            ) from None
         if mark.seq > count:
             raise LedgerError(
                 self.path,
