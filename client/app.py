@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from fedward.client.budget import BudgetRefusal, Composition, SiteBudget
 from fedward.client.ledger import Ledger, LedgerError
 from fedward.client.randomness import SEEDED as SEEDED_RANDOMNESS
 from fedward.client.randomness import SYSTEM as SYSTEM_RANDOMNESS
+from fedward.client.randomness import SystemNormal
 from fedward.client.site import PreparedSite, Site, SiteEntry, prepare, resolve_site
 from fedward.client.training import DPSettings, predict_scores, train_local
 from fedward.client.withdrawal import refuse_if_withdrawn
@@ -993,11 +994,19 @@ def query(msg: Message, context: Context) -> Message:
         steps=1,
         delta=delta,
         config_hash=run.config_hash(),
-        note="preprocessing aggregates",
+        note=json.dumps(
+            {
+                "release": "preprocessing aggregates",
+                "randomness": SEEDED_RANDOMNESS if site.simulated_node else SYSTEM_RANDOMNESS,
+            }
+        ),
     )
-    # As for DP-SGD's noise: seeded only in simulation; a real site draws from the OS.
-    rng = np.random.default_rng(
-        _seed_for(run.seed, site.name, "preprocessing") if site.simulated_node else None
+    # As for DP-SGD's noise: seeded only in simulation; a real site draws from the OS CSPRNG.
+    rng = cast(
+        np.random.Generator,
+        np.random.default_rng(_seed_for(run.seed, site.name, "preprocessing"))
+        if site.simulated_node
+        else SystemNormal(),
     )
     aggregates = site_aggregates(frame, site.schema, noise_multiplier=sigma, rng=rng)
     info = _privacy_info(req, budget, delta)

@@ -92,3 +92,19 @@ def with_system_noise(cls: type[DPOptimizer]) -> type[DPOptimizer]:
 
     SystemNoise.__name__ = SystemNoise.__qualname__ = f"SystemNoise{cls.__name__}"
     return SystemNoise
+
+
+class SystemNormal:
+    """The one call of ``numpy.random.Generator`` the DP preprocessing release makes
+    (``normal(loc, scale, size)``), drawn as :meth:`SystemRandom.noise` draws: a real site's
+    Gaussian release must not come from PCG64, whose outputs reveal its state."""
+
+    name = SYSTEM
+
+    @staticmethod
+    def normal(loc: float = 0.0, scale: float = 1.0, size: Any = None) -> Any:
+        shape = () if size is None else tuple(np.atleast_1d(np.asarray(size, dtype=np.int64)))
+        n = int(np.prod(shape)) if shape else 1
+        draws = SystemRandom.standard_normal(4 * n).reshape(4, n).sum(dim=0) / 2.0
+        out = loc + scale * draws.numpy()
+        return out.reshape(shape) if shape else float(out[0])

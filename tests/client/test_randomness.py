@@ -129,3 +129,49 @@ def test_the_ledger_says_which_source_each_dp_entry_used(
     config = write_site_files("heart-disease", tmp_path / "sites", seed=0)[0]
     _train_message(heart_run, {"site-config": str(config)}, tmp_path / "ignored")
     assert _dp_notes(load_site_config(config).state_path) == [{"randomness": SYSTEM}]
+
+
+def test_system_normal_stands_in_for_numpys_normal() -> None:
+    from fedward.client.randomness import SystemNormal
+
+    draws = SystemNormal.normal(1.0, 3.0, size=(200, 300))
+    assert draws.shape == (200, 300) and draws.dtype == np.float64
+    assert float(draws.mean()) == pytest.approx(1.0, abs=0.05)
+    assert float(draws.std()) == pytest.approx(3.0, rel=0.01)
+    assert isinstance(SystemNormal.normal(0.0, 1.0), float)
+
+
+def test_the_preprocessing_release_draws_from_the_os_at_a_real_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Gaussian release of the preprocessing aggregates: os.urandom at a real site (every
+    aggregate's noise through SystemNormal), seeded in a simulation; its ledger note says which."""
+    run = RunConfig(rounds=1, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})
+
+    def query(node_config: dict[str, Any], state: Path) -> None:
+        content = RecordDict({"config": wire_config(run, state_dir=str(state))})
+        reply = app(make_message(content, "query"), make_context(node_config))
+        assert dict(reply.content[REPLY])["status"] == "ok"
+
+    def notes(ledger_dir: Path) -> list[dict[str, Any]]:
+        entries = Ledger(ledger_dir).entries()
+        return [json.loads(e.note) for e in entries if e.kind == "gaussian-release"]
+
+    query({"partition-id": 0, "num-partitions": 4}, tmp_path / "sim")
+    assert notes(tmp_path / "sim" / "cleveland") == [
+        {"release": "preprocessing aggregates", "randomness": SEEDED}
+    ]
+    config = write_site_files("heart-disease", tmp_path / "sites", seed=0)[0]
+    drawn: list[Any] = []
+    secure = randomness.SystemNormal.normal
+
+    def counted(loc: float = 0.0, scale: float = 1.0, size: Any = None) -> Any:
+        drawn.append(size)
+        return secure(loc, scale, size)
+
+    monkeypatch.setattr(randomness.SystemNormal, "normal", staticmethod(counted))
+    query({"site-config": str(config)}, tmp_path / "ignored")
+    assert drawn, "the real site's release did not draw from the OS CSPRNG"
+    assert notes(load_site_config(config).state_path) == [
+        {"release": "preprocessing aggregates", "randomness": SYSTEM}
+    ]
