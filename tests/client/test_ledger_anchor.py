@@ -182,3 +182,38 @@ def test_site_verify_and_rotate_key_on_the_command_line(tmp_path: Path) -> None:
     assert broken.exit_code == 1 and "BROKEN" in broken.output and "deleted" in broken.output
     refused = fedward_site("rotate-key", "--site-config", config)
     assert refused.exit_code == 1 and "NOT ROTATED" in refused.output
+
+
+def test_a_simulated_site_trains_with_a_key_and_refuses_once_its_ledger_is_truncated(
+    tmp_path: Path,
+) -> None:
+    """The ClientApp itself, on a simulated site: its key and anchor live beside its state folder
+    (in the simulation's state root), and a ledger cut after training is refused by the site with
+    no ledger head from the coordinator."""
+    from flwr.app import RecordDict
+
+    from fedward.client.app import app
+    from fedward.common.config import RunConfig
+    from fedward.common.protocol import REPLY
+    from tests.conftest import initial_arrays, make_context, make_message, wire_config
+
+    run = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    root = tmp_path / "sim-state"
+
+    def train(server_round: int) -> dict[str, object]:
+        cfg = wire_config(run, state_dir=str(root), server_round=server_round)
+        content = RecordDict({"arrays": initial_arrays(run), "config": cfg})
+        reply = app(
+            make_message(content, "train"), make_context({"partition-id": 0, "num-partitions": 4})
+        )
+        return dict(reply.content[REPLY])
+
+    assert train(1)["status"] == "ok"
+    key = root / "cleveland.ledger-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (root / "cleveland.ledger-anchor").is_file()
+    entries = len(Ledger(root / "cleveland").entries())
+    TAMPERINGS["truncate-last-row"](root / "cleveland")
+    info = train(2)
+    assert info["status"] == "refused" and "integrity check" in str(info["reason"])
+    assert len(Ledger(root / "cleveland").entries()) == entries - 1  # nothing appended
