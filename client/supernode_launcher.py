@@ -41,8 +41,12 @@ policy loops for up to a minute. The launcher makes a restarted site rejoin by i
 
 A key the SuperLink does not know gets the same refusal: after the wait the SuperNode exits with
 Flower's own message, at once where the recorded node's release showed that the SuperLink no
-longer ties the key to it (unregistered or replaced). One key must run in one SuperNode: a second process started with it would
-release the first one's node.
+longer ties the key to it (unregistered or replaced). One key must run in one SuperNode: a second
+process started with it would release the first one's node.
+
+This wraps one method of Flower 1.42's Fleet client (``FleetHttpClient.ActivateNode``, whose
+refusal payload and Fleet ``DeactivateNode`` call are public protocol); where a Flower upgrade
+removes it, the launcher warns and the SuperNode starts as Flower ships it.
 """
 
 from __future__ import annotations
