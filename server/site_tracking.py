@@ -707,6 +707,13 @@ class SiteTracking(Strategy):
         untouched; an answering site's non-DP outputs join the run record's list.
         """
         out: dict[str, dict[str, Any]] = {}
+        self.bind(grid)
+        # A node whose key no site is registered to is asked nothing (and named, once).
+        messages = [
+            m
+            for m in messages
+            if not self._unregistered(m.metadata.dst_node_id, self.round_offset, what)
+        ]
         for reply in grid.send_and_receive(messages, timeout=timeout):
             rec = self._site(reply.metadata.src_node_id)
             if reply.has_error():

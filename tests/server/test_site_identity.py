@@ -225,3 +225,29 @@ def test_coordinator_sites_add_list_remove(
     assert code == 0 and "cleveland" in out and "sha256:" in out
     code, out = fedward("remove", "cleveland")
     assert code == 0 and not SiteRegistry(state).active
+
+
+def test_one_off_requests_are_filed_by_key_too(
+    tmp_path: Path, registry: SiteRegistry, keys: dict[str, tuple[Path, bytes]]
+) -> None:
+    """Baselines and profiles (`ask`): the impostor's answer is not filed as cleveland's, and an
+    unregistered key is asked nothing."""
+    heads = LedgerHeads(tmp_path / "coordinator-state" / "ledger_heads.json")
+    tracker = _tracker(tmp_path, registry, heads)
+    answers = {11: _reply(tmp_path, 0, 11), 13: _reply(tmp_path, 0, 13)}
+
+    class AnsweringGrid(KeyedGrid):
+        def send_and_receive(self, messages: Iterable[Message], timeout: float) -> list[Message]:
+            self.asked = sorted(m.metadata.dst_node_id for m in messages)
+            return [answers[n] for n in self.asked]
+
+    grid = AnsweringGrid(
+        {11: keys["cleveland"][1], 13: keys["switzerland"][1], 14: keys["intruder"][1]}
+    )
+    messages = [make_message(RecordDict(), "query", dst_node_id=n) for n in (11, 13, 14)]
+    out = tracker.ask(grid, messages, "baselines", timeout=5)
+    assert grid.asked == [11, 13]
+    assert out["cleveland"]["status"] == "ok"
+    assert out["switzerland"]["status"] == "refused"
+    assert "claims to be 'cleveland'" in out["switzerland"]["reason"]
+    assert tracker.sites[14].status == "refused"
