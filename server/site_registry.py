@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from fedward.common.errors import FedwardError
-from fedward.server.run_folder import atomic_write_json
 
 REGISTRY_FILE = "sites.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -104,7 +105,18 @@ class SiteRegistry:
             }
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, body)
+        # Atomically (no half-written register), without the run folder's heavy imports: the
+        # `fedward coordinator sites` commands start fast.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def add(self, name: str, key_file: Path, *, replace: bool = False) -> RegisteredSite:
         """Bind ``name`` to the key in ``key_file``; a name or key already bound is refused unless
