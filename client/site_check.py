@@ -208,7 +208,10 @@ def _ledger(site: SiteConfig) -> CheckResult:
             "privacy ledger",
             "FAILED",
             f"{path}: hash chain BROKEN: {result.problem} (entry {result.bad_seq} of "
-            f"{result.entries}); the site will not train until an auditor has looked at it",
+            f"{result.entries}); the site will not train until an auditor has looked at it"
+            if result.bad_seq is not None
+            else f"{path}: anchor check FAILED: {result.problem}; the site will not train until "
+            "an auditor has looked at it",
         )
     return CheckResult(
         "privacy ledger",
