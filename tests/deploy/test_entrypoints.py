@@ -271,6 +271,7 @@ def _listing(env: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.security
 def test_insecure_mode_runs_the_real_superlink_and_supernode_without_node_auth_and_says_so(
     tmp_path: Path,
 ) -> None:

@@ -30,7 +30,8 @@ from tests.e2e.processes import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# Part of the security suite (`pytest -m security`): real processes, an attacker's moves.
+pytestmark = [pytest.mark.slow, pytest.mark.security]
 REPO = Path(__file__).resolve().parents[2]
 FEDERATION = "fedward"
 

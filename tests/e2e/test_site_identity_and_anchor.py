@@ -44,7 +44,8 @@ from tests.e2e.processes import (
 )
 from tests.ledger_tampering import TAMPERINGS
 
-pytestmark = pytest.mark.slow
+# Part of the security suite (`pytest -m security`): real processes, an attacker's moves.
+pytestmark = [pytest.mark.slow, pytest.mark.security]
 REPO = Path(__file__).resolve().parents[2]
 HONEST = SITES[0]  # cleveland: trains
 IMPOSTOR = "impostor"  # its own key, cleveland's site config
