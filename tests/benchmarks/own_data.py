@@ -473,16 +473,20 @@ def measure_heart(*, seeds: Sequence[int], recipes: Sequence[str], folder: Path)
                     }
                 )
                 print(f"  heart-disease {key} seed {seed}: {runs[key][-1]['accuracy']}", flush=True)
-    summary = {
-        key: {
-            metric: {
-                "mean": float(np.mean([r[metric] for r in rows])),
-                "sd": float(np.std([r[metric] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+    summary: dict[str, Any] = {}
+    for key, rows in runs.items():
+        summary[key] = {}
+        for metric in ("accuracy", "auroc"):
+            values = [r[metric] for r in rows if r[metric] is not None]
+            summary[key][metric] = {
+                "mean": float(np.mean(values)) if values else None,
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             }
-            for metric in ("accuracy", "auroc")
-        }
-        for key, rows in runs.items()
-    }
+        # A site's accuracy is not released when it would name a count under the minimum cell
+        # size: the mean above is then over the sites that released it, and says so.
+        summary[key]["accuracy_released"] = [
+            sum(v["accuracy"] is not None for v in r["sites"].values()) for r in rows
+        ]
     return {"seeds": list(seeds), "summary": summary, "runs": runs}
 
 
@@ -534,7 +538,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print("\nheart-disease: mean site test accuracy (mean ± SD over seeds)")
             for key, m in heart["summary"].items():
                 acc, auc = m["accuracy"], m["auroc"]
-                print(f"  {key}: {acc['mean']:.3f} ± {acc['sd']:.3f}  (AUROC {auc['mean']:.3f})")
+                print(
+                    f"  {key}: accuracy {_fmt(acc['mean'])} ± {_fmt(acc['sd'])} over the sites "
+                    f"that released it ({m['accuracy_released']} of 4 per seed); "
+                    f"AUROC {_fmt(auc['mean'])} ± {_fmt(auc['sd'])}"
+                )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
     return results
