@@ -287,6 +287,14 @@ def train_local(
         )
 
 
+def _positive_weight(cfg: TrainingConfig, device: torch.device) -> torch.Tensor | None:
+    """The run config's fixed weight of a positive row (never derived from the site's rows, which
+    would make the loss itself depend on one row beyond what clipping bounds)."""
+    if cfg.positive_weight == 1.0:
+        return None
+    return torch.tensor(cfg.positive_weight, dtype=torch.float32, device=device)
+
+
 def _train_plain(
     model: nn.Module,
     x: torch.Tensor,
@@ -301,7 +309,7 @@ def _train_plain(
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int(seed))
     optimizer = _base_optimizer(model, cfg)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=_positive_weight(cfg, x.device))
     steps, loss_sum = 0, 0.0
     for _ in range(cfg.local_epochs):
         order = torch.randperm(n, generator=generator).to(x.device)
@@ -379,7 +387,7 @@ def _train_dp(
 
         optimizer.attach_step_hook(_prox)
 
-    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none", pos_weight=_positive_weight(cfg, x.device))
     loss_sum, rows_seen = 0.0, 0
     try:
         with warnings.catch_warnings():

@@ -98,6 +98,15 @@ class TrainingConfig(BaseModel):
         "Set by the coordinator for the label-shuffle control run; a model that still scores "
         "well on the real test labels learnt something other than the signal.",
     )
+    positive_weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Weight of a positive row's loss, for a rare outcome (about (1 - p) / p at "
+        "prevalence p). A fixed number of the run config, never computed from a site's rows: "
+        "each row's gradient is still clipped, so DP-SGD's guarantee is unchanged, and under DP "
+        "the weight acts only on gradients below the clipping norm.",
+    )
 
 
 class SecAggConfig(BaseModel):
@@ -626,6 +635,8 @@ class RunConfig(BaseModel):
                 del strategy[key]
         if not data["training"]["shuffle_labels"]:
             del data["training"]["shuffle_labels"]
+        if data["training"]["positive_weight"] == 1.0:
+            del data["training"]["positive_weight"]
         if not data["model"]["he_compatible"]:
             del data["model"]["he_compatible"]
         if data["tuning"]["epsilon_share"] == _DEFAULT_TUNING_SHARE:
