@@ -29,6 +29,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedward.common.durable_files import atomic_write_bytes
+
 KEY_SUFFIX = ".ledger-key"
 ANCHOR_SUFFIX = ".ledger-anchor"
 _DOMAIN = "fedward-ledger-anchor/v1"
@@ -72,17 +74,7 @@ def _mac(key: bytes, seq: int, head: str) -> str:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, readable by the owner only (0600 from the start)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def read_key(path: Path) -> bytes:

@@ -41,8 +41,8 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
+from fedward.common.durable_files import atomic_write_bytes, atomic_write_json
 from fedward.common.errors import FedwardError
-from fedward.server.run_folder import atomic_write_bytes, atomic_write_json
 from fedward.server.site_tracking import SiteRecord, SiteTracking
 from fedward.server.strategies import CentralDPAccounting, Release
 

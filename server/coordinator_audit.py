@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedward.server.run_folder import fsync_dir
+from fedward.common.durable_files import fsync_dir
 
 AUDIT_FILE = "coordinator_audit.jsonl"
 GENESIS = "0" * 64

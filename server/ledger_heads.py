@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedward.server.run_folder import atomic_write_json
+from fedward.common.durable_files import atomic_write_json
 
 
 class LedgerHeads:

@@ -27,6 +27,7 @@ from typing import Any, TypeGuard
 from jinja2 import Environment, select_autoescape
 
 from fedward.common.config import CardConfig, RunConfig, run_schema, validate_config
+from fedward.common.durable_files import atomic_write_bytes
 from fedward.common.errors import FedwardError
 from fedward.common.metrics import n_weighted, pooled_coverage
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
@@ -41,7 +42,6 @@ from fedward.server.release import (
     sha256_file,
     signoff_signature_problem,
 )
-from fedward.server.run_folder import atomic_write_bytes
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"

@@ -38,6 +38,7 @@ import torch
 
 from fedward.common.code_identity import fedward_version
 from fedward.common.config import ModelConfig
+from fedward.common.durable_files import atomic_write_bytes, atomic_write_json
 from fedward.common.errors import FedwardError
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
@@ -51,7 +52,6 @@ from fedward.server.release_signing import (
     signature_key,
     verifies,
 )
-from fedward.server.run_folder import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fedward.common.durable_files import atomic_write_json
 from fedward.common.errors import FedwardError
 
 REGISTRY_FILE = "sites.json"
@@ -104,19 +103,9 @@ class SiteRegistry:
                 for s in sorted(self.sites.values(), key=lambda s: s.name)
             }
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Atomically (no half-written register), without the run folder's heavy imports: the
         # `fedward coordinator sites` commands start fast.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_json(self.path, body)
 
     def add(self, name: str, key_file: Path, *, replace: bool = False) -> RegisteredSite:
         """Bind ``name`` to the key in ``key_file``; a name or key already bound is refused unless

@@ -11,6 +11,7 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
+from fedward.common.durable_files import atomic_write_bytes
 from fedward.server import run_folder
 from fedward.server.checkpoint import (
     CheckpointError,
@@ -23,7 +24,7 @@ from fedward.server.checkpoint import (
     tracker_state,
     write_checkpoint,
 )
-from fedward.server.run_folder import RunFolder, atomic_write_bytes
+from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteRecord, SiteTracking
 
 
