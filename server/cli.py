@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 console = Console()
 
 
+VERBOSE_HELP = (
+    "Show Flower's and Ray's logs, tracebacks included "
+    "(without it they go to the run folder's simulation.log)."
+)
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
@@ -336,13 +342,7 @@ def simulate(
             "--no-audit", help="Skip the membership-inference audit at the end (on by default)."
         ),
     ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            help="Show Flower's and Ray's logs, tracebacks included "
-            "(without it they go to the run folder's simulation.log)."
-        ),
-    ] = False,
+    verbose: Annotated[bool, typer.Option(help=VERBOSE_HELP)] = False,
 ) -> None:
     """Run a whole federation on this machine (default: four heart-disease hospitals, DP ε=1).
 
@@ -511,13 +511,7 @@ def audit(
     app_dir: Annotated[
         Path, typer.Option(help="Deployment: the fedward Flower app directory for `flwr run`.")
     ] = Path("."),
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            help="Show Flower's and Ray's logs, tracebacks included "
-            "(without it they go to the run folder's simulation.log)."
-        ),
-    ] = False,
+    verbose: Annotated[bool, typer.Option(help=VERBOSE_HELP)] = False,
 ) -> None:
     """Audit a finished run's released models at the sites again (membership inference)."""
     manifest = _read_report(run_dir, "manifest.json", "not a fedward run folder")
