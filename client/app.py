@@ -480,23 +480,23 @@ def _composition(req: Request) -> Composition | None:
     names its search's trials from its own config. Either way the site derives the set itself.
     """
     run = req.run
-    if req.purpose == PURPOSE_RUN and run.tuning.deep:
-        from fedward.common.run_plan import search_hashes  # scipy: only when a search ran
-
-        return Composition(search_hashes(run))
-    if req.purpose != PURPOSE_TUNING:
+    if req.purpose not in (PURPOSE_RUN, PURPOSE_TUNING):
         return None
-    parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
-    parent = RunConfig.from_json(parent_text) if parent_text else None
+    if req.purpose == PURPOSE_RUN:
+        parent: RunConfig | None = run
+    else:
+        parent_text = str(req.cfg.get(KEY_PARENT_RUN, "") or "")
+        parent = RunConfig.from_json(parent_text) if parent_text else None
     if parent is None or not parent.tuning.deep:
         return None
-    from fedward.common.run_plan import tuning_trials
+    from fedward.common.run_plan import search_hashes, tuning_settings  # scipy: only for a search
 
-    trials = tuning_trials(parent)
-    hashes = frozenset(trial.config_hash() for _, _, trial in trials)
+    hashes = search_hashes(parent)
+    if req.purpose == PURPOSE_RUN:
+        return Composition(hashes)
     if run.config_hash() not in hashes:
         return None
-    return Composition(hashes, search_size=len(trials))
+    return Composition(hashes, search_size=len(tuning_settings(parent)))
 
 
 def _check_replay(req: Request, attempt: str) -> None:

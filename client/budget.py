@@ -182,12 +182,7 @@ class SiteBudget:
     def tuning_epsilon(self) -> float:
         """ε of every tuning trial recorded for this dataset, composed, at the lifetime δ."""
         trials = {run for run, purpose in self.purposes().items() if purpose == PURPOSE_TUNING}
-        history = [
-            e.history_item()
-            for e in self.ledger.entries(self.dataset)
-            if e.spends and e.run_id in trials
-        ]
-        return epsilon_of(history, self.lifetime_delta, self.accountant)
+        return epsilon_of(self._history_of(trials), self.lifetime_delta, self.accountant)
 
     def _enforces(self, purpose: str) -> bool:
         return not (self.simulated and purpose == PURPOSE_TUNING)

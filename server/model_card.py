@@ -748,11 +748,7 @@ def _tradeoffs(
 ) -> list[str]:
     """What was given up for what: privacy for accuracy, federation for pooling."""
     out = []
-    eps = [
-        s["epsilon_model"]
-        for s in privacy["sites"]
-        if s.get("status") == "ok" and _finite(s.get("epsilon_model"))
-    ]
+    eps = _model_epsilons(privacy)
     if privacy["dp"] and eps:
         out.append(
             f"Privacy against utility: the released model's ε is between {min(eps):.2f} and "
@@ -794,6 +790,15 @@ def _federated_auroc_text(test: Mapping[str, Any]) -> str | None:
             f"{covers}: between {span[0]:.3f} and {span[1]:.3f}"
         )
     return text + "."
+
+
+def _model_epsilons(privacy: Mapping[str, Any]) -> list[float]:
+    """The released model's ε at each site that took part (a dropped site's is a range)."""
+    return [
+        float(s["epsilon_model"])
+        for s in privacy["sites"]
+        if s.get("status") == "ok" and _finite(s.get("epsilon_model"))
+    ]
 
 
 def _model_epsilon_scope(privacy: Mapping[str, Any]) -> str:
@@ -1205,13 +1210,10 @@ def _diff_text(d: Mapping[str, Any] | None) -> str:
 
 
 def _epsilon_range(privacy: Mapping[str, Any]) -> str:
-    ok = [
-        s for s in privacy["sites"] if s.get("status") == "ok" and _finite(s.get("epsilon_model"))
-    ]
-    if not ok:
+    eps = _model_epsilons(privacy)
+    if not eps:
         return "–"
-    low = min(s["epsilon_model"] for s in ok)
-    high = max(s["epsilon_model"] for s in ok)
+    low, high = min(eps), max(eps)
     span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f}"
     return f"{span} at the sites that took part ({_model_epsilon_scope(privacy)})"
 

@@ -79,6 +79,23 @@ def wire_config(
     )
 
 
+def append_releases(ledger: Any, n: int, *, dataset: str = "ds", run_id: str = "r1") -> None:
+    """``n`` DP-SGD releases appended by the ledger itself (so chained and anchored)."""
+    for i in range(n):
+        ledger.append(
+            dataset=dataset,
+            run_id=run_id,
+            round=i + 1,
+            attempt=f"a{i}",
+            kind="dp-sgd",
+            noise_multiplier=1.1,
+            sample_rate=0.05,
+            steps=20,
+            delta=1e-5,
+            max_grad_norm=1.0,
+        )
+
+
 def initial_arrays(run: RunConfig) -> ArrayRecord:
     schema = run_schema(run)
     transform = SharedTransform.from_schema(schema)

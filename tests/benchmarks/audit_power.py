@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import metadata
 from typing import Any
 from unittest import mock
 
@@ -55,6 +52,7 @@ from fedward.common.config import ModelConfig, RunConfig, TrainingConfig
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.splits import split_for_run
+from tests.benchmarks.validate_mia import machine_info
 
 CONFIDENCE = 0.95
 TARGET_EPSILON = 1.0
@@ -75,18 +73,6 @@ class Site:
     x_nonmembers: np.ndarray
     y_nonmembers: np.ndarray
     n_rows: int
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": metadata.version("torch"),
-        "opacus": metadata.version("opacus"),
-        "numpy": metadata.version("numpy"),
-        "scipy": metadata.version("scipy"),
-    }
 
 
 def load_site(name: str, run: RunConfig) -> Site:

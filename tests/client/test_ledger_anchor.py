@@ -18,6 +18,7 @@ from fedward.client.cli import register
 from fedward.client.ledger import Ledger, LedgerError
 from fedward.common.config import load_site_config
 from fedward.common.datasets.bundled import write_site_files
+from tests.conftest import append_releases
 from tests.ledger_tampering import TAMPERINGS
 
 
@@ -28,18 +29,7 @@ def fedward_site(*args: str | Path) -> Result:
 
 
 def _spend(ledger: Ledger, n: int = 4) -> None:
-    for i in range(n):
-        ledger.append(
-            dataset="ds",
-            run_id="r1",
-            round=i + 1,
-            attempt=f"a{i}",
-            kind="dp-sgd",
-            noise_multiplier=1.1,
-            sample_rate=0.05,
-            steps=20,
-            delta=1e-5,
-        )
+    append_releases(ledger, n)
 
 
 def _ledger(tmp_path: Path, n: int = 4) -> Ledger:

@@ -33,6 +33,7 @@ from fedward.client.ledger import Ledger
 from fedward.common.datasets.bundled import write_site_files
 from fedward.server.exit_codes import read_record
 from fedward.server.run_cli import coordinator_app
+from tests.conftest import append_releases
 from tests.e2e.followed_run import SITES, logistic_run_toml, progress_events, start_fedward_run
 from tests.e2e.processes import (
     BIN,
@@ -65,19 +66,7 @@ round_timeout = 60
 def _seed_history(config: Path) -> Path:
     """Four releases in the site's ledger, written by the ledger itself (so anchored)."""
     state = config.parent / "state"
-    ledger = Ledger(state)
-    for i in range(4):
-        ledger.append(
-            dataset="heart-disease",
-            run_id="earlier-run",
-            round=i + 1,
-            attempt=f"a{i}",
-            kind="dp-sgd",
-            noise_multiplier=1.1,
-            sample_rate=0.05,
-            steps=20,
-            delta=1e-5,
-        )
+    append_releases(Ledger(state), 4, dataset="heart-disease", run_id="earlier-run")
     return state
 
 

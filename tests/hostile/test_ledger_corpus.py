@@ -18,23 +18,11 @@ from fedward.client.app import app
 from fedward.client.ledger import LEDGER_FILE, Ledger, LedgerError
 from fedward.common.config import RunConfig
 from fedward.common.protocol import REPLY
-from tests.conftest import initial_arrays, make_context, make_message, wire_config
+from tests.conftest import append_releases, initial_arrays, make_context, make_message, wire_config
 
 
 def _spend(ledger: Ledger, n: int = 3, dataset: str = "ds") -> None:
-    for i in range(n):
-        ledger.append(
-            dataset=dataset,
-            run_id="r1",
-            round=i + 1,
-            attempt=f"a{i}",
-            kind="dp-sgd",
-            noise_multiplier=1.1,
-            sample_rate=0.05,
-            steps=20,
-            delta=1e-5,
-            max_grad_norm=1.0,
-        )
+    append_releases(ledger, n, dataset=dataset)
 
 
 def _tamper(sql: str) -> Callable[[Path], None]:
