@@ -9,7 +9,6 @@ re-splits a site identically in every fresh ClientApp process.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from fedward.common.config import SplitConfig
 from fedward.common.errors import SiteDataError
+from fedward.common.seeds import SPLIT_DOMAIN, derive_seed
 
 SPLIT_NAMES = ("train", "tune", "test", "audit")
 _GROUP_ATTEMPTS = 50
@@ -54,8 +54,7 @@ class SiteSplits:
 
 def site_seed(seed: int, site: str) -> int:
     """A 63-bit seed from the run seed and the site name, stable across processes."""
-    digest = hashlib.sha256(f"fedward-split:{seed}:{site}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return derive_seed(seed, site, domain=SPLIT_DOMAIN, bits=63)
 
 
 def split_site(
