@@ -38,15 +38,11 @@ from unittest import mock
 import numpy as np
 import torch
 
-from fedward.client import mia
+from fedward.client import canaries
 from fedward.client.accounting import default_delta, epsilon_of, plan_noise_multiplier
-from fedward.client.mia import (
-    TrainFn,
-    canary_audit,
-    canary_sources,
-    default_canary_count,
-    one_run_epsilon_lower_bound,
-)
+from fedward.client.canaries import canary_audit, canary_sources, default_canary_count
+from fedward.client.canary_bound import one_run_epsilon_lower_bound
+from fedward.client.mia_attacks import TrainFn
 from fedward.client.training import DPSettings, predict_logits, train_local
 from fedward.common.config import ModelConfig, RunConfig, TrainingConfig
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
@@ -188,14 +184,15 @@ def measure(site: Site, proc: Procedure, variant: str, delta: float, seed: int) 
         m = default_canary_count(n_mem, n_non, delta, CONFIDENCE)
     src = canary_sources(n_mem, n_non, m, synthetic=not earlier)
     seen: dict[str, np.ndarray] = {}
-    original = mia.one_run_audit
+    original = canaries.one_run_audit
 
     def record(scores: np.ndarray, included: np.ndarray, **kwargs: Any) -> Any:
         seen["scores"], seen["included"] = np.asarray(scores), np.asarray(included, dtype=bool)
         return original(scores, included, **kwargs)
 
     started = time.perf_counter()
-    with mock.patch.object(mia, "one_run_audit", record):  # keep the scores for the earlier rule
+    # Keep the scores for the earlier rule.
+    with mock.patch.object(canaries, "one_run_audit", record):
         audit = canary_audit(
             train_fn(proc),
             site.x_members,

@@ -17,25 +17,23 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 from fedward.client.accounting import plan_noise_multiplier
+from fedward.client.canary_bound import (
+    canary_epsilon_max,
+    canary_guess_grid,
+    one_run_audit,
+    one_run_epsilon_lower_bound,
+    one_run_p_value,
+)
 from fedward.client.mia import (
     ATTACKS,
     PUBLIC_KEYS,
     SiteAudit,
     TrainFn,
-    auc_delong,
     audit_site,
-    canary_epsilon_max,
-    canary_guess_grid,
-    clopper_pearson,
-    lira_from_confidences,
-    logit_confidence,
-    one_run_audit,
-    one_run_epsilon_lower_bound,
-    one_run_p_value,
     public_keys,
-    reference_split,
-    roc_summary,
 )
+from fedward.client.mia_attacks import lira_from_confidences, logit_confidence, reference_split
+from fedward.client.mia_roc import auc_delong, clopper_pearson, roc_summary
 from fedward.client.training import DPSettings, predict_logits, train_local
 from fedward.common.config import ModelConfig, TrainingConfig
 from fedward.common.egress import EgressGuard, EgressPolicy

@@ -10,21 +10,23 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from fedward.client.mia import (
+from fedward.client.canaries import (
     CANARY_COUNTS,
-    CANARY_GUESS_FRACTIONS,
     MAX_CANARIES,
     SYNTHETIC_CANARIES_PER_MEMBER,
-    audit_site,
     canary_audit,
-    canary_epsilon_max,
-    canary_guess_grid,
     canary_sources,
     default_canary_count,
-    one_run_audit,
-    one_run_epsilon_lower_bound,
     synthetic_canaries,
 )
+from fedward.client.canary_bound import (
+    CANARY_GUESS_FRACTIONS,
+    canary_epsilon_max,
+    canary_guess_grid,
+    one_run_audit,
+    one_run_epsilon_lower_bound,
+)
+from fedward.client.mia import audit_site
 from fedward.common.egress import EgressGuard, EgressPolicy
 from fedward.common.reply_fields import lookup
 
