@@ -1,215 +1,43 @@
-"""Coordinator and developer commands: `fedward simulate`."""
+"""Coordinator and developer commands: `fedward simulate`, `fedward audit`, `fedward report
+baselines`, and ``register``, which adds them and the other coordinator command groups to `fedward`.
+
+What a run prints at its end lives in ``run_console``, shared with `fedward run`."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from fedward.common.config import RunConfig, load_run_config, validate_config
 from fedward.server.exit_codes import closing_line, exit_code, read_record
+from fedward.server.run_console import (
+    MAX_WARNING_LINES,  # noqa: F401  (moved; importers to be updated)
+    console,
+    epsilon_lines,
+    final_table,
+    fmt_cell,
+    left_out_lines,
+    print_audit,
+    privacy_modes,
+    progress_view,
+    site_warning_lines,
+)
+from fedward.server.run_console import final_table as _final_table  # noqa: F401  (moved; importers to be updated)
+from fedward.server.run_console import print_audit as _print_audit  # noqa: F401  (moved; importers to be updated)
+from fedward.server.run_console import site_warning_lines as _site_warnings  # noqa: F401  (moved; importers to be updated)
 from fedward.server.site_schemas import run_names_schema
-
-if TYPE_CHECKING:
-    from fedward.server.simulate import ProgressState
-
-console = Console()
-
 
 VERBOSE_HELP = (
     "Show Flower's and Ray's logs, tracebacks included "
     "(without it they go to the run folder's simulation.log)."
 )
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and v.is_integer() and digits == 0:
-        return str(int(v))
-    if isinstance(v, float):
-        return "∞" if v == float("inf") else f"{v:.{digits}f}"
-    return str(v)
-
-
-def _progress_view(state: ProgressState, title: str) -> Group:
-    head = Text(f"{title}  round {state.current_round}/{state.rounds}", style="bold")
-    table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("site", "status", "ε of model so far", "train loss", "tune AUROC", "tune acc"):
-        table.add_column(col)
-    for name, s in sorted((state.sites or {}).items()):
-        table.add_row(
-            name,
-            str(s.get("status", "…")),
-            _fmt(s.get("epsilon"), 2),
-            _fmt(s.get("loss")),
-            _fmt(s.get("auroc")),
-            _fmt(s.get("accuracy")),
-        )
-    parts: list[Any] = [head, table]
-    if state.pooled:
-        parts.append(Text(f"pooled tune AUROC {_fmt(state.pooled.get('auroc'))}"))
-    if state.phase:
-        parts.append(Text(state.phase, style="dim"))
-    return Group(*parts)
-
-
-def _final_table(run_dir: Path) -> Table:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    record = json.loads((run_dir / "run_record.json").read_text())
-    test = metrics["test"] or {"sites": {}, "pooled": None}
-    eps = {s["site"]: s for s in record["sites"]}
-    table = Table(title="Sealed test split, final model", header_style="bold", pad_edge=False)
-    for col in ("site", "n", "acc", "AUROC [95% CI]", "AUPRC", "bal.acc", "Brier", "ε"):
-        table.add_column(col, no_wrap=True)
-    for name, panel in sorted(test["sites"].items()):
-        ci = f"{_fmt(panel.get('auroc'), 2)} [{_fmt(panel.get('auroc_lo'), 2)}–{_fmt(panel.get('auroc_hi'), 2)}]"
-        table.add_row(
-            name,
-            _fmt(panel.get("n"), 0),
-            _fmt(panel.get("accuracy"), 2),
-            ci,
-            _fmt(panel.get("auprc"), 2),
-            _fmt(panel.get("balanced_accuracy"), 2),
-            _fmt(panel.get("brier"), 2),
-            _fmt(eps.get(name, {}).get("epsilon_model", eps.get(name, {}).get("epsilon")), 2),
-        )
-    pooled = test.get("pooled") or {}
-    omitted = pooled.get("omitted") or {}
-    table.add_row(
-        "pooled*" + ("†" if omitted or pooled.get("coverage") else ""),
-        _fmt(pooled.get("n"), 0),
-        _fmt(pooled.get("accuracy"), 2),
-        _fmt(pooled.get("auroc"), 2),
-        _fmt(pooled.get("auprc"), 2),
-        _fmt(pooled.get("balanced_accuracy"), 2),
-        _fmt(pooled.get("brier"), 2),
-        "",
-        style="bold",
-    )
-    table.caption = (
-        "* pooled from the sites' score histograms, never from raw scores; – not sent by the "
-        "site (a figure that would name a count under its minimum cell size) or undefined"
-        + _pooled_caveats(pooled, test.get("histograms") or {})
-        if metrics["test"] is not None
-        else f"no final model: {record.get('stopped_reason')}"
-    )
-    return table
-
-
-_POOLED_LABELS = {
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced accuracy",
-    "brier": "Brier",
-    "ece": "calibration error",
-    "auroc": "AUROC",
-    "prevalence": "prevalence",
-    "auprc": "AUPRC",
-}
-
-
-def _pooled_caveats(pooled: dict[str, Any], histograms: dict[str, Any]) -> str:
-    """† lines under the table: which sites the pooled row covers and each figure it leaves out."""
-    from fedward.common.metrics import pooled_coverage  # scipy and sklearn: only when printing
-
-    lines = []
-    if coverage := pooled_coverage(pooled, histograms):
-        lines.append(f"pooled row covers {coverage}")
-    bounds = pooled.get("bounds") or {}
-    if bounds.get("auroc") and pooled.get("auroc") is not None:
-        lo, hi = bounds["auroc"]
-        lines.append(
-            "pooled AUROC counts scores tied within a histogram group as one half (toward 0.5); "
-            f"the exact figure lies in {lo:.2f}–{hi:.2f}"
-        )
-    for key in pooled.get("from_sites") or []:
-        lines.append(
-            f"pooled {_POOLED_LABELS.get(key, key)} is the sites' own figures weighted by n (exact)"
-        )
-    for key, reason in (pooled.get("omitted") or {}).items():
-        span = bounds.get(key)
-        where = f" (lies in {span[0]:.2f}–{span[1]:.2f})" if span else ""
-        lines.append(f"pooled {_POOLED_LABELS.get(key, key)} left out{where}: {reason}")
-    return "".join(f"\n† {line}" for line in lines)
-
-
-def _epsilon_lines(run_dir: Path) -> list[str]:
-    """Which ε is which: the released model's per site, then what else the invocation spent."""
-    summary = json.loads((run_dir / "privacy_summary.json").read_text())
-    if not summary.get("dp"):
-        return []
-    covers = json.loads((run_dir / "run_record.json").read_text())["privacy"]["epsilon_covers"]
-    lines = [
-        f"ε above: the released model's, per site (target {summary.get('target_epsilon')}), "
-        f"composing {', '.join(covers)}"
-    ]
-    for s in summary.get("sites") or []:
-        bound = s.get("epsilon_bound")
-        if bound:
-            lines.append(
-                f"[yellow]{escape(s['site'])}: ε at least {bound['at_least']:.2f}, at most "
-                f"{bound['at_most']:g}: {escape(bound['reason'])}[/]"
-            )
-        other = s.get("companion_epsilon") or {}
-        if other:
-            spent = ", ".join(f"{k} {v:.2f}" for k, v in sorted(other.items()))
-            lifetime = s.get("epsilon_lifetime")
-            lines.append(
-                f"{escape(s['site'])} also spent: {spent} (not in the released model's ε); "
-                f"lifetime ε now {_fmt(lifetime, 2)}"
-            )
-    return lines
-
-
-def _privacy_modes(run_dir: Path) -> list[str]:
-    """One line per optional privacy mode that was on, as privacy_summary.json states it."""
-    summary = json.loads((run_dir / "privacy_summary.json").read_text())
-    lines = []
-    central = summary.get("central_dp") or {}
-    if central.get("enabled"):
-        lines.append(
-            f"site-level central DP: ε={_fmt(central['epsilon'], 2)} planned, "
-            f"{_fmt(central['epsilon_as_run'], 2)} as run, at δ={central['delta']:.2g}, over "
-            f"{central['num_sites']} sites (the unit is a whole site)"
-        )
-        lines += [f"[yellow]{w}[/]" for w in central.get("warnings", [])]
-    secagg = summary.get("secure_aggregation") or {}
-    if secagg.get("enabled"):
-        lines.append(
-            f"secure aggregation (SecAgg+, {secagg['num_shares']} shares, threshold "
-            f"{secagg['reconstruction_threshold']}): the coordinator saw only sums of site models"
-        )
-        lines += [f"[yellow]{w}[/]" for w in secagg.get("warnings", [])]
-    return lines
-
-
-def _left_out(run_dir: Path) -> list[str]:
-    record = json.loads((run_dir / "run_record.json").read_text())
-    return [f"{x['site']} left out ({x['status']}): {x['reason']}" for x in record["left_out"]]
-
-
-MAX_WARNING_LINES = 8
-
-
-def _site_warnings(run_dir: Path) -> list[str]:
-    """The sites' data warnings (clipped out-of-range values with their count, or "fewer than N"
-    under a site's minimum cell; empty columns), which otherwise only the run record and card hold."""
-    record = json.loads((run_dir / "run_record.json").read_text())
-    warnings = [str(w) for w in record.get("warnings") or []]
-    lines = [f"warning: {w}" for w in warnings[:MAX_WARNING_LINES]]
-    if len(warnings) > MAX_WARNING_LINES:
-        lines.append(
-            f"warning: {len(warnings) - MAX_WARNING_LINES} more in {run_dir / 'run_record.json'}"
-        )
-    return lines
 
 
 def simulate(
@@ -445,7 +273,7 @@ def simulate(
             run_simulation(settings, verbose=True)
         else:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
-                run_simulation(settings, on_update=lambda s: live.update(_progress_view(s, title)))
+                run_simulation(settings, on_update=lambda s: live.update(progress_view(s, title)))
     except RuntimeError as exc:
         if (run_dir / "metrics.json").exists():
             raise
@@ -458,18 +286,18 @@ def simulate(
         )
         console.print(escape(closing_line(run_dir, None, logs=logs)), soft_wrap=True)
         raise typer.Exit(exit_code(None)) from None
-    console.print(_final_table(run_dir))
-    for line in _left_out(run_dir):
+    console.print(final_table(run_dir))
+    for line in left_out_lines(run_dir):
         console.print(f"[yellow]{line}[/]")
-    for line in _site_warnings(run_dir):
+    for line in site_warning_lines(run_dir):
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
-    for line in _epsilon_lines(run_dir) + _privacy_modes(run_dir):
+    for line in epsilon_lines(run_dir) + privacy_modes(run_dir):
         console.print(line)
     if (run_dir / "baselines.json").exists():
         report = json.loads((run_dir / "baselines.json").read_text())
         console.print(f"[bold]Baselines:[/] {report['verdict']}")
         console.print(f"  details: fedward report baselines {run_dir}")
-    _print_audit(run_dir)
+    print_audit(run_dir)
     if (run_dir / "model_card.html").exists():
         console.print(f"[bold]Model card:[/] {run_dir / 'model_card.html'}")
     console.print(f"run folder: [bold]{run_dir}[/]")
@@ -477,29 +305,6 @@ def simulate(
     console.print(escape(closing_line(run_dir, record)), soft_wrap=True)
     if (code := exit_code(record)) != 0:
         raise typer.Exit(code)
-
-
-def _print_audit(run_dir: Path) -> None:
-    if not (run_dir / "audit.json").exists():
-        return
-    report = json.loads((run_dir / "audit.json").read_text())
-    verdict = report["verdict"]
-    passed = verdict.startswith("pass")
-    colour = "red" if not passed else "yellow" if "leak observed" in verdict else "green"
-    console.print(f"[bold]Membership audit:[/] [{colour}]{verdict}[/]")
-    for model in report["models"].values():
-        for line in model["flags"] + model["failures"]:
-            console.print(f"  [red]{line}[/]")
-        # Under DP a leak is a flag, not a failure: still printed, with what was observed.
-        if model.get("dp_guarantee"):
-            for leak in model.get("leaks") or []:
-                console.print(f"  [yellow]flag: leak observed within the DP guarantee: {leak}[/]")
-        for site, entry in (model.get("sites") or {}).items():
-            if entry.get("status") != "ok":
-                console.print(f"  [yellow]not audited: {site}: {entry.get('reason')}[/]")
-    for caveat in report.get("caveats", []):
-        console.print(f"  [yellow]caveat: {caveat}[/]")
-    console.print(f"  details: {run_dir / 'audit.html'}")
 
 
 def audit(
@@ -559,7 +364,7 @@ def audit(
         done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
             raise typer.Exit(done.returncode)
-    _print_audit(run_dir)
+    print_audit(run_dir)
 
 
 report_app = typer.Typer(help="Reports of a finished run.", no_args_is_help=True)
@@ -584,7 +389,7 @@ def _ci_text(panel: dict[str, Any] | None) -> str:
     if not panel or panel.get("auroc") is None:
         return "–"
     if panel.get("auroc_lo") is None:
-        return _fmt(panel["auroc"])
+        return fmt_cell(panel["auroc"])
     return f"{panel['auroc']:.3f} [{panel['auroc_lo']:.3f}–{panel['auroc_hi']:.3f}]"
 
 
@@ -632,7 +437,7 @@ def report_baselines(
             "federated" if "federated" in sec["where"] else "local",
             _ci_text(sec.get("pooled")),
             _diff_text(sec.get("difference")),
-            _fmt(sec.get("mean_tune_auroc")),
+            fmt_cell(sec.get("mean_tune_auroc")),
             "–" if seconds is None else f"{seconds:.1f} s",
         )
     budget = report["budget"]

@@ -13,22 +13,17 @@ not installed), 130 detached by Ctrl-C or SIGTERM (the run goes on at the SuperL
 
 The ServerApp writes its run folders on the SuperLink's machine, under its ``output-dir``, so
 following works where that folder is readable: on the SuperLink's machine or a shared disk.
+
+The run-config checks live in ``run_config_args``, the `flwr run` child process in
+``flwr_process`` and the views it prints in ``run_console``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shlex
-import shutil
 import signal
-import subprocess
-import sys
 import threading
-import time
-import tomllib
-from collections import deque
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -38,8 +33,6 @@ from rich.live import Live
 from rich.markup import escape
 
 from fedward.common.cli import err_console
-from fedward.common.errors import FedwardError
-from fedward.server.cli import console
 from fedward.server.exit_codes import (
     EXIT_FAILED,
     EXIT_FINISHED,
@@ -49,24 +42,29 @@ from fedward.server.exit_codes import (
     exit_code,
     read_record,
 )
+from fedward.server.flwr_process import (
+    FlwrNotFound,
+    FlwrRun,
+    RunFollowError,
+    existing_folders,
+    find_flwr,
+    find_run_folder,
+    flwr_message,
+)
+from fedward.server.run_config_args import (
+    app_config_keys,
+    format_run_config,
+    resolve_run_config,
+    resume_run_config,
+)
+from fedward.server.run_console import (
+    console,
+    final_table,
+    left_out_lines,
+    print_audit,
+    progress_view,
+)
 from fedward.server.site_registry_cli import sites_app
-
-DEFAULT_RUNS_DIR = Path("runs")
-FLWR_LOG_LINES = 400
-_STARTED_RUN = re.compile(r"Successfully started run (\d+)")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# Run-config keys `fedward run` handles itself, or refuses because it cannot follow them.
-_OUTPUT_DIR, _RUN_CONFIG_FILE, _AUDIT_RUN_DIR = "output-dir", "run-config", "audit-run-dir"
-_RUN_DIR, _RESUME = "run-dir", "resume"  # set by --resume only
-
-
-class FlwrNotFound(FedwardError):
-    """No `flwr` executable next to this Python or on PATH."""
-
-
-class RunFollowError(FedwardError):
-    """The run was started but its run folder cannot be followed."""
-
 
 # ---- the coordinator metrics endpoint ---------------------------------------------------------
 
@@ -107,299 +105,6 @@ def coordinator_metrics(
 
     serve_metrics(runs, host, port, on_ready=ready)
     console.print("metrics server stopped")
-
-
-# ---- launching a run --------------------------------------------------------------------------
-
-
-def find_flwr(bin_dir: Path | None = None, path: str | None = None) -> str:
-    """The `flwr` of this environment (beside its Python), else the first on ``PATH``."""
-    here = (bin_dir or Path(sys.executable).parent) / "flwr"
-    if here.is_file():
-        return str(here)
-    found = shutil.which("flwr", path=path)
-    if found is None:
-        raise FlwrNotFound(
-            f"`flwr` was found neither beside {sys.executable} nor on PATH; install Flower in "
-            "this environment (pip install 'flwr[simulation]>=1.41,<1.43') or put `flwr` on PATH"
-        )
-    return found
-
-
-def app_config_keys(app_dir: Path) -> dict[str, Any]:
-    """The app's run-config keys and defaults (``[tool.flwr.app.config]`` of its pyproject.toml)."""
-    pyproject = app_dir / "pyproject.toml"
-    if not pyproject.is_file():
-        raise typer.BadParameter(
-            f"{app_dir} is not a Flower app: it has no pyproject.toml", param_hint="APP_DIR"
-        )
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise typer.BadParameter(
-            f"{pyproject} cannot be read: {exc}", param_hint="APP_DIR"
-        ) from exc
-    config = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    if not isinstance(config, dict):
-        raise typer.BadParameter(
-            f"{pyproject} has no [tool.flwr.app.config] table: not a Flower app",
-            param_hint="APP_DIR",
-        )
-    return config
-
-
-def resolve_run_config(
-    overrides: list[str] | None, runs_dir: Path | None, known: dict[str, Any]
-) -> tuple[dict[str, Any], Path]:
-    """Parse ``--run-config`` as Flower does, check the keys, and make paths absolute.
-
-    ``output-dir`` and ``run-config`` are paths on the SuperLink's machine, resolved against the
-    ServerApp's working folder there; `fedward run` follows the folder here, so it passes them
-    absolute (resolved against this shell's folder). Returns the overrides and the runs folder.
-    """
-    import click
-    from flwr.common.config import parse_config_args
-
-    try:
-        parsed: dict[str, Any] = dict(parse_config_args(overrides))
-    except (click.ClickException, ValueError, OSError) as exc:
-        text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        raise typer.BadParameter(text, param_hint="--run-config") from exc
-    unknown = sorted(set(parsed) - set(known))
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; the app's "
-            f"keys ([tool.flwr.app.config]) are: {', '.join(sorted(known))}. Other settings go "
-            "in a run config TOML named by run-config='/path/run.toml'",
-            param_hint="--run-config",
-        )
-    parsed = {key: as_declared(key, value, known[key]) for key, value in parsed.items()}
-    if str(parsed.get(_AUDIT_RUN_DIR, "") or ""):
-        raise typer.BadParameter(
-            "audit-run-dir audits a finished run instead of training one: use "
-            "`fedward audit RUN_DIR --federation NAME`",
-            param_hint="--run-config",
-        )
-    if str(parsed.get(_RUN_DIR, "") or "") or parsed.get(_RESUME) is True:
-        raise typer.BadParameter(
-            "run-dir and resume continue a run that was interrupted: use "
-            "`fedward run APP_DIR FEDERATION --resume RUN_DIR`",
-            param_hint="--run-config",
-        )
-    given = str(parsed.get(_OUTPUT_DIR, "") or "")
-    if runs_dir is not None and given and Path(given).resolve() != runs_dir.resolve():
-        raise typer.BadParameter(
-            f"--runs-dir {runs_dir} and output-dir='{given}' name different folders; give one",
-            param_hint="--runs-dir",
-        )
-    out = (runs_dir or Path(given or DEFAULT_RUNS_DIR)).resolve()
-    parsed[_OUTPUT_DIR] = str(out)
-    run_config_file = str(parsed.get(_RUN_CONFIG_FILE, "") or "")
-    if run_config_file:
-        path = Path(run_config_file).expanduser()
-        if not path.is_absolute() and path.exists():
-            parsed[_RUN_CONFIG_FILE] = str(path.resolve())
-    return parsed, out
-
-
-def resume_run_config(
-    run_dir: Path, overrides: list[str] | None, runs_dir: Path | None, known: dict[str, Any]
-) -> tuple[dict[str, Any], Path]:
-    """The run-config values to resume ``run_dir`` with: those it was launched with
-    (``launch.json``), then ``overrides``, then ``run-dir`` and ``resume``. Checked here before
-    anything starts (the ServerApp checks again): a run folder with a checkpoint, a run that has
-    not finished, the same config hash, no coordinator still holding the folder. A refusal is a
-    usage error (exit 2); what is resumed is printed."""
-    from fedward.server.app import settings_from_run_config
-    from fedward.server.resume import ResumeError, RunLock, launch_values, resume_point
-
-    launch = {k: v for k, v in launch_values(run_dir).items() if k in known}
-    given = [format_run_config(launch)] if launch else []
-    values, out = resolve_run_config([*given, *(overrides or [])], runs_dir, known)
-    try:
-        point = resume_point(run_dir, settings_from_run_config(values).run)
-        RunLock(run_dir).acquire().release()
-    except (ResumeError, FedwardError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--resume") from exc
-    values[_RUN_DIR] = str(run_dir)
-    values[_RESUME] = True
-    console.print(f"resuming {escape(point.describe(_planned_rounds(point)))}", soft_wrap=True)
-    return values, out
-
-
-def _planned_rounds(point: Any) -> int:
-    from fedward.common.config import RunConfig
-
-    return RunConfig.from_json(point.checkpoint.run).rounds
-
-
-def as_declared(key: str, value: Any, default: Any) -> Any:
-    """``value`` in the type the app declares for ``key``: Flower passes overrides as parsed, so
-    ``dp=false`` would reach the ServerApp as a bool where it reads the string "false"."""
-    if isinstance(default, str):
-        return ("true" if value else "false") if isinstance(value, bool) else str(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise typer.BadParameter(
-                f"{key}={value!r}: the app declares {key} as true or false",
-                param_hint="--run-config",
-            )
-        return value
-    if isinstance(default, int | float):
-        whole = isinstance(default, int)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (whole and not isinstance(value, int))
-        ):
-            raise typer.BadParameter(
-                f"{key}={value!r}: the app declares {key} as "
-                f"{'a whole number' if whole else 'a number'} (default {default})",
-                param_hint="--run-config",
-            )
-        return value if whole else float(value)
-    return value
-
-
-def format_run_config(values: dict[str, Any]) -> str:
-    """One ``--run-config`` string, ``k=v ...``, that Flower's parser reads back to ``values``."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        else:
-            s = str(value)
-            if "'" in s and '"' in s:
-                raise typer.BadParameter(
-                    f"{key}: a value cannot hold both quote characters for `flwr run`",
-                    param_hint="--run-config",
-                )
-            # A TOML literal string ('...') keeps backslashes as written; else a basic string.
-            text = f"'{s}'" if "'" not in s else json.dumps(s)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
-
-
-def flwr_message(lines: list[str]) -> str:
-    """Flower's error, out of the box it draws around it (or its last lines when there is none)."""
-    clean = [_ANSI.sub("", line).rstrip() for line in lines]
-    boxed = [line.strip().strip("│").strip() for line in clean if line.strip().startswith("│")]
-    if boxed:
-        return " ".join(part for part in boxed if part)
-    return "\n".join(line for line in clean if line.strip())[-3000:]
-
-
-class FlwrRun:
-    """`flwr run` as a child process whose output is kept (its last lines) and searched for the
-    run id, so the live view owns the terminal while Flower streams the ServerApp's log."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        self.cmd = cmd
-        self.lines: deque[str] = deque(maxlen=FLWR_LOG_LINES)
-        self.run_id: str | None = None
-        self.started = threading.Event()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Unbuffered: the run id line must arrive now, not when Flower's buffer fills.
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            text=True,
-            errors="replace",
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if self.run_id is None and (m := _STARTED_RUN.search(_ANSI.sub("", line))):
-                self.run_id = m.group(1)
-                self.started.set()
-        self.started.set()  # the process ended: whoever waits for the run id stops waiting
-
-    def wait_started(self) -> str | None:
-        self.started.wait()
-        return self.run_id
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def wait(self) -> int:
-        code = self.proc.wait()
-        self._reader.join(timeout=5)
-        return code
-
-    def stop(self) -> None:
-        """Stop following (the run goes on at the SuperLink)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # Flower ends its log stream on SIGINT
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-
-    def tail(self, n: int = 40) -> str:
-        return "".join(list(self.lines)[-n:]).rstrip()
-
-
-def _folder_run_id(folder: Path) -> str | None:
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return str(manifest.get("run_id")) if isinstance(manifest, dict) else None
-
-
-def existing_folders(out: Path) -> set[str]:
-    try:
-        return {p.name for p in out.iterdir() if p.is_dir()}
-    except OSError:
-        return set()
-
-
-def find_run_folder(
-    out: Path,
-    before: set[str],
-    run_id: str,
-    *,
-    timeout: float,
-    running: Any,
-    poll_s: float = 0.2,
-) -> Path:
-    """The run folder the ServerApp makes for ``run_id`` under ``out``: a new folder named
-    ``<stamp>-<name>-<run id>`` (or whose manifest names the run id). ``running()`` says whether
-    `flwr run` is still attached; once it is not, one last look decides."""
-    from fedward.server.coordinator_metrics import is_run_folder
-
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = bool(running())
-        for name in sorted(existing_folders(out) - before):
-            folder = out / name
-            if not is_run_folder(folder):
-                continue
-            if name.endswith(f"-{run_id}") or _folder_run_id(folder) == run_id:
-                return folder
-        if not alive:
-            raise RunFollowError(
-                f"run {run_id} ended without a run folder under {out}: the ServerApp failed "
-                "before writing one, or it writes on another machine"
-            )
-        if time.monotonic() > deadline:
-            raise RunFollowError(
-                f"no run folder for run {run_id} appeared under {out} within {timeout:g} s. The "
-                "ServerApp writes its run folders on the SuperLink's machine, under its "
-                "output-dir: run `fedward run` there or give --runs-dir a folder both machines "
-                "share (or wait longer with --folder-timeout)"
-            )
-        time.sleep(poll_s)
 
 
 def run(
@@ -585,7 +290,6 @@ def _follow(folder: Path, launched: FlwrRun, title: str) -> None:
     """The live view of `fedward simulate`, fed by the same tailer, until `flwr run` detaches
     (with ``--stream`` Flower detaches when the run has ended)."""
     # Imported here: the tailer's module loads Flower and torch, which take seconds.
-    from fedward.server.cli import _progress_view
     from fedward.server.simulate import ProgressState, follow_progress
 
     stop = threading.Event()
@@ -601,7 +305,7 @@ def _follow(folder: Path, launched: FlwrRun, title: str) -> None:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
 
             def update(state: ProgressState) -> None:
-                live.update(_progress_view(state, title))
+                live.update(progress_view(state, title))
 
             watcher = threading.Thread(target=watch, args=(update,), daemon=True)
             watcher.start()
@@ -620,20 +324,19 @@ def _follow(folder: Path, launched: FlwrRun, title: str) -> None:
 def _report(folder: Path, launched: FlwrRun, *, resume: tuple[Path, str] | None = None) -> int:
     """Print the run's outcome (as `fedward simulate` does) and return its exit status.
     ``resume`` (app folder, federation): for the hint to resume a run that ended unfinished."""
-    from fedward.server.cli import _final_table, _left_out, _print_audit
     from fedward.server.coordinator_metrics import read_run_progress
 
     progress = read_run_progress(folder)
     record = read_record(folder)
     if progress.state == "finished":
         if (folder / "metrics.json").is_file() and record is not None:
-            console.print(_final_table(folder))
-            for line in _left_out(folder):
+            console.print(final_table(folder))
+            for line in left_out_lines(folder):
                 console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
         if (folder / "baselines.json").is_file():
             report = json.loads((folder / "baselines.json").read_text(encoding="utf-8"))
             console.print(f"[bold]Baselines:[/] {escape(str(report.get('verdict')))}")
-        _print_audit(folder)
+        print_audit(folder)
         if (folder / "model_card.html").is_file():
             console.print(f"[bold]Model card:[/] {folder / 'model_card.html'}", soft_wrap=True)
     elif progress.state == "stopped":
@@ -644,7 +347,7 @@ def _report(folder: Path, launched: FlwrRun, *, resume: tuple[Path, str] | None 
         if record is None or record.get("status") != "stopped":
             record = {"status": "stopped", "stopped_reason": progress.stop_reason}
         else:
-            for line in _left_out(folder):
+            for line in left_out_lines(folder):
                 console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     else:
         err_console.print(

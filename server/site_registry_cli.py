@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
-from fedward.server.cli import console
 from fedward.server.site_registry import SiteRegistry, SiteRegistryError
+
+console = Console()
 
 sites_app = typer.Typer(
     help="The sites this coordinator trusts: which node key speaks for which site name.",
