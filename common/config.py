@@ -6,18 +6,29 @@ the safe ones: DP on, nothing non-DP leaves a site except aggregates protected b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedward.common.config_hash import (
+    Hashed,
+    HashedKeyOnly,
+    HashedUnlessDefault,
+    HashRule,
+    NotHashed,
+    canonical_hash,
+    hashed_form,
+)
 from fedward.common.errors import ConfigError
 from fedward.common.schema import DataSchema
 
 _Strict = ConfigDict(extra="forbid", validate_default=True)
+# SecAgg+ was added after configs were first approved: its switch and settings are hashed together,
+# and left out while both are at their defaults.
+_SECURE_AGGREGATION_HASH = HashRule("unless-default", group="secure aggregation")
 
 
 class TaskConfig(BaseModel):
@@ -25,32 +36,32 @@ class TaskConfig(BaseModel):
 
     model_config = _Strict
 
-    dataset: str | None = Field(
+    dataset: Hashed[str | None] = Field(
         default="heart-disease",
         description="Bundled dataset ('heart-disease', 'breast-cancer', 'digits', 'synthetic'), "
         "or the name of the sites' own data (it names the data on the model card). When the "
         "sites bring their own files, set schema_file: `fedward simulate` then names the data "
         "after the schema's name.",
     )
-    schema_file: str | None = Field(
+    schema_file: HashedKeyOnly[str | None] = Field(
         default=None,
         description="Schema TOML every site must match (relative to this file); "
         "defaults to the bundled dataset's schema.",
     )
-    n_sites: int | None = Field(
+    n_sites: Hashed[int | None] = Field(
         default=None, ge=1, le=1000, description="Sites for datasets split artificially."
     )
-    partition: Literal["natural", "iid", "dirichlet"] = "natural"
-    dirichlet_alpha: float = Field(default=0.5, gt=0, le=1000)
+    partition: Hashed[Literal["natural", "iid", "dirichlet"]] = "natural"
+    dirichlet_alpha: Hashed[float] = Field(default=0.5, gt=0, le=1000)
 
 
 class ModelConfig(BaseModel):
     model_config = _Strict
 
-    kind: Literal["logistic", "mlp", "cnn"] = "logistic"
-    hidden: list[int] = Field(default_factory=lambda: [32], max_length=8)
-    activation: Literal["relu", "tanh", "square"] = "relu"
-    he_compatible: bool = Field(
+    kind: Hashed[Literal["logistic", "mlp", "cnn"]] = "logistic"
+    hidden: Hashed[list[int]] = Field(default_factory=lambda: [32], max_length=8)
+    activation: Hashed[Literal["relu", "tanh", "square"]] = "relu"
+    he_compatible: HashedUnlessDefault[bool] = Field(
         default=False,
         description="Train a model the encrypted-inference service can evaluate on CKKS "
         "ciphertexts: logistic regression, or an MLP with square activations (chosen for you "
@@ -84,21 +95,21 @@ class ModelConfig(BaseModel):
 class TrainingConfig(BaseModel):
     model_config = _Strict
 
-    local_epochs: int = Field(default=1, ge=1, le=100)
-    batch_size: int = Field(
+    local_epochs: Hashed[int] = Field(default=1, ge=1, le=100)
+    batch_size: Hashed[int] = Field(
         default=64, ge=1, le=65536, description="Expected batch size (Poisson sampling under DP)."
     )
-    learning_rate: float = Field(default=0.5, gt=0, le=100)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(default=0.0, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0, le=1)
-    shuffle_labels: bool = Field(
+    learning_rate: Hashed[float] = Field(default=0.5, gt=0, le=100)
+    optimizer: Hashed[Literal["sgd", "adam"]] = "sgd"
+    momentum: Hashed[float] = Field(default=0.0, ge=0, lt=1)
+    weight_decay: Hashed[float] = Field(default=0.0, ge=0, le=1)
+    shuffle_labels: HashedUnlessDefault[bool] = Field(
         default=False,
         description="Memorisation control: each site trains on its training labels permuted. "
         "Set by the coordinator for the label-shuffle control run; a model that still scores "
         "well on the real test labels learnt something other than the signal.",
     )
-    positive_weight: float = Field(
+    positive_weight: HashedUnlessDefault[float] = Field(
         default=1.0,
         gt=0,
         le=1000,
@@ -114,35 +125,35 @@ class SecAggConfig(BaseModel):
 
     model_config = _Strict
 
-    num_shares: int = Field(
+    num_shares: Hashed[int] = Field(
         default=3,
         ge=3,
         le=10000,
         description="Shares each site's masking secrets are split into (the site and its "
         "neighbours); more shares tolerate more sites dropping out.",
     )
-    reconstruction_threshold: int = Field(
+    reconstruction_threshold: Hashed[int] = Field(
         default=2,
         ge=2,
         le=10000,
         description="Shares needed to remove a site's masks; a round whose sites fall below it "
         "stops without an aggregate. Higher: better privacy, less tolerance to drop-outs.",
     )
-    max_weight: float = Field(
+    max_weight: Hashed[float] = Field(
         default=10000.0,
         gt=0,
         le=1e9,
         description="Largest site weight (its training rows) the quantised sum expects; a larger "
         "weight is capped by Flower and makes the mean biased.",
     )
-    clipping_range: float = Field(
+    clipping_range: Hashed[float] = Field(
         default=8.0,
         gt=0,
         le=1e6,
         description="Every model parameter is clipped to [-range, range] before quantisation.",
     )
-    quantization_range: int = Field(default=2**22, ge=2**8, le=2**30)
-    timeout_s: float | None = Field(
+    quantization_range: Hashed[int] = Field(default=2**22, ge=2**8, le=2**30)
+    timeout_s: Hashed[float | None] = Field(
         default=600.0,
         gt=0,
         le=86400,
@@ -162,12 +173,12 @@ class UpdateValidationConfig(BaseModel):
 
     model_config = _Strict
 
-    enabled: bool = Field(
+    enabled: Hashed[bool] = Field(
         default=True,
         description="Check layer names, shapes, dtypes, finite values and the update norm "
         "against the global model sent that round. Off only for experiments.",
     )
-    max_norm: float | None = Field(
+    max_norm: Hashed[float | None] = Field(
         default=100.0,
         gt=0,
         le=1e12,
@@ -175,7 +186,7 @@ class UpdateValidationConfig(BaseModel):
         "sent). A DP-SGD update with SGD is at most lr x local steps x max_grad_norm plus its "
         "noise: a few units at the defaults. Null: no absolute bound.",
     )
-    max_norm_ratio: float | None = Field(
+    max_norm_ratio: Hashed[float | None] = Field(
         default=10.0,
         gt=1,
         le=1e6,
@@ -189,57 +200,61 @@ class StrategyConfig(BaseModel):
 
     model_config = _Strict
 
-    name: Literal[
-        "fedavg",
-        "fedprox",
-        "fedadam",
-        "fedadagrad",
-        "fedyogi",
-        "fedmedian",
-        "fedtrimmedavg",
-        "krum",
-        "multikrum",
+    name: Hashed[
+        Literal[
+            "fedavg",
+            "fedprox",
+            "fedadam",
+            "fedadagrad",
+            "fedyogi",
+            "fedmedian",
+            "fedtrimmedavg",
+            "krum",
+            "multikrum",
+        ]
     ] = "fedavg"
-    fraction_train: float = Field(default=1.0, gt=0, le=1)
-    min_sites: int = Field(default=2, ge=1, le=100000)
-    proximal_mu: float = Field(default=0.01, ge=0, le=100)
-    server_learning_rate: float = Field(default=0.1, gt=0, le=100)
-    trim_beta: float = Field(default=0.2, gt=0, lt=0.5)
-    malicious_sites: int = Field(
+    fraction_train: Hashed[float] = Field(default=1.0, gt=0, le=1)
+    min_sites: Hashed[int] = Field(default=2, ge=1, le=100000)
+    proximal_mu: Hashed[float] = Field(default=0.01, ge=0, le=100)
+    server_learning_rate: Hashed[float] = Field(default=0.1, gt=0, le=100)
+    trim_beta: Hashed[float] = Field(default=0.2, gt=0, lt=0.5)
+    malicious_sites: HashedUnlessDefault[int] = Field(
         default=0,
         ge=0,
         le=100000,
         description="Krum and MultiKrum: the f hostile sites assumed; each update is scored by "
         "its distances to its n - f - 2 nearest others (Flower's default 0).",
     )
-    multikrum_select: int = Field(
+    multikrum_select: HashedUnlessDefault[int] = Field(
         default=2,
         ge=1,
         le=100000,
         description="MultiKrum: how many of the best-scored updates are averaged.",
     )
-    round_timeout: float = Field(
+    round_timeout: Hashed[float] = Field(
         default=600.0,
         gt=0,
         le=86400,
         description="Seconds a round (and every other question to the sites) waits for replies; "
         "it then closes with the sites that answered, the rest recorded as dropped.",
     )
-    site_wait: float = Field(
+    site_wait: Hashed[float] = Field(
         default=120.0,
         gt=0,
         le=86400,
         description="Seconds to wait for min_sites sites to connect before a federation starts "
         "(Flower's own wait has no limit); the run then stops cleanly with too few sites.",
     )
-    validation: UpdateValidationConfig = Field(default_factory=UpdateValidationConfig)
-    secure_aggregation: bool = Field(
+    validation: HashedUnlessDefault[UpdateValidationConfig] = Field(
+        default_factory=UpdateValidationConfig
+    )
+    secure_aggregation: Annotated[bool, _SECURE_AGGREGATION_HASH] = Field(
         default=False,
         description="Flower's SecAgg+: the coordinator sees only the sum of the sites' models. "
         "Runs Flower's legacy server workflow (`fedward simulate` only in this version); no "
         "per-update validation and no robust aggregation are possible then.",
     )
-    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    secagg: Annotated[SecAggConfig, _SECURE_AGGREGATION_HASH] = Field(default_factory=SecAggConfig)
 
 
 class CentralDPConfig(BaseModel):
@@ -252,42 +267,42 @@ class CentralDPConfig(BaseModel):
 
     model_config = _Strict
 
-    enabled: bool = False
-    noise_multiplier: float = Field(
+    enabled: Hashed[bool] = False
+    noise_multiplier: Hashed[float] = Field(
         default=1.0,
         gt=0,
         le=1000,
         description="Noise std / clipping norm for the mean of the sampled sites' updates "
         "(Flower adds std noise_multiplier x clipping_norm / sampled sites).",
     )
-    clipping_norm: float = Field(
+    clipping_norm: Hashed[float] = Field(
         default=1.0,
         gt=0,
         le=1e6,
         description="L2 bound of one site's model update; with adaptive clipping the initial one.",
     )
-    adaptive: bool = Field(
+    adaptive: Hashed[bool] = Field(
         default=False,
         description="Adaptive clipping (Andrew et al. 2021): the norm follows a noisy quantile "
         "of the sites' update norms; part of the noise then goes to that quantile.",
     )
-    target_clipped_quantile: float = Field(default=0.5, ge=0, le=1)
-    clip_norm_lr: float = Field(default=0.2, gt=0, le=10)
-    clipped_count_stddev: float | None = Field(
+    target_clipped_quantile: Hashed[float] = Field(default=0.5, ge=0, le=1)
+    clip_norm_lr: Hashed[float] = Field(default=0.2, gt=0, le=10)
+    clipped_count_stddev: Hashed[float | None] = Field(
         default=None,
         gt=0,
         le=1e6,
         description="Noise std of the clipped-update count (adaptive only); null: Flower's "
         "default, sampled sites / 20, which needs noise_multiplier < sampled sites / 10.",
     )
-    num_sites: int | None = Field(
+    num_sites: Hashed[int | None] = Field(
         default=None,
         ge=2,
         le=10**6,
         description="Sites in the federation (the population sampled from each round); null: "
         "the sites connected when the run starts (all simulated sites in simulation).",
     )
-    delta: float | None = Field(
+    delta: Hashed[float | None] = Field(
         default=None,
         gt=0,
         lt=1,
@@ -300,8 +315,10 @@ class PrivacyConfig(BaseModel):
 
     model_config = _Strict
 
-    dp: bool = Field(default=True, description="Off only for simulation and comparison runs.")
-    target_epsilon: float = Field(
+    dp: Hashed[bool] = Field(
+        default=True, description="Off only for simulation and comparison runs."
+    )
+    target_epsilon: Hashed[float] = Field(
         default=1.0,
         gt=0,
         le=100,
@@ -309,26 +326,26 @@ class PrivacyConfig(BaseModel):
         "settings, the DP preprocessing release and the final run's training, composed. "
         "Baselines and controls spend from the sites' lifetime budgets on their own.",
     )
-    delta: float | None = Field(
+    delta: Hashed[float | None] = Field(
         default=None,
         gt=0,
         lt=1,
         description="Null: each site uses a delta below 1/(10 * its training rows).",
     )
-    max_grad_norm: float = Field(default=1.0, gt=0, le=1000)
-    accountant: Literal["rdp", "prv"] = "rdp"
-    central: CentralDPConfig = Field(default_factory=CentralDPConfig)
+    max_grad_norm: Hashed[float] = Field(default=1.0, gt=0, le=1000)
+    accountant: Hashed[Literal["rdp", "prv"]] = "rdp"
+    central: HashedUnlessDefault[CentralDPConfig] = Field(default_factory=CentralDPConfig)
 
 
 class PreprocessingConfig(BaseModel):
     model_config = _Strict
 
-    source: Literal["schema", "dp-aggregates"] = Field(
+    source: Hashed[Literal["schema", "dp-aggregates"]] = Field(
         default="schema",
         description="'schema': declared ranges and imputation values, no privacy cost. "
         "'dp-aggregates': means/SDs/modes from the training splits, released under DP.",
     )
-    epsilon_share: float = Field(
+    epsilon_share: Hashed[float] = Field(
         default=0.1,
         gt=0,
         lt=1,
@@ -339,17 +356,17 @@ class PreprocessingConfig(BaseModel):
 class SplitConfig(BaseModel):
     model_config = _Strict
 
-    tune: float = Field(default=0.15, gt=0, lt=0.5)
-    test: float = Field(default=0.2, gt=0, lt=0.5)
-    audit: float = Field(
+    tune: Hashed[float] = Field(default=0.15, gt=0, lt=0.5)
+    test: Hashed[float] = Field(default=0.2, gt=0, lt=0.5)
+    audit: Hashed[float] = Field(
         default=0.1,
         ge=0,
         lt=0.5,
         description="Rows set aside as the membership audit's non-members: never trained on, "
         "never the sealed test split. 0 switches the audit's attacks off at every site.",
     )
-    min_per_class: int = Field(default=2, ge=1, le=1000)
-    min_rows: int = Field(default=20, ge=4, le=10**7)
+    min_per_class: Hashed[int] = Field(default=2, ge=1, le=1000)
+    min_rows: Hashed[int] = Field(default=20, ge=4, le=10**7)
 
     @model_validator(mode="after")
     def _room_for_training(self) -> SplitConfig:
@@ -361,9 +378,9 @@ class SplitConfig(BaseModel):
 class EvaluationConfig(BaseModel):
     model_config = _Strict
 
-    bootstrap: int = Field(default=200, ge=0, le=100000)
-    histogram_bins: int = Field(default=20, ge=2, le=1000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    bootstrap: Hashed[int] = Field(default=200, ge=0, le=100000)
+    histogram_bins: Hashed[int] = Field(default=20, ge=2, le=1000)
+    confidence: Hashed[float] = Field(default=0.95, gt=0.5, lt=1)
 
 
 BaselineFamily = Literal[
@@ -384,21 +401,21 @@ class BaselinesConfig(BaseModel):
 
     model_config = _Strict
 
-    enabled: bool = Field(
+    enabled: Hashed[bool] = Field(
         default=True,
         description="Each site tunes and evaluates the scikit-learn suite on its own splits; "
         "only metrics leave (never a fitted model).",
     )
-    families: list[BaselineFamily] = Field(
+    families: Hashed[list[BaselineFamily]] = Field(
         default_factory=lambda: list(BASELINE_FAMILIES), min_length=1, max_length=6
     )
-    federated_logistic: bool = Field(
+    federated_logistic: Hashed[bool] = Field(
         default=True,
         description="Also federate a logistic regression (same DP, same rounds): the central "
         "baseline model the run's model is compared with. Skipped when the run's model is "
         "already logistic.",
     )
-    pooled_reference: bool = Field(
+    pooled_reference: Hashed[bool] = Field(
         default=True,
         description="Simulation only: train the run's model and the suite on the pooled data "
         "too, as the reference federation should approach.",
@@ -410,23 +427,23 @@ class TuningConfig(BaseModel):
 
     model_config = _Strict
 
-    budget: int = Field(
+    budget: Hashed[int] = Field(
         default=20, ge=1, le=1000, description="Configurations tried per model family."
     )
-    search: Literal["random", "grid"] = "random"
-    deep: bool = Field(
+    search: Hashed[Literal["random", "grid"]] = "random"
+    deep: Hashed[bool] = Field(
         default=False,
         description="Tune the run's model too, with the same budget: each configuration is a "
         "federation scored on the pooled tune split. Every DP trial is accounted in the sites' "
         "ledgers (in simulation reported, not enforced).",
     )
-    deep_rounds: int | None = Field(
+    deep_rounds: Hashed[int | None] = Field(
         default=None,
         ge=1,
         le=10000,
         description="Rounds per tuning trial; null: the run's rounds.",
     )
-    epsilon_share: float = Field(
+    epsilon_share: HashedUnlessDefault[float] = Field(
         default=0.5,
         gt=0,
         lt=1,
@@ -441,29 +458,29 @@ class AuditConfig(BaseModel):
 
     model_config = _Strict
 
-    enabled: bool = True
-    reference_models: int = Field(
+    enabled: Hashed[bool] = True
+    reference_models: Hashed[int] = Field(
         default=4,
         ge=0,
         le=64,
         description="Reference models each site trains on its own data for LiRA (0: loss attack "
         "and canaries only).",
     )
-    canaries: int | None = Field(
+    canaries: Hashed[int | None] = Field(
         default=None,
         ge=0,
         le=100000,
         description="Canaries of the one-run audit; null: as many as each site's rows support.",
     )
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    bins: int = Field(default=20, ge=2, le=200, description="ROC bins released per site.")
-    max_tpr_at_1pct_fpr: float = Field(
+    confidence: Hashed[float] = Field(default=0.95, gt=0.5, lt=1)
+    bins: Hashed[int] = Field(default=20, ge=2, le=200, description="ROC bins released per site.")
+    max_tpr_at_1pct_fpr: Hashed[float] = Field(
         default=0.02,
         gt=0,
         le=1,
         description="Verdict threshold: an attack's TPR at 1% FPR above this fails the audit.",
     )
-    max_auc: float = Field(
+    max_auc: Hashed[float] = Field(
         default=0.6, gt=0.5, le=1, description="Verdict threshold on any attack's AUC."
     )
 
@@ -473,9 +490,9 @@ class EthicsEntry(BaseModel):
 
     model_config = _Strict
 
-    concern: str = Field(min_length=1, max_length=2000)
-    status: Literal["open", "mitigated", "accepted", "not applicable"] = "open"
-    mitigation: str = Field(default="", max_length=2000)
+    concern: NotHashed[str] = Field(min_length=1, max_length=2000)
+    status: NotHashed[Literal["open", "mitigated", "accepted", "not applicable"]] = "open"
+    mitigation: NotHashed[str] = Field(default="", max_length=2000)
 
 
 class CardConfig(BaseModel):
@@ -483,16 +500,16 @@ class CardConfig(BaseModel):
 
     model_config = _Strict
 
-    intended_use: str = Field(
+    intended_use: NotHashed[str] = Field(
         default="Research and comparison of privacy-preserving training methods on the "
         "configured data. Not validated for clinical decisions.",
         max_length=4000,
     )
-    intended_users: list[str] = Field(
+    intended_users: NotHashed[list[str]] = Field(
         default_factory=lambda: ["researchers", "data scientists at the participating sites"],
         max_length=50,
     )
-    out_of_scope_uses: list[str] = Field(
+    out_of_scope_uses: NotHashed[list[str]] = Field(
         default_factory=lambda: [
             "diagnosis or treatment decisions for individual patients",
             "populations or sites the model was not evaluated on",
@@ -500,8 +517,8 @@ class CardConfig(BaseModel):
         ],
         max_length=50,
     )
-    owners: list[str] = Field(default_factory=list, max_length=50)
-    ethics: list[EthicsEntry] = Field(
+    owners: NotHashed[list[str]] = Field(default_factory=list, max_length=50)
+    ethics: NotHashed[list[EthicsEntry]] = Field(
         default_factory=lambda: [
             EthicsEntry(
                 concern="Training on sensitive patient records",
@@ -518,8 +535,8 @@ class CardConfig(BaseModel):
         ],
         max_length=200,
     )
-    caveats: list[str] = Field(default_factory=list, max_length=50)
-    data_license: str | None = Field(
+    caveats: NotHashed[list[str]] = Field(default_factory=list, max_length=50)
+    data_license: NotHashed[str | None] = Field(
         default=None,
         min_length=1,
         max_length=200,
@@ -533,11 +550,11 @@ class ControlsConfig(BaseModel):
 
     model_config = _Strict
 
-    label_shuffle: bool = Field(
+    label_shuffle: Hashed[bool] = Field(
         default=False,
         description="Retrain with permuted training labels: its test AUROC should be near 0.5.",
     )
-    leave_one_site_out: bool = Field(
+    leave_one_site_out: Hashed[bool] = Field(
         default=False,
         description="One more federation per site, trained without it and tested on it.",
     )
@@ -547,14 +564,6 @@ class ControlsConfig(BaseModel):
 _MEAN_STRATEGIES = ("fedavg", "fedprox")
 # Under SecAgg+ a strategy sees only the (weighted) mean; FedAdam's server step needs nothing more.
 _SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam")
-_DEFAULT_SECAGG = SecAggConfig().model_dump(mode="json")
-# Strategy fields added after configs were first approved: left out of the hash while at default.
-_DEFAULT_TUNING_SHARE = TuningConfig().epsilon_share
-_NEWER_STRATEGY_DEFAULTS = {
-    "malicious_sites": 0,
-    "multikrum_select": 2,
-    "validation": UpdateValidationConfig().model_dump(mode="json"),
-}
 
 
 class RunConfig(BaseModel):
@@ -562,22 +571,22 @@ class RunConfig(BaseModel):
 
     model_config = _Strict
 
-    name: str = Field(default="fedward-run", min_length=1, max_length=200)
-    seed: int = Field(default=42, ge=0, le=2**32 - 1)
-    rounds: int = Field(default=20, ge=1, le=10000)
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    splits: SplitConfig = Field(default_factory=SplitConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
-    tuning: TuningConfig = Field(default_factory=TuningConfig)
-    controls: ControlsConfig = Field(default_factory=ControlsConfig)
-    audit: AuditConfig = Field(default_factory=AuditConfig)
-    card: CardConfig = Field(default_factory=CardConfig)
+    name: Hashed[str] = Field(default="fedward-run", min_length=1, max_length=200)
+    seed: Hashed[int] = Field(default=42, ge=0, le=2**32 - 1)
+    rounds: Hashed[int] = Field(default=20, ge=1, le=10000)
+    task: Hashed[TaskConfig] = Field(default_factory=TaskConfig)
+    model: Hashed[ModelConfig] = Field(default_factory=ModelConfig)
+    training: Hashed[TrainingConfig] = Field(default_factory=TrainingConfig)
+    strategy: Hashed[StrategyConfig] = Field(default_factory=StrategyConfig)
+    privacy: Hashed[PrivacyConfig] = Field(default_factory=PrivacyConfig)
+    preprocessing: Hashed[PreprocessingConfig] = Field(default_factory=PreprocessingConfig)
+    splits: Hashed[SplitConfig] = Field(default_factory=SplitConfig)
+    evaluation: Hashed[EvaluationConfig] = Field(default_factory=EvaluationConfig)
+    baselines: Hashed[BaselinesConfig] = Field(default_factory=BaselinesConfig)
+    tuning: Hashed[TuningConfig] = Field(default_factory=TuningConfig)
+    controls: Hashed[ControlsConfig] = Field(default_factory=ControlsConfig)
+    audit: Hashed[AuditConfig] = Field(default_factory=AuditConfig)
+    card: NotHashed[CardConfig] = Field(default_factory=CardConfig)
 
     @model_validator(mode="after")
     def _privacy_modes_fit_the_strategy(self) -> RunConfig:
@@ -623,27 +632,7 @@ class RunConfig(BaseModel):
         The baselines, tuning and controls sections are always in it: they ask the sites for more
         work and more federations, which an older approval never covered.
         """
-        data = self.model_dump(mode="json")
-        data["task"]["schema_file"] = None
-        if data["privacy"]["central"] == CentralDPConfig().model_dump(mode="json"):
-            del data["privacy"]["central"]
-        strategy = data["strategy"]
-        if not strategy["secure_aggregation"] and strategy["secagg"] == _DEFAULT_SECAGG:
-            del strategy["secure_aggregation"], strategy["secagg"]
-        for key, default in _NEWER_STRATEGY_DEFAULTS.items():
-            if strategy[key] == default:
-                del strategy[key]
-        if not data["training"]["shuffle_labels"]:
-            del data["training"]["shuffle_labels"]
-        if data["training"]["positive_weight"] == 1.0:
-            del data["training"]["positive_weight"]
-        if not data["model"]["he_compatible"]:
-            del data["model"]["he_compatible"]
-        if data["tuning"]["epsilon_share"] == _DEFAULT_TUNING_SHARE:
-            del data["tuning"]["epsilon_share"]
-        # The model card's text asks nothing of the sites: editing it needs no new approval.
-        del data["card"]
-        return canonical_hash(data)
+        return canonical_hash(hashed_form(self))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -764,11 +753,6 @@ class SiteConfig(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def canonical_hash(data: Any) -> str:
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

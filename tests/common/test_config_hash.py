@@ -7,11 +7,14 @@ means every config a site approved would need approving again.
 from __future__ import annotations
 
 import tomllib
+import typing
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from fedward.common.config import RunConfig
+from fedward.common.config_hash import HashRule, hash_rule, hashed_form
 
 DEFAULT_HASH = "2945c913b70de03a19ae979f29fb3db1059bc7616a539a7501b98b261552f735"
 
@@ -191,3 +194,53 @@ def test_the_default_config_has_the_pinned_hash() -> None:
 @pytest.mark.parametrize("case", ["schema_file_set", "card_edited", "positive_weight_int_one"])
 def test_what_asks_nothing_of_the_sites_leaves_the_hash_alone(case: str) -> None:
     assert PINNED[case] == DEFAULT_HASH
+
+
+def models_reachable_from(root: type[BaseModel]) -> list[type[BaseModel]]:
+    """``root`` and every pydantic model its fields hold, directly or in lists, unions, dicts."""
+    seen: list[type[BaseModel]] = []
+    todo: list[Any] = [root]
+    while todo:
+        annotation = todo.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in seen:
+                seen.append(annotation)
+                todo.extend(f.annotation for f in annotation.model_fields.values())
+        else:
+            todo.extend(typing.get_args(annotation))
+    return seen
+
+
+def test_the_walk_reaches_nested_and_listed_models() -> None:
+    names = {m.__name__ for m in models_reachable_from(RunConfig)}
+    assert {"RunConfig", "SecAggConfig", "UpdateValidationConfig", "EthicsEntry"} <= names
+
+
+def test_every_run_config_field_declares_how_it_enters_the_hash() -> None:
+    """A new field must say whether approved configs keep their hash (HashedUnlessDefault) or not."""
+    unmarked = [
+        f"{model.__name__}.{name}"
+        for model in models_reachable_from(RunConfig)
+        for name in model.model_fields
+        if hash_rule(model, name) is None
+    ]
+    assert not unmarked, f"fields without a hash marker (fedward.common.config_hash): {unmarked}"
+
+
+def test_a_field_without_a_marker_is_refused_not_hashed() -> None:
+    class Unmarked(BaseModel):
+        count: int = 1
+
+    with pytest.raises(TypeError, match=r"Unmarked\.count has no hash marker"):
+        hashed_form(Unmarked())
+
+
+def test_grouped_fields_are_left_out_only_together() -> None:
+    group = HashRule("unless-default", group="pair")
+
+    class Pair(BaseModel):
+        switch: typing.Annotated[bool, group] = False
+        level: typing.Annotated[int, group] = 1
+
+    assert hashed_form(Pair()) == {}
+    assert hashed_form(Pair(level=2)) == {"switch": False, "level": 2}
