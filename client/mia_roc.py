@@ -16,7 +16,7 @@ import numpy as np
 from scipy import special, stats
 
 from fedward.common.audit_keys import FPR_LEVELS
-from fedward.common.metrics import CoarseHistogram, ScoreHistogram, score_histogram
+from fedward.common.score_histograms import CoarseHistogram, ScoreHistogram, score_histogram
 
 AUC_MIN_PER_CLASS = 2
 

@@ -37,8 +37,8 @@ from fedward.client.mia_roc import auc_delong, clopper_pearson, roc_summary
 from fedward.client.training import DPSettings, predict_logits, train_local
 from fedward.common.config import ModelConfig, TrainingConfig
 from fedward.common.egress import EgressGuard, EgressPolicy
-from fedward.common.metrics import CoarseHistogram
 from fedward.common.models import build_model
+from fedward.common.score_histograms import CoarseHistogram
 
 DELTA = 1e-5
 

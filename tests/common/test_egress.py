@@ -32,8 +32,9 @@ from fedward.common.egress import (
     expected_from_array_record,
     refusal_content,
 )
-from fedward.common.metrics import metric_panel, score_histogram
+from fedward.common.metrics import metric_panel
 from fedward.common.reply_fields import REGISTRY
+from fedward.common.score_histograms import score_histogram
 from fedward.common.site_messages import SiteMessage
 
 SITE = "cleveland"

@@ -17,17 +17,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from fedward.common.metrics import (
-    PANEL_KEYS,
-    POOLED_KEYS,
-    CoarseHistogram,
-    ScoreHistogram,
-    _auprc_rows,
-    _auroc_rows,
-    metric_panel,
-    pooled_panel,
-    score_histogram,
-)
+from fedward.common.metrics import PANEL_KEYS, _auprc_rows, _auroc_rows, metric_panel
+from fedward.common.pooled_metrics import POOLED_KEYS, pooled_panel
+from fedward.common.score_histograms import CoarseHistogram, ScoreHistogram, score_histogram
 
 
 def _scores(n: int, prevalence: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

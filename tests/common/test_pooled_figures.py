@@ -8,14 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from fedward.common.metrics import (
-    CoarseHistogram,
-    ScoreHistogram,
-    metric_panel,
-    n_weighted,
-    pooled_panel,
-    score_histogram,
-)
+from fedward.common.metrics import metric_panel
+from fedward.common.pooled_metrics import n_weighted, pooled_panel
+from fedward.common.score_histograms import CoarseHistogram, ScoreHistogram, score_histogram
 
 
 def _site(n: int, prevalence: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
