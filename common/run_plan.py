@@ -13,7 +13,7 @@ from typing import Any
 
 from scipy.stats import loguniform
 
-from fedward.common.config import RunConfig
+from fedward.common.run_config import RunConfig
 from fedward.common.protocol import FEDERATED_LOGISTIC, PURPOSE_BASELINE, PURPOSE_CONTROL
 from fedward.common.tuning import sample_configurations
 

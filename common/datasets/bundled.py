@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedward.common.config import load_schema
+from fedward.common.config_files import load_schema
 from fedward.common.datasource import LoadedTable, table_from_frame
 from fedward.common.errors import ConfigError
 from fedward.common.schema import DataSchema

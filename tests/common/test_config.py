@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedward.common.config import (
-    RunConfig,
-    json_schemas,
-    load_run_config,
-    load_site_config,
-    run_schema,
-)
+from fedward.common.config import json_schemas
 from fedward.common.errors import ConfigError
+from fedward.common.run_config import RunConfig, load_run_config, run_schema
+from fedward.common.site_config import load_site_config
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

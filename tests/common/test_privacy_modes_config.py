@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from fedward.common.config import RunConfig, canonical_hash, load_run_config
+from fedward.common.config_hash import canonical_hash
 from fedward.common.errors import ConfigError
+from fedward.common.run_config import RunConfig, load_run_config
 
 
 def _load(tmp_path: Path, text: str) -> RunConfig:

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedward.common.config import RunConfig, TaskConfig, run_schema
 from fedward.common.datasets.bundled import (
     DIRICHLET_MIN_PER_CLASS,
     MIN_SITE_ROWS,
@@ -18,6 +17,8 @@ from fedward.common.datasets.bundled import (
     bundled_table,
 )
 from fedward.common.datasource import table_from_frame
+from fedward.common.learning_config import TaskConfig
+from fedward.common.run_config import RunConfig, run_schema
 from fedward.common.splits import split_for_run
 
 N_SITES = 100
