@@ -19,11 +19,11 @@ from flwr.serverapp.strategy import (
 from opacus.accountants import RDPAccountant
 
 from fedward.client.app import app
-from fedward.common.central_dp import adaptive_noise_multiplier
 from fedward.common.config import CentralDPConfig, RunConfig, StrategyConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.errors import ConfigError
 from fedward.server.app import CoordinatorSettings, _build_strategy, coordinate
+from fedward.server.central_dp import adaptive_noise_multiplier
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import CentralDPAccounting, build_strategy, sampled_sites

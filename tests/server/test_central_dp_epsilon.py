@@ -8,8 +8,8 @@ import pytest
 from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 from opacus.accountants import RDPAccountant
 
-from fedward.common.central_dp import adaptive_noise_multiplier, default_delta, site_level_epsilon
 from fedward.common.errors import FedwardError
+from fedward.server.central_dp import adaptive_noise_multiplier, default_delta, site_level_epsilon
 
 
 def _opacus(noise: float, q: float, steps: int, delta: float) -> float:
