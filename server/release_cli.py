@@ -106,8 +106,8 @@ def sign_off(
     key: KeyFile = None,
 ) -> None:
     """Record (and with --key, sign) that you approve this run's model and card, as they are now."""
-    from fedward.server.release import check_release
-    from fedward.server.release import sign_off as record_sign_off
+    from fedward.server.release_gate import check_release
+    from fedward.server.release_signoff import sign_off as record_sign_off
 
     private = _load_key(key, "sign-off not recorded")
     try:
@@ -131,7 +131,7 @@ def sign_off(
 @release_app.command("check")
 def check(run_dir: RunDir) -> None:
     """Say whether the run may be released, and every reason it may not (exit code 1)."""
-    from fedward.server.release import check_release
+    from fedward.server.release_gate import check_release
 
     result = check_release(run_dir)
     if not result.ok:
@@ -164,8 +164,9 @@ def release(
     key: KeyFile = None,
 ) -> None:
     """Export the model through the release gate; with --key, sign its manifest (MANIFEST.sig)."""
-    from fedward.server.release import MANIFEST_FILE, MANIFEST_SIG_FILE, ReleaseRefused
+    from fedward.server.release import ReleaseRefused
     from fedward.server.release import release as export
+    from fedward.server.release_files import MANIFEST_FILE, MANIFEST_SIG_FILE
 
     private = _load_key(key, f"release of {run_dir} refused")
     try:
@@ -201,8 +202,9 @@ def verify(
     ] = None,
 ) -> None:
     """Check a release's files against MANIFEST.json and, with --trust, who signed it."""
-    from fedward.server.release import MANIFEST_FILE, verify_release_report
+    from fedward.server.release_files import MANIFEST_FILE
     from fedward.server.release_signing import load_trust
+    from fedward.server.release_verify import verify_release_report
 
     trusted = None
     if trust is not None:

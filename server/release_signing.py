@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedward.common.errors import FedwardError
+from fedward.server.release_files import write_synced
 
 ALGORITHM = "ed25519"
 KEY_SUFFIX = ".key"
@@ -104,23 +105,13 @@ def keygen(out_dir: str | Path, name: str) -> tuple[Path, Path, Ed25519PublicKey
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask can only remove bits; this makes the mode exact
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # exact_mode: the umask can only remove bits; this makes the mode exact
+    write_synced(key_path, pem, os.O_CREAT | os.O_EXCL, 0o600, exact_mode=True)
     public = private.public_key()
     pub_pem = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    fd = os.open(pub_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, pub_pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(pub_path, pub_pem, os.O_CREAT | os.O_EXCL, 0o644)
     return key_path, pub_path, public
 
 

@@ -20,21 +20,17 @@ from fedward.common.config import ModelConfig, RunConfig
 from fedward.common.errors import FedwardError
 from fedward.common.models import build_model
 from fedward.server.app import CoordinatorSettings, coordinate
-from fedward.server.release import (
+from fedward.server.release import ReleaseRefused, release
+from fedward.server.release_cli import release_app
+from fedward.server.release_files import (
     COPIED_FILES,
     MANIFEST_FILE,
     MANIFEST_SIG_FILE,
     RELEASES_FILE,
     SIGNOFF_FILE,
     SIGNOFFS_FILE,
-    ReleaseRefused,
-    check_release,
-    release,
-    sign_off,
-    verify_release,
-    verify_release_report,
 )
-from fedward.server.release_cli import release_app
+from fedward.server.release_gate import check_release
 from fedward.server.release_signing import (
     SIGNOFF_DOMAIN,
     TrustFile,
@@ -45,6 +41,8 @@ from fedward.server.release_signing import (
     public_key_b64,
     sign,
 )
+from fedward.server.release_signoff import sign_off
+from fedward.server.release_verify import verify_release, verify_release_report
 from tests.server.loopback import LoopbackGrid, server_context
 
 # A consumer loads the release with torch.jit.load, deprecated (not removed) in torch 2.13.
