@@ -19,7 +19,6 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from jinja2 import Environment, select_autoescape
 
 from fedward.common.audit_keys import (
     ATTACK_SUFFIXES,
@@ -33,6 +32,8 @@ from fedward.common.config import AuditConfig
 from fedward.common.metrics import CoarseHistogram, pooled_panel
 from fedward.common.protocol import ARRAYS, CONFIG, KEY_AUDIT_MODEL, MSG_AUDIT, STATUS_OK
 from fedward.server import audit_verdict as av
+from fedward.server.report_format import fmt_value, interval
+from fedward.server.report_templates import render
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import _reply_info
 
@@ -407,26 +408,8 @@ def audit_roc_png(site: str, entry: Mapping[str, Any], delta: float | None) -> s
     return png(audit_roc_figure(site, entry, delta))
 
 
-def fmt_value(x: Any, digits: int = 3) -> str:
-    """A figure for a table: '–' for missing, yes/no, fixed decimals."""
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
 _f = fmt_value
-
-
-def _ci(value: Any, lo: Any, hi: Any) -> str:
-    if value is None:
-        return "–"
-    if lo is None or hi is None:
-        return _f(value)
-    return f"{_f(value)} [{_f(lo)}, {_f(hi)}]"
+_ci = interval
 
 
 def _tpr_ci(r: Mapping[str, Any], label: str) -> str:
@@ -612,57 +595,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Membership-inference audit · {{ report.run_id }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.85rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: left; }
-.verdict { font-size: 1.3rem; padding: 0.6rem 1rem; border-radius: 0.3rem; display: inline-block; }
-.pass { background: #e3f4e3; } .fail { background: #fbe0e0; color: #a00; }
-.inconclusive, .flag { background: #fff4d6; }
-.nodp { background: #c00; color: #fff; font-weight: bold; }
-.banner { background: #c00; color: #fff; padding: 0.8rem 1rem; font-weight: bold; border-radius: 0.3rem; }
-.flag-line { color: #a00; font-weight: bold; }
-.plots { display: flex; flex-wrap: wrap; gap: 1rem; }
-</style></head><body>
-<h1>Membership-inference audit</h1>
-{% if 'no DP guarantee' in report.verdict %}<p class="banner" id="no-dp" role="alert">NO DP GUARANTEE: a model this audit covers was trained without differential privacy. It cannot pass, whatever the attacks found.</p>{% endif %}
-<p class="verdict {{ vclass(report.verdict) }}" id="verdict">Verdict: {{ report.verdict }}</p>
-<p id="headline" class="{{ vclass(report.verdict) if not report.verdict.startswith('pass') or 'leak' in report.verdict else '' }}">{{ report.headline }}</p>
-<p>{{ verdict_text }}.</p>
-{% for c in report.caveats %}<p class="caveat">Caveat: {{ c }}.</p>{% endfor %}
-<p>{{ report.how }}</p>
-<p>{{ intervals_text }}</p>
-{% for name, model in report.models.items() %}
-<section id="model-{{ name }}">
-<h2 class="{{ vclass(model.verdict) }}">{{ model.description }}: {{ model.verdict }}</h2>
-{% for flag in model.flags %}<p class="flag-line">{{ flag }}</p>{% endfor %}
-{% for f in model.failures %}<p class="{{ 'banner' if f.startswith('NO DP') else 'flag-line' }}">{{ f }}</p>{% endfor %}
-{% if model.dp_guarantee %}{% for leak in model.leaks %}<p class="flag">flag: leak observed within the DP guarantee: {{ leak }}</p>{% endfor %}{% endif %}
-{% for w in model.warnings %}<p>warning: {{ w }}</p>{% endfor %}
-<table><tr><th>site</th><th>attack</th><th>AUC [CI]</th><th>TPR@10% FPR</th><th>TPR@1% FPR</th>
-<th>TPR@0.1% FPR</th><th>advantage</th><th>ε lower bound</th><th>accountant ε</th><th>verdict</th></tr>
-{% for row in rows if row.model == name %}<tr><td>{{ row.site }}</td><td>{{ row.attack }}</td>
-<td>{{ row.auc }}</td><td>{{ row.tpr10 }}</td><td>{{ row.tpr1 }}</td><td>{{ row.tpr01 }}</td>
-<td>{{ row.adv }}</td><td>{{ row.eps_lb }}</td><td>{{ row.eps }}</td>
-<td class="{{ vclass(row.verdict) }}">{{ row.verdict }}{% if row.note %}: {{ row.note }}{% endif %}</td></tr>{% endfor %}
-</table>
-<table class="canary"><tr><th>site</th><th>canary guesses</th><th>correct</th><th>ε lower bound</th><th>minimum detectable leak (largest ε it could certify)</th><th>accountant ε</th><th>what it cannot measure</th></tr>
-{% for r in canaries if r.model == name %}<tr><td>{{ r.site }}</td><td>{{ r.guesses }}</td><td>{{ r.correct }}</td><td>{{ r.eps_lb }}</td><td>{{ r.eps_max }}</td><td>{{ r.eps }}</td><td>{{ r.cannot }}</td></tr>{% endfor %}
-</table>
-<div class="plots">
-{% for site, png in plots[name].items() %}<figure><img alt="ROC of the audit at {{ site }}, log-log, with the DP bound" src="data:image/png;base64,{{ png }}"><figcaption>{{ site }}</figcaption></figure>{% endfor %}
-</div>
-<ul>{% for site, s in model.sites.items() %}{% for n in s.notes or [] %}<li>{{ site }}: {{ n }}</li>{% endfor %}{% endfor %}</ul>
-</section>
-{% endfor %}
-<h2>Privacy of this report</h2><p>{{ report.non_dp }}</p>
-</body></html>
-"""
-
-
 def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, float]]) -> str:
     """One self-contained page: tables and every site's ROC plot inline, nothing fetched."""
     plots = {
@@ -673,8 +605,8 @@ def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, flo
         }
         for name, model in report["models"].items()
     }
-    env = Environment(autoescape=select_autoescape(default=True))
-    return env.from_string(_HTML).render(
+    return render(
+        "audit.html.j2",
         report=report,
         rows=site_rows(report),
         canaries=canary_rows(report),

@@ -25,8 +25,6 @@ from fedward.server.model_card import (
     CARD_JSON,
     CARD_MD,
     MITCHELL_SECTIONS,
-    PRIVACY_SITE_KEYS,
-    RunNotFinished,
     build_card,
     card_schema,
     mitchell_section,
@@ -35,6 +33,8 @@ from fedward.server.model_card import (
     write_card,
 )
 from fedward.server.release import release, sign_off
+from fedward.server.report_card_files import RunNotFinished
+from fedward.server.report_card_sections import PRIVACY_SITE_KEYS
 from tests.server.loopback import LoopbackGrid, server_context
 
 SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
