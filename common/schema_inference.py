@@ -1,4 +1,4 @@
-"""Inferring a data schema from the sites' own files, and merging schemas the sites declared.
+"""Inferring a data schema from the sites' own files, pooled column by column, for review.
 
 A schema inferred from data is a skeleton for a person to review, never a federation's final word:
 its ranges and imputation values come from patients' values. So the inference is built to be worth
@@ -16,12 +16,11 @@ reviewing rather than to be trusted:
 
 For a deployment each site infers from its own file, its operator reviews the result (replacing
 observed ranges by plausible ones), and only the reviewed schemas are merged by their declared
-names (:func:`merge_schemas`): no patient value crosses a site boundary unreviewed.
+names (``fedward.common.schema_merge``): no patient value crosses a site boundary unreviewed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -32,49 +31,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedward.common.errors import FedwardError
-from fedward.common.schema import DataSchema, FeatureSpec, Scalar
+from fedward.common.numeric_summary import (
+    HIGH_QUANTILE,
+    IMPOSSIBLE_IQRS,
+    LOW_QUANTILE,
+    round_sig,
+    summarise_numeric,
+)
+from fedward.common.schema import Scalar
+from fedward.common.schema_merge import merge_schemas  # noqa: F401  (moved; importers to be updated)
+from fedward.common.schema_toml import (
+    REVIEW_NOTE,
+    InferredSchema,
+    SchemaInferenceError,
+    parse_schema_toml,
+    toml_number,
+    toml_str,
+    toml_value,
+)
 
-# Every inferred feature's note starts with this word; `fedward site check` warns until it is gone.
-REVIEW_NOTE = "REVIEW"
 MAX_CATEGORIES = 30  # more distinct texts than this: an identifier or free text, not declared
 ID_MIN_ROWS = 20  # an integer column with this many rows, all distinct: an identifier
 BINARY_LABELS = {"0", "1", "false", "true", "0.0", "1.0"}
-# The range is read between these quantiles of the pooled values, then widened by WIDEN of its span
-# on each side: one patient's extreme cannot move a bound, and a new patient rarely falls outside.
-LOW_QUANTILE, HIGH_QUANTILE = 0.005, 0.995
-WIDEN = 0.05
-# A value further than this many interquartile ranges beyond the quartiles is impossible for a
-# measurement (an age of 65526; a lab value a thousand IQRs out), provided such values are rare.
-IMPOSSIBLE_IQRS = 1000.0
-IMPOSSIBLE_MAX_SHARE = 0.01
 MAX_IMPOSSIBLE_DECLARED = 10  # distinct impossible values written into missing_values
-# An integer column with at most this many distinct values is a code (0/1, a 1–4 scale): its range
-# is its smallest and largest value, not a widened quantile range.
-CODE_MAX_LEVELS = 10
 HEAVY_MISSING_SHARE = 0.5
-# A non-negative column whose upper tail (median to 95th percentile) is this many times longer than
-# its lower one (5th percentile to median) is skewed, like most lab values: it is declared
-# `transform = "log"`, since range scaling would crowd most patients into a sliver of the range.
-SKEW_TAIL_RATIO = 4.0
 # Texts exports use for "no value" besides an empty cell (pandas already reads NA, NULL, NaN, …).
 # Symbols mean "no value" in any column; words only where the rest of the column is numbers (a
 # categorical column may well have a category "none" or "unknown").
 MISSING_SYMBOLS = frozenset({"?", "-", "--", "."})
 MISSING_WORDS = frozenset({"na", "n/a", "none", "null", "missing", "unknown"})
-
-
-class SchemaInferenceError(FedwardError):
-    """The files cannot give a schema as asked; the message names the file, column or option."""
-
-
-@dataclass(frozen=True)
-class InferredSchema:
-    """A schema skeleton as TOML, the validated schema, and what a reviewer must know about it."""
-
-    toml: str
-    schema: DataSchema
-    findings: list[str] = field(default_factory=list)
 
 
 # ---- reading cells ----------------------------------------------------------------------------
@@ -103,107 +88,6 @@ def _as_number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _toml_value(value: Scalar) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(_number(float(value)))
-    return _toml_str(str(value))
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() and abs(value) < 2**53 else round(value, 10)
-
-
-def _round_sig(value: float, digits: int = 3) -> float:
-    """``value`` to ``digits`` significant digits: a median that does not copy a patient's value."""
-    if value == 0 or not math.isfinite(value):
-        return value
-    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
-
-
-def _nice_range(low: float, high: float, *, parts: int = 20) -> tuple[float, float]:
-    """``[low, high]`` rounded outward to a step of 1, 2 or 5 × 10^k of at least span/parts."""
-    wanted = ((high - low) or abs(low) or 1.0) / parts
-    exponent = math.floor(math.log10(wanted))
-    step = next(m * 10.0**exponent for m in (1, 2, 5, 10) if m * 10.0**exponent >= wanted)
-    lo, hi = math.floor(low / step) * step, math.ceil(high / step) * step
-    if hi <= lo:
-        hi = lo + step
-    return round(lo, 10), round(hi, 10)
-
-
-# ---- one numeric column -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NumericSummary:
-    """What the schema declares for a numeric column, and the values kept out of its range."""
-
-    lo: float
-    hi: float
-    median: float
-    impossible: dict[float, int]  # value -> how many cells hold it
-    code: bool  # a small set of integers: range = [smallest, largest]
-    skewed: bool = False  # non-negative with a long upper tail: declared on a log scale
-
-
-def impossible_values(values: np.ndarray) -> np.ndarray:
-    """A mask of values so far beyond the quartiles that no measurement explains them.
-
-    Far means more than IMPOSSIBLE_IQRS interquartile ranges beyond the nearer quartile (a
-    zero IQR falls back to the 0.5–99.5 % span, then to the median's size); such values must also
-    be rare (at most IMPOSSIBLE_MAX_SHARE of the cells), or they are the distribution itself.
-    """
-    if len(values) < 4:
-        return np.zeros(len(values), dtype=bool)
-    q1, q3 = np.quantile(values, [0.25, 0.75])
-    scale = float(q3 - q1)
-    if scale <= 0:
-        lo, hi = np.quantile(values, [LOW_QUANTILE, HIGH_QUANTILE])
-        scale = float(hi - lo) or max(abs(float(np.median(values))), 1.0)
-    far = (values > q3 + IMPOSSIBLE_IQRS * scale) | (values < q1 - IMPOSSIBLE_IQRS * scale)
-    if far.sum() > max(1, IMPOSSIBLE_MAX_SHARE * len(values)):
-        return np.zeros(len(values), dtype=bool)
-    return far
-
-
-def summarise_numeric(values: np.ndarray) -> NumericSummary:
-    """Robust range and median of the pooled values, impossible values set aside first."""
-    far = impossible_values(values)
-    kept = values[~far]
-    counts = Counter(float(v) for v in values[far])
-    distinct = np.unique(kept)
-    code = bool(len(distinct) <= CODE_MAX_LEVELS and np.all(distinct == np.round(distinct)))
-    if code:
-        lo, hi = float(distinct.min()), float(distinct.max())
-        if hi <= lo:
-            hi = lo + 1
-    else:
-        q_lo, q_hi = (float(q) for q in np.quantile(kept, [LOW_QUANTILE, HIGH_QUANTILE]))
-        span = (q_hi - q_lo) or max(abs(q_lo), 1.0)
-        lo, hi = q_lo - WIDEN * span, q_hi + WIDEN * span
-        if float(kept.min()) >= 0 and lo < 0:
-            lo = 0.0  # a count, a concentration: never declare a negative bound
-        lo, hi = _nice_range(lo, hi)
-    return NumericSummary(lo, hi, float(np.median(kept)), dict(counts), code, _skewed(kept, code))
-
-
-def _skewed(kept: np.ndarray, code: bool) -> bool:
-    """Non-negative, not a code, and the upper tail SKEW_TAIL_RATIO times the lower one."""
-    if code or len(kept) < 20 or float(kept.min()) < 0:
-        return False
-    q05, q50, q95 = (float(q) for q in np.quantile(kept, [0.05, 0.5, 0.95]))
-    if q95 <= q50:
-        return False
-    return q95 - q50 > SKEW_TAIL_RATIO * (q50 - q05)
 
 
 # ---- inference over files ----------------------------------------------------------------------
@@ -243,11 +127,11 @@ def _split_numbers(texts: list[str]) -> tuple[list[str], list[str]]:
 def _label_lines(
     column: _Column, positive: Sequence[str], positive_above: float | None, where: str
 ) -> list[str]:
-    lines = ["[label]", f"column = {_toml_str(column.name)}"]
+    lines = ["[label]", f"column = {toml_str(column.name)}"]
     if positive:
-        return [*lines, f"positive_values = [{', '.join(_toml_str(v) for v in positive)}]"]
+        return [*lines, f"positive_values = [{', '.join(toml_str(v) for v in positive)}]"]
     if positive_above is not None:
-        return [*lines, f"positive_above = {_number(positive_above)}"]
+        return [*lines, f"positive_above = {toml_number(positive_above)}"]
     values = {t.casefold() for t in column.texts}
     if not values <= BINARY_LABELS:
         shown = sorted(values)[:10]
@@ -265,7 +149,11 @@ def _numeric_lines(
     values = np.array([float(t) for t in numbers], dtype=np.float64)
     summary = summarise_numeric(values)
     missing = col.cells - len(numbers)  # empty cells and "no value" tokens
-    lines = ['kind = "numeric"', f"min = {_number(summary.lo)}", f"max = {_number(summary.hi)}"]
+    lines = [
+        'kind = "numeric"',
+        f"min = {toml_number(summary.lo)}",
+        f"max = {toml_number(summary.hi)}",
+    ]
     how = (
         "range = the smallest and largest code seen"
         if summary.code
@@ -280,17 +168,17 @@ def _numeric_lines(
     if summary.impossible:
         shown = sorted(summary.impossible)
         n_far = sum(summary.impossible.values())
-        where = ", ".join(f"{_number(v)} in {', '.join(_holding(col, v))}" for v in shown[:5])
+        where = ", ".join(f"{toml_number(v)} in {', '.join(_holding(col, v))}" for v in shown[:5])
         findings.append(
             f"column '{col.name}': {n_far} impossible value(s) ({where}), more than "
             f"{IMPOSSIBLE_IQRS:g} interquartile ranges beyond the quartiles: kept out of the range "
             "and declared missing (imputed)"
         )
-        missing_values += [_number(v) for v in shown[:MAX_IMPOSSIBLE_DECLARED]]
+        missing_values += [toml_number(v) for v in shown[:MAX_IMPOSSIBLE_DECLARED]]
         note += f"; {n_far} impossible value(s) declared missing: check the source"
         missing += sum(summary.impossible[v] for v in shown[:MAX_IMPOSSIBLE_DECLARED])
     if missing_values:
-        lines.append(f"missing_values = [{', '.join(_toml_value(v) for v in missing_values)}]")
+        lines.append(f"missing_values = [{', '.join(toml_value(v) for v in missing_values)}]")
     if missing:
         if declared is not None:
             value = _as_number(declared)
@@ -298,10 +186,10 @@ def _numeric_lines(
                 raise SchemaInferenceError(
                     f"--impute {col.name}={declared}: the column is numeric; give a number"
                 )
-            impute, how_imputed = _number(value), "the declared value"
+            impute, how_imputed = toml_number(value), "the declared value"
         else:
-            median = min(max(_round_sig(summary.median), summary.lo), summary.hi)
-            impute, how_imputed = _number(median), "the median"
+            median = min(max(round_sig(summary.median), summary.lo), summary.hi)
+            impute, how_imputed = toml_number(median), "the median"
         lines += [f"impute = {impute}", "missing_indicator = true"]
         note += f"; {missing} missing cell(s) imputed with {how_imputed}: check the value"
         _heavy_missing(col, missing, findings)
@@ -349,11 +237,11 @@ def _categorical_lines(
         impute = declared.strip() if declared is not None else "unknown"
         if impute.casefold() not in spellings:
             categories.append(impute)
-    lines.append(f"categories = [{', '.join(_toml_str(c) for c in categories)}]")
+    lines.append(f"categories = [{', '.join(toml_str(c) for c in categories)}]")
     if tokens:
-        lines.append(f"missing_values = [{', '.join(_toml_str(t) for t in sorted(set(tokens)))}]")
+        lines.append(f"missing_values = [{', '.join(toml_str(t) for t in sorted(set(tokens)))}]")
     if impute is not None:
-        lines += [f"impute = {_toml_str(impute)}", "missing_indicator = true"]
+        lines += [f"impute = {toml_str(impute)}", "missing_indicator = true"]
         note += f"; {missing} missing cell(s) imputed as '{impute}': check the value"
         _heavy_missing(col, missing, findings)
     return lines, note
@@ -372,7 +260,7 @@ def _feature_lines(
         left_out.append(f"{col.name} (no values)")
         return None
     numbers, others = _split_numbers(present)
-    head = ["[[features]]", f"name = {_toml_str(col.name)}"]
+    head = ["[[features]]", f"name = {toml_str(col.name)}"]
     if not others:
         values = np.array([float(t) for t in numbers])
         integers = bool(np.all(values == np.round(values)))
@@ -392,7 +280,7 @@ def _feature_lines(
             left_out.append(f"{col.name} ({note})")
             return None
         body = lines
-    return [*head, *body, f"note = {_toml_str(f'{REVIEW_NOTE} ({made_by}): {note}')}", ""]
+    return [*head, *body, f"note = {toml_str(f'{REVIEW_NOTE} ({made_by}): {note}')}", ""]
 
 
 def infer_schema(
@@ -473,25 +361,12 @@ def infer_schema(
     head += [f"# Finding: {line}" for line in findings]
     if left_out:
         head.append(f"# Not declared: {', '.join(left_out)}")
-    top = [f"name = {_toml_str(name)}"]
+    top = [f"name = {toml_str(name)}"]
     if patient_id is not None:
-        top.append(f"patient_id = {_toml_str(patient_id)}")
+        top.append(f"patient_id = {toml_str(patient_id)}")
     body = [*head, "", *top, "", *label_lines, "", *features]
     text = "\n".join(body).rstrip("\n") + "\n"
     return InferredSchema(text, parse_schema_toml(text, "<inferred schema>"), findings)
-
-
-def parse_schema_toml(text: str, source: str | Path) -> DataSchema:
-    """Validate schema TOML text with the same model the sites load."""
-    import tomllib
-
-    from fedward.common.config import validate_config
-
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:  # a bug here, not the operator's input
-        raise SchemaInferenceError(f"{source}: fedward wrote invalid TOML: {exc}") from exc
-    return validate_config(DataSchema, data, source)
 
 
 def read_site_files(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
@@ -503,124 +378,3 @@ def read_site_files(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
         key = path.stem if path.stem not in frames else str(path)
         frames[key] = read_raw(path, site=path.stem)
     return frames
-
-
-# ---- merging reviewed schemas ------------------------------------------------------------------
-
-
-def merge_schemas(schemas: Mapping[str, DataSchema], *, name: str | None = None) -> InferredSchema:
-    """One schema from the sites' reviewed schemas, matched by declared column names.
-
-    Numeric ranges become the union of the declared ranges; categories the union (case-folded);
-    an impute value the sites disagree on becomes the median of theirs (numeric) or is left to
-    review (categorical: the first site's). A column not declared by every site, or declared with
-    different kinds, is left out and reported. The label and patient id must agree.
-    """
-    if not schemas:
-        raise SchemaInferenceError("no schemas to merge")
-    sources = list(schemas)
-    first = schemas[sources[0]]
-    for source in sources[1:]:
-        other = schemas[source]
-        if other.label != first.label:
-            raise SchemaInferenceError(
-                f"{source}: label {other.label.model_dump(exclude_none=True)} differs from "
-                f"{sources[0]}'s {first.label.model_dump(exclude_none=True)}; agree on one label "
-                "rule first"
-            )
-        if other.patient_id != first.patient_id:
-            raise SchemaInferenceError(
-                f"{source}: patient_id '{other.patient_id}' differs from {sources[0]}'s "
-                f"'{first.patient_id}'"
-            )
-    findings: list[str] = []
-    features: list[str] = []
-    order = list(dict.fromkeys(f.name for s in schemas.values() for f in s.features))
-    for column in order:
-        specs = {s: schemas[s].feature(column) for s in sources if _declares(schemas[s], column)}
-        if len(specs) < len(sources):
-            absent = [s for s in sources if s not in specs]
-            findings.append(f"column '{column}': not declared by {', '.join(absent)}: left out")
-            continue
-        kinds = {spec.kind for spec in specs.values()}
-        if len(kinds) > 1:
-            findings.append(
-                f"column '{column}': declared {' and '.join(sorted(kinds))} by different sites: "
-                "left out"
-            )
-            continue
-        features += _merged_feature(column, list(specs.values()), findings)
-    if not features:
-        raise SchemaInferenceError(f"{', '.join(sources)}: the schemas share no feature column")
-    label = first.label
-    label_lines = ["[label]", f"column = {_toml_str(label.column)}"]
-    if label.positive_values is not None:
-        label_lines.append(
-            f"positive_values = [{', '.join(_toml_value(v) for v in label.positive_values)}]"
-        )
-    if label.positive_above is not None:
-        label_lines.append(f"positive_above = {_number(label.positive_above)}")
-    head = [
-        f"# Data schema merged by `fedward schema infer` on {datetime.now(UTC):%Y-%m-%d} from the",
-        f"# reviewed schemas of {', '.join(sources)}, by declared column names. Review it before use.",
-        *(f"# Finding: {line}" for line in findings),
-    ]
-    top = [f"name = {_toml_str(name or first.name)}"]
-    if first.patient_id is not None:
-        top.append(f"patient_id = {_toml_str(first.patient_id)}")
-    text = "\n".join([*head, "", *top, "", *label_lines, "", *features]).rstrip("\n") + "\n"
-    return InferredSchema(text, parse_schema_toml(text, "<merged schema>"), findings)
-
-
-def _declares(schema: DataSchema, column: str) -> bool:
-    return any(f.name == column for f in schema.features)
-
-
-def _merged_feature(column: str, specs: list[FeatureSpec], findings: list[str]) -> list[str]:
-    kind = specs[0].kind
-    lines = ["[[features]]", f"name = {_toml_str(column)}", f"kind = {_toml_str(kind)}"]
-    notes = [f"{REVIEW_NOTE} (fedward schema infer): merged from {len(specs)} site schema(s)"]
-    if any(s.drop for s in specs):
-        lines.append("drop = true")
-    if kind == "numeric" and all(s.min is not None and s.max is not None for s in specs):
-        lo = min(float(s.min) for s in specs if s.min is not None)
-        hi = max(float(s.max) for s in specs if s.max is not None)
-        if len({(s.min, s.max) for s in specs}) > 1:
-            notes.append("ranges differed: their union is declared")
-        lines += [f"min = {_number(lo)}", f"max = {_number(hi)}"]
-        logged = [s.transform == "log" for s in specs]
-        if any(logged):  # one site saw the long tail: the shared transform must take it
-            lines.append('transform = "log"')
-            if not all(logged):
-                notes.append("some sites declared a log scale: it is declared for all")
-    elif kind == "categorical":
-        seen: dict[str, str] = {}
-        for s in specs:
-            for c in s.categories or []:
-                seen.setdefault(c.strip().casefold(), c.strip())
-        if len({frozenset(c.strip().casefold() for c in s.categories or []) for s in specs}) > 1:
-            notes.append("categories differed: their union is declared")
-        lines.append(f"categories = [{', '.join(_toml_str(c) for c in seen.values())}]")
-    missing: list[Scalar] = []
-    for s in specs:
-        for v in s.missing_values:
-            if v not in missing:
-                missing.append(v)
-    if missing:
-        lines.append(f"missing_values = [{', '.join(_toml_value(v) for v in missing)}]")
-    imputes = [s.impute for s in specs if s.impute is not None]
-    if imputes:
-        if len(set(map(str, imputes))) == 1:
-            value: Scalar = imputes[0]
-        elif kind == "numeric":
-            value = _number(_round_sig(float(np.median([float(v) for v in imputes]))))
-            notes.append("impute values differed: the median of the sites' is declared")
-        else:
-            value = imputes[0]
-            notes.append("impute values differed: the first site's is declared")
-            findings.append(f"column '{column}': the sites impute different categories")
-        lines.append(f"impute = {_toml_value(value)}")
-    if any(s.missing_indicator for s in specs):
-        lines.append("missing_indicator = true")
-    lines += [f"note = {_toml_str('; '.join(notes))}", ""]
-    return lines

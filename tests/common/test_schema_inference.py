@@ -16,14 +16,10 @@ from typer.testing import CliRunner
 from fedward.common.cli import app as fedward_root
 from fedward.common.config import load_schema
 from fedward.common.datasource import load_table, table_from_frame
-from fedward.common.schema_inference import (
-    REVIEW_NOTE,
-    SchemaInferenceError,
-    impossible_values,
-    infer_schema,
-    merge_schemas,
-    parse_schema_toml,
-)
+from fedward.common.numeric_summary import impossible_values
+from fedward.common.schema_inference import infer_schema
+from fedward.common.schema_merge import merge_schemas
+from fedward.common.schema_toml import REVIEW_NOTE, SchemaInferenceError, parse_schema_toml
 
 
 def _frame(**columns: list[object]) -> pd.DataFrame:
