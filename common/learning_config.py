@@ -23,6 +23,7 @@ class TaskConfig(BaseModel):
         "sites bring their own files, set schema_file: `fedward simulate` then names the data "
         "after the schema's name.",
     )
+    # Hashed as null: the file's location differs between machines, not between runs.
     schema_file: HashedKeyOnly[str | None] = Field(
         default=None,
         description="Schema TOML every site must match (relative to this file); "

@@ -60,6 +60,7 @@ class RunConfig(BaseModel):
     tuning: Hashed[TuningConfig] = Field(default_factory=TuningConfig)
     controls: Hashed[ControlsConfig] = Field(default_factory=ControlsConfig)
     audit: Hashed[AuditConfig] = Field(default_factory=AuditConfig)
+    # The model card's text asks nothing of the sites: editing it needs no new approval.
     card: NotHashed[CardConfig] = Field(default_factory=CardConfig)
 
     @model_validator(mode="after")
@@ -99,12 +100,12 @@ class RunConfig(BaseModel):
     def config_hash(self) -> str:
         """Hash of the canonical JSON form; a site approves a run by this value.
 
-        The schema file's location differs between machines, so it is left out; every site checks
-        the schema's content against its own instead. The optional privacy modes and the
-        label-shuffle flag are left out while off, and the strategy's update-validation and Krum
-        settings while at their defaults, so configs approved before they existed keep their hash.
-        The baselines, tuning and controls sections are always in it: they ask the sites for more
-        work and more federations, which an older approval never covered.
+        Each field's marker decides its part (``fedward.common.config_hash``): the schema file's
+        location is hashed as null (it differs between machines; every site checks the schema's
+        content against its own instead); fields added after configs were first approved are left
+        out while at their defaults, so those approvals keep their hash; the card is left out. The
+        baselines, tuning and controls sections are always in it: they ask the sites for more work
+        and more federations, which an older approval never covered.
         """
         return canonical_hash(hashed_form(self))
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from scipy.stats import loguniform
 
-from fedward.common.run_config import RunConfig
 from fedward.common.protocol import FEDERATED_LOGISTIC, PURPOSE_BASELINE, PURPOSE_CONTROL
+from fedward.common.run_config import RunConfig
 from fedward.common.tuning import sample_configurations
 
 LABEL_SHUFFLE = "label_shuffle"
