@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from fedward.common.config import RunConfig
 from fedward.common.config_hash import HashRule, hash_rule, hashed_form
+from fedward.common.run_config import RunConfig
 
 DEFAULT_HASH = "2945c913b70de03a19ae979f29fb3db1059bc7616a539a7501b98b261552f735"
 
