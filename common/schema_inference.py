@@ -44,7 +44,7 @@ from fedward.common.schema_toml import (
     REVIEW_NOTE,
     InferredSchema,
     SchemaInferenceError,
-    parse_schema_toml,
+    schema_document,
     toml_number,
     toml_str,
     toml_value,
@@ -361,12 +361,9 @@ def infer_schema(
     head += [f"# Finding: {line}" for line in findings]
     if left_out:
         head.append(f"# Not declared: {', '.join(left_out)}")
-    top = [f"name = {toml_str(name)}"]
-    if patient_id is not None:
-        top.append(f"patient_id = {toml_str(patient_id)}")
-    body = [*head, "", *top, "", *label_lines, "", *features]
-    text = "\n".join(body).rstrip("\n") + "\n"
-    return InferredSchema(text, parse_schema_toml(text, "<inferred schema>"), findings)
+    return schema_document(
+        head, name, patient_id, label_lines, features, findings, source="<inferred schema>"
+    )
 
 
 def read_site_files(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:

@@ -18,7 +18,7 @@ from fedward.common.schema_toml import (
     REVIEW_NOTE,
     InferredSchema,
     SchemaInferenceError,
-    parse_schema_toml,
+    schema_document,
     toml_number,
     toml_str,
     toml_value,
@@ -82,11 +82,15 @@ def merge_schemas(schemas: Mapping[str, DataSchema], *, name: str | None = None)
         f"# reviewed schemas of {', '.join(sources)}, by declared column names. Review it before use.",
         *(f"# Finding: {line}" for line in findings),
     ]
-    top = [f"name = {toml_str(name or first.name)}"]
-    if first.patient_id is not None:
-        top.append(f"patient_id = {toml_str(first.patient_id)}")
-    text = "\n".join([*head, "", *top, "", *label_lines, "", *features]).rstrip("\n") + "\n"
-    return InferredSchema(text, parse_schema_toml(text, "<merged schema>"), findings)
+    return schema_document(
+        head,
+        name or first.name,
+        first.patient_id,
+        label_lines,
+        features,
+        findings,
+        source="<merged schema>",
+    )
 
 
 def _declares(schema: DataSchema, column: str) -> bool:

@@ -59,3 +59,22 @@ def parse_schema_toml(text: str, source: str | Path) -> DataSchema:
     except tomllib.TOMLDecodeError as exc:  # a bug here, not the operator's input
         raise SchemaInferenceError(f"{source}: fedward wrote invalid TOML: {exc}") from exc
     return validate_config(DataSchema, data, source)
+
+
+def schema_document(
+    head: list[str],
+    name: str,
+    patient_id: str | None,
+    label_lines: list[str],
+    features: list[str],
+    findings: list[str],
+    *,
+    source: str,
+) -> InferredSchema:
+    """The schema TOML (comments, name, patient id, label, features), validated as sites load it:
+    a writer's bug fails here, at the person reviewing it, never at a site."""
+    top = [f"name = {toml_str(name)}"]
+    if patient_id is not None:
+        top.append(f"patient_id = {toml_str(patient_id)}")
+    text = "\n".join([*head, "", *top, "", *label_lines, "", *features]).rstrip("\n") + "\n"
+    return InferredSchema(text, parse_schema_toml(text, source), findings)
