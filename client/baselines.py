@@ -31,6 +31,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, cast
 
@@ -430,16 +431,17 @@ def _run_family(
         if best is None or score > best.score:  # ties: the first configuration tried
             best = _Best(score, params, model, auroc, loss)
     seconds = time.perf_counter() - started
+    failed = partial(
+        _failed,
+        family,
+        budget=budget,
+        search=search,
+        n_configurations=len(configs),
+        seconds=seconds,
+    )
     if best is None:
         common = "; ".join(f"{reason} ({n}×)" for reason, n in failures.most_common(2))
-        result = _failed(
-            family,
-            f"all {len(configs)} configurations failed: {common}",
-            budget=budget,
-            search=search,
-            n_configurations=len(configs),
-            seconds=seconds,
-        )
+        result = failed(f"all {len(configs)} configurations failed: {common}")
         result.n_not_converged = not_converged
         return result
     test_scores = np.zeros(0, dtype=np.float64)
@@ -450,14 +452,7 @@ def _run_family(
                 test_scores = _positive_proba(best.model, data.x_test)
         except Exception as exc:
             reason = exc.reason if isinstance(exc, _Unfit) else type(exc).__name__
-            result = _failed(
-                family,
-                f"the chosen configuration failed on the test split: {reason}",
-                budget=budget,
-                search=search,
-                n_configurations=len(configs),
-                seconds=seconds,
-            )
+            result = failed(f"the chosen configuration failed on the test split: {reason}")
             result.n_failed = sum(failures.values())
             return result
     return FamilyResult(
