@@ -22,8 +22,9 @@ from typer.testing import CliRunner, Result
 
 from fedward.client.app import build_request
 from fedward.client.budget import SiteBudget
-from fedward.client.cli import SiteCommandError, register
+from fedward.client.cli import register
 from fedward.client.ledger import LEDGER_FILE, Ledger
+from fedward.client.site_console import SiteCommandError
 from fedward.common.code_identity import code_hash
 from fedward.common.config import SiteConfig, load_run_config, load_site_config
 from fedward.common.datasets.bundled import write_site_files
