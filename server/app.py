@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.config import RunConfig, StrategyConfig, load_run_config, run_schema
+from fedward.common.config import RunConfig, StrategyConfig, run_schema
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.models import set_deterministic
 from fedward.common.preprocessing import SharedTransform, transform_from_aggregates
@@ -31,7 +30,6 @@ from fedward.common.protocol import (
     KEY_SIM_SITES,
     KEY_SIM_STATE,
     KEY_TRANSFORM,
-    PRIVACY_SUMMARY_KEYS,
     PURPOSE_RUN,
 )
 from fedward.common.schema import DataSchema
@@ -50,6 +48,20 @@ from fedward.server.checkpoint import (
 )
 from fedward.server.companions import Companion, run_companions, tune_run_model
 from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
+from fedward.server.coordinator_outputs import (
+    RunFacts,
+    announce_start,
+    finish_run,
+    model_metadata,
+)
+from fedward.server.coordinator_settings import (
+    CoordinatorSettings,
+    coordinator_dir,
+    open_run_folder,
+    settings_from_context,
+    settings_from_run_config,  # noqa: F401  (moved; importers to be updated)
+    sim_state_root,
+)
 from fedward.server.data_profiles import collect_profiles
 from fedward.server.federation import (
     Federation,
@@ -58,7 +70,6 @@ from fedward.server.federation import (
     wait_for_nodes,
 )
 from fedward.server.ledger_heads import LedgerHeads
-from fedward.server.privacy_figures import EPSILON_FIGURES, epsilon_bound, model_epsilon
 from fedward.server.reply_polling_grid import reply_polling_grid
 from fedward.server.resume import (
     LAUNCH_FILE,
@@ -69,71 +80,8 @@ from fedward.server.resume import (
     resume_point,
 )
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteTracking, _reply_info
+from fedward.server.site_tracking import SiteTracking, reply_info
 from fedward.server.strategies import CentralDPAccounting
-
-
-@dataclass
-class CoordinatorSettings:
-    """What the coordinator needs beyond the run config: where to write, how it was started."""
-
-    run: RunConfig
-    output_dir: str = "runs"
-    run_dir: str | None = None
-    engine: str = "deployment"
-    sim_site_configs: list[str] = field(default_factory=list)
-    run_id: str | None = None
-    # Simulation: the simulated sites' state folders (a fresh one inside the run folder by default,
-    # so repeated simulations do not drain a budget by accident).
-    sim_state_dir: str | None = None
-    # Where the coordinator remembers the sites' ledger heads across runs.
-    coordinator_state_dir: str | None = None
-    # Audit the finished run in ``run_dir`` again instead of running a federation.
-    audit_only: bool = False
-    # Continue the run in ``run_dir`` from its last checkpoint (`fedward run --resume RUN_DIR`).
-    resume: bool = False
-    # The app's run-config values as launched (kept in the run folder, reused by a resume).
-    launch: dict[str, Any] = field(default_factory=dict)
-
-
-def settings_from_context(context: Context) -> CoordinatorSettings:
-    """Read `[tool.flwr.app.config]` (and `flwr run --run-config` overrides)."""
-    return settings_from_run_config(dict(context.run_config))
-
-
-def settings_from_run_config(rc: dict[str, Any]) -> CoordinatorSettings:
-    """The settings a ServerApp launched with the app run-config values ``rc`` runs with
-    (`fedward run --resume` checks a resume's config hash with it before launching)."""
-    path = str(rc.get("run-config", "") or "") or None
-    run = load_run_config(path)
-    updates: dict[str, Any] = {}
-    if int(rc.get("rounds", -1)) > 0:
-        updates["rounds"] = int(rc["rounds"])
-    if int(rc.get("seed", -1)) >= 0:
-        updates["seed"] = int(rc["seed"])
-    if str(rc.get("run-name", "")):
-        updates["name"] = str(rc["run-name"])
-    privacy: dict[str, Any] = {}
-    # `flwr run -c dp=false` arrives as a bool, a TOML file's dp = "false" as a string.
-    dp = rc.get("dp", "")
-    if isinstance(dp, bool) or str(dp).lower() in ("true", "false"):
-        privacy["dp"] = dp if isinstance(dp, bool) else str(dp).lower() == "true"
-    if float(rc.get("target-epsilon", -1.0)) > 0:
-        privacy["target_epsilon"] = float(rc["target-epsilon"])
-    data = run.model_dump(mode="json")
-    data.update(updates)
-    data["privacy"].update(privacy)
-    run = RunConfig.model_validate(data)
-    sites = str(rc.get("sites", "") or "")
-    return CoordinatorSettings(
-        run=run,
-        output_dir=str(rc.get("output-dir", "runs") or "runs"),
-        run_dir=str(rc.get("run-dir", "") or "") or None,
-        engine=str(rc.get("engine", "deployment") or "deployment"),
-        sim_site_configs=[s for s in sites.split(",") if s],
-        resume=rc.get("resume") is True or str(rc.get("resume", "")).lower() == "true",
-        launch=dict(rc),
-    )
 
 
 def _dp_fitted_transform(
@@ -150,13 +98,13 @@ def _dp_fitted_transform(
         Message(RecordDict({CONFIG: ConfigRecord(dict(base))}), dst_node_id=n, message_type="query")
         for n in nodes
     ]
-    replies = tracker._classify(
+    replies = tracker.classify(
         0, grid.send_and_receive(msgs, timeout=strategy.round_timeout), "preprocessing"
     )
     aggregates = []
     for msg in replies:
-        info = _reply_info(msg)
-        rec = tracker._site(msg.metadata.src_node_id)
+        info = reply_info(msg)
+        rec = tracker.site(msg.metadata.src_node_id)
         rec.epsilon = float(info.get("epsilon", 0.0))
         rec.delta = float(info.get("delta", 0.0))
         aggregates.append(json.loads(str(info[KEY_PREPROCESSING_AGGREGATES])))
@@ -168,9 +116,8 @@ def _dp_fitted_transform(
     return transform_from_aggregates(schema, aggregates)
 
 
-# Kept under its old name: tests and the SecAgg+ coordinator build strategies through it.
+# Kept under its old name: tests build strategies through it.
 _build_strategy = build_run_strategy
-_wait_for_nodes = wait_for_nodes
 
 
 def _after_companions(tracker: SiteTracking, companions: dict[str, Companion]) -> None:
@@ -223,7 +170,7 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
                 raise ResumeError("a resume needs run-dir: the folder of the run to resume")
             point = resume_point(settings.run_dir, run)
         except ResumeError as exc:
-            CoordinatorAudit(_coordinator_dir(settings, None) / AUDIT_FILE).record(
+            CoordinatorAudit(coordinator_dir(settings, None) / AUDIT_FILE).record(
                 "resume-refused",
                 run_dir=settings.run_dir,
                 flower_run_id=str(context.run_id),
@@ -231,13 +178,9 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
             )
             raise
         folder = RunFolder.reopen(point.run_dir)
-    elif settings.run_dir:
-        folder = RunFolder.at(settings.run_dir, run, run_id=context.run_id, engine=settings.engine)
     else:
-        folder = RunFolder.create(
-            settings.output_dir, run, run_id=context.run_id, engine=settings.engine
-        )
-    audit = CoordinatorAudit(_coordinator_dir(settings, folder) / AUDIT_FILE)
+        folder = open_run_folder(settings, context)
+    audit = CoordinatorAudit(coordinator_dir(settings, folder) / AUDIT_FILE)
     run_id = point.checkpoint.run_id if point else settings.run_id or uuid.uuid4().hex
     try:
         lock = RunLock(folder.path).acquire()
@@ -264,15 +207,6 @@ def coordinate(grid: Grid, context: Context, settings: CoordinatorSettings) -> R
         lock.release()
 
 
-def _coordinator_dir(settings: CoordinatorSettings, folder: RunFolder | None) -> Path:
-    """The coordinator's state folder: ledger heads and the audit log, across runs."""
-    if settings.coordinator_state_dir:
-        return Path(settings.coordinator_state_dir)
-    if settings.engine == "simulation" and folder is not None:
-        return Path(settings.sim_state_dir or folder.path / "site-state")
-    return Path(settings.output_dir) / "coordinator-state"
-
-
 def _coordinate(
     grid: Grid,
     context: Context,
@@ -291,7 +225,7 @@ def _coordinate(
         KEY_SIM_SITES: json.dumps(settings.sim_site_configs),
     }
     if settings.engine == "simulation":
-        state_root = Path(settings.sim_state_dir or folder.path / "site-state")
+        state_root = sim_state_root(settings, folder)
         shared[KEY_SIM_STATE] = str(state_root.resolve())
         # What `fedward audit RUN_DIR` needs to reach the same simulated sites again.
         folder.write_json(
@@ -301,7 +235,7 @@ def _coordinate(
                 "sim_state_dir": str(state_root.resolve()),
             },
         )
-    heads_path = _coordinator_dir(settings, folder) / "ledger_heads.json"
+    heads_path = coordinator_dir(settings, folder) / "ledger_heads.json"
     main = Federation(run, run_id, PURPOSE_RUN, folder, shared, LedgerHeads(heads_path))
     tracker = main.tracker(grid)
     audit_run = {
@@ -311,16 +245,7 @@ def _coordinate(
     }
     if point is None:
         folder.write_json(LAUNCH_FILE, settings.launch)
-        folder.event(
-            "run-started",
-            run_id=run_id,
-            flower_run_id=str(context.run_id),
-            name=run.name,
-            rounds=run.rounds,
-            dp=run.privacy.dp,
-            target_epsilon=run.privacy.target_epsilon,
-            folder=str(folder.path),
-        )
+        announce_start(folder, run, run_id, str(context.run_id))
         audit.record("run-started", **audit_run, name=run.name, config_hash=asked_hash)
     started = time.time()
     if point is not None:
@@ -393,19 +318,7 @@ def _coordinate(
         )
         audit.record("run-stopped", **audit_run, reason=result.stopped)
         return folder
-    folder.save_model(
-        result.final_arrays,
-        {
-            "kind": run.model.kind,
-            "hidden": run.model.hidden,
-            "activation": run.model.activation,
-            "n_inputs": transform.n_outputs,
-            "feature_names": transform.feature_names,
-            "image_shape": schema.image_shape,
-            "output": "one logit per row; sigmoid gives P(positive)",
-            "transform_fingerprint": transform.fingerprint(),
-        },
-    )
+    folder.save_model(result.final_arrays, model_metadata(RunFacts(run, run_id, schema, transform)))
     collect_profiles(grid, main, result)
     companions = run_companions(grid, main, result, schema, transform.n_outputs)
     _after_companions(tracker, companions)
@@ -460,124 +373,14 @@ def _finish(
     elapsed: float,
     stopped: str | None,
 ) -> RunFolder:
-    tracker.save_heads()
-    sites = tracker.site_summary()
-    folder.write_json(
-        "metrics.json",
-        {
-            "train": tracker.history["train"],
-            "tune": tracker.history["tune"],
-            "test": test,
-            "elapsed_s": round(elapsed, 3),
-        },
-    )
-    record = run_record(run, schema, transform, sites)
-    record["run_id"] = run_id
-    record["status"] = "stopped" if stopped else "finished"
-    record["stopped_reason"] = stopped
+    """The run's outputs, with central DP's report where the strategy adds noise itself."""
     central = (
         tracker.strategy.report(run.rounds)
         if isinstance(tracker.strategy, CentralDPAccounting)
         else None
     )
-    if central is not None:
-        record["privacy"]["central_dp"] = central
-    folder.write_json("run_record.json", record)
-    folder.write_json(
-        "privacy_summary.json", privacy_summary(run, run_id, sites, central_dp=central)
-    )
-    if stopped:
-        folder.event("run-stopped", elapsed_s=round(elapsed, 3), reason=stopped)
-    else:
-        folder.event("run-finished", elapsed_s=round(elapsed, 3), test=test)
-    return folder
-
-
-def privacy_summary(
-    run: RunConfig,
-    run_id: str,
-    sites: list[dict[str, Any]],
-    *,
-    central_dp: dict[str, Any] | None = None,
-    secure_aggregation: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Per site: ε/δ this run and over the dataset's lifetime, budget left, refusals.
-
-    ``central_dp`` (``CentralDPAccounting.report``) and ``secure_aggregation`` (the SecAgg+ mode's
-    statement) say what the optional modes guarantee and what they do not; a mode that is off is
-    stated as ``{"enabled": false}``.
-    """
-    multi_row = any(s.get("multi_row_patients") for s in sites)
-    return {
-        "run_id": run_id,
-        "dp": run.privacy.dp,
-        "privacy_unit": "record (one row of one site's table)"
-        + (
-            "; some patients have several rows, so a patient is protected only per row"
-            if multi_row
-            else ""
-        ),
-        "accountant_requested": run.privacy.accountant,
-        "accountant_note": "each site composes its ledger with the accountant its own policy names (sites[].accountant)",
-        "target_epsilon": run.privacy.target_epsilon if run.privacy.dp else None,
-        "max_grad_norm": run.privacy.max_grad_norm,
-        "budget_planning": "each site plans its noise once per run for the rounds asked plus one "
-        "retried round, within min(run target, its per-run cap, its remaining lifetime budget)",
-        "central_dp": central_dp or {"enabled": False},
-        "secure_aggregation": secure_aggregation or {"enabled": False},
-        "figures": EPSILON_FIGURES if run.privacy.dp else None,
-        "sites": [
-            {
-                **{key: s.get(key) for key in PRIVACY_SUMMARY_KEYS},
-                "epsilon_model": model_epsilon(s),
-                "epsilon_bound": epsilon_bound(run, s),
-            }
-            for s in sites
-        ],
-    }
-
-
-def run_record(
-    run: RunConfig, schema: DataSchema, transform: SharedTransform, sites: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The privacy statement of the run: what was DP, what was not, who took part and who did not."""
-    dp_covered = ["model updates (DP-SGD)"] if run.privacy.dp else []
-    if run.privacy.dp and run.tuning.deep:
-        dp_covered.insert(0, "the tuning trials that chose the model's settings (DP-SGD)")
-    if run.preprocessing.source == "dp-aggregates":
-        dp_covered.append("preprocessing aggregates (Gaussian mechanism)")
-    non_dp = sorted({o for s in sites for o in s["non_dp_outputs"]})
-    return {
-        "config_hash": run.config_hash(),
-        "schema_fingerprint": schema.fingerprint(),
-        "transform_source": run.preprocessing.source,
-        "transform_fingerprint": transform.fingerprint(),
-        "privacy": {
-            "dp": run.privacy.dp,
-            "privacy_unit": "one patient row at one site (sample-level DP)",
-            "target_epsilon": run.privacy.target_epsilon if run.privacy.dp else None,
-            "accountant_requested": run.privacy.accountant,
-            "accountant_note": "each site composes its ledger with the accountant its own policy names (sites[].accountant)",
-            "max_grad_norm": run.privacy.max_grad_norm,
-            "epsilon_covers": dp_covered,
-            "non_dp_outputs": non_dp,
-            "non_dp_note": "These aggregates are protected only by the sites' minimum cell sizes; "
-            "small-cell suppression is not differential privacy.",
-        },
-        "sites": sites,
-        "participating": [s["site"] for s in sites if s["status"] == "ok"],
-        "left_out": [
-            {
-                "site": s["site"],
-                "status": s["status"],
-                "reason": s["reason"],
-                "details": s["details"],
-            }
-            for s in sites
-            if s["status"] != "ok"
-        ],
-        "warnings": sorted({f"{s['site']}: {w}" for s in sites for w in s["warnings"]}),
-    }
+    facts = RunFacts(run, run_id, schema, transform)
+    return finish_run(tracker.book, facts, test, elapsed, stopped, central_dp=central)
 
 
 def make_server_app(settings: CoordinatorSettings) -> ServerApp:

@@ -27,10 +27,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from logging import WARNING
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, cast
 
 import flwr.compat.common.recorddict_compat as compat
@@ -49,7 +46,6 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.logger import log
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -57,14 +53,11 @@ from flwr.server.strategy import FedAdam as LegacyFedAdam
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.strategy import FedProx as LegacyFedProx
 from flwr.server.strategy import Strategy as LegacyStrategy
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
-from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.config import RunConfig, StrategyConfig, run_schema
-from fedward.common.metrics import CoarseHistogram
+from fedward.common.config import StrategyConfig, run_schema
 from fedward.common.models import build_model, set_deterministic
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import (
@@ -77,25 +70,26 @@ from fedward.common.protocol import (
     KEY_SIM_STATE,
     KEY_SPLIT,
     KEY_TRANSFORM,
-    PRIVACY_FLOATS,
     STATUS_ERROR,
-    STATUS_OK,
     STATUS_REFUSED,
 )
-from fedward.common.secagg_wire import widen_masked_vectors
-from fedward.server.app import (
+from fedward.server import coordinator_outputs as outputs
+from fedward.server.coordinator_secagg import RecordedSecAggPlus, secure_aggregation_statement
+from fedward.server.coordinator_settings import (
     CoordinatorSettings,
-    _wait_for_nodes,
-    privacy_summary,
-    run_record,
+    coordinator_dir,
+    open_run_folder,
     settings_from_context,
+    sim_state_root,
 )
+from fedward.server.federation import wait_for_nodes
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.reply_polling_grid import reply_polling_grid
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteRecord, record_evaluation
+from fedward.server.tracking_book import STATUS_FAILED, Panels, SiteBook, SiteRecord
 
-_PRIVACY_FLOATS = PRIVACY_FLOATS
+# What a site's training rows are to SecAgg+: its weight in the sum, sent in the clear.
+_WEIGHT_IN_THE_CLEAR = "num-examples (training rows, SecAgg+'s weight, in the clear)"
 
 
 def _pooled_train_loss(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
@@ -136,86 +130,6 @@ def legacy_strategy(
     )
 
 
-@dataclass
-class SecAggRound:
-    """What SecAgg+ did in one round, as far as the coordinator can know it."""
-
-    round: int
-    sampled: int = 0
-    num_shares: int = 0
-    threshold: int = 0
-    masked: int = 0
-    unmasked: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "sites_sampled": self.sampled,
-            "num_shares": self.num_shares,
-            "reconstruction_threshold": self.threshold,
-            "sites_in_sum": self.masked if self.unmasked else 0,
-            "completed": self.unmasked,
-        }
-
-
-class _WideningGrid:
-    """The grid, with the sites' uint32 masked vectors widened to the int64 Flower's workflow
-    adds (``fedward.common.secagg_wire``); everything else is the grid's own."""
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        for reply in replies:
-            if not reply.has_error():
-                widen_masked_vectors(reply.content)
-        return replies
-
-
-class RecordedSecAggPlus(SecAggPlusWorkflow):
-    """Flower's SecAgg+ workflow, unchanged, noting per round the shares, threshold and sum size."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.rounds: list[SecAggRound] = []
-
-    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        ok = super().setup_stage(grid, context, state)
-        if not state.sampled_node_ids:
-            return ok  # the strategy sampled no site (the run stopped): no SecAgg+ round
-        cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
-        self.rounds.append(
-            SecAggRound(
-                round=int(cast(int, cfg[WorkflowKey.CURRENT_ROUND])),
-                sampled=len(state.sampled_node_ids),
-                num_shares=state.num_shares,
-                threshold=state.threshold,
-            )
-        )
-        return ok
-
-    def collect_masked_vectors_stage(
-        self, grid: Grid, context: LegacyContext, state: WorkflowState
-    ) -> bool:
-        wide = cast(Grid, _WideningGrid(grid))
-        ok = super().collect_masked_vectors_stage(wide, context, state)
-        if self.rounds:
-            self.rounds[-1].masked = len(state.active_node_ids)
-        return ok
-
-    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        ok = super().unmask_stage(grid, context, state)
-        if self.rounds:
-            self.rounds[-1].unmasked = ok
-        return ok
-
-
 def _error_info(failure: BaseException | tuple[ClientProxy, Any]) -> dict[str, Any]:
     """A site's structured refusal from an error reply (``fedward.client.secagg_app``)."""
     if isinstance(failure, tuple):
@@ -237,41 +151,60 @@ def _json_list(value: Any) -> list[str]:
     return [str(x) for x in items] if isinstance(items, list) else []
 
 
-@dataclass
 class SecAggTracking(LegacyStrategy):
     """Around Flower's legacy strategy: sites' plaintext reports, refusals, checkpoints, metrics.
 
     It sees what the SecAgg+ workflow hands a legacy strategy: per site, only the training-row
-    count and the scalar metrics; the arrays in every result are the already-unmasked mean.
+    count and the scalar metrics; the arrays in every result are the already-unmasked mean. It is
+    the SecAgg+ transport's adapter to the coordinator's book of sites
+    (``fedward.server.tracking_book``), as ``SiteTracking`` is the Message API's.
     """
 
-    strategy: LegacyFedAvg
-    folder: RunFolder
-    keys: list[str]
-    dtypes: list[torch.dtype]
-    min_sites: int
-    histogram_bins: int
-    round_timeout: float
-    heads: LedgerHeads
-    sites: dict[int, SiteRecord] = field(default_factory=dict)
-    excluded: set[int] = field(default_factory=set)
-    history: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: {"train": [], "tune": [], "test": []}
-    )
-    weights_over_max: list[str] = field(default_factory=list)
-    max_weight: float = float("inf")
-    stopped: str | None = None
-    aggregated_rounds: set[int] = field(default_factory=set)
+    # Baselines, the privacy audit and data profiles are Message-API requests (``query.*``) that
+    # the sites' SecAgg+ ClientApp (``fedward.client.secagg_app``: Flower's legacy client behind
+    # ``secaggplus_mod``) does not answer: a SecAgg+ run does not ask for them.
+    supports_companions = False
+
+    def __init__(
+        self,
+        strategy: LegacyFedAvg,
+        *,
+        folder: RunFolder,
+        keys: list[str],
+        dtypes: list[torch.dtype],
+        min_sites: int,
+        histogram_bins: int,
+        round_timeout: float,
+        heads: LedgerHeads,
+        max_weight: float = float("inf"),
+    ) -> None:
+        self.strategy = strategy
+        self.book = SiteBook(
+            folder, histogram_bins=histogram_bins, min_sites=min_sites, heads=heads
+        )
+        self.folder = folder
+        self.heads = heads
+        self.keys = keys
+        self.dtypes = dtypes
+        self.min_sites = min_sites
+        self.round_timeout = round_timeout
+        self.max_weight = max_weight
+        self.weights_over_max: list[str] = []
+        self.stopped: str | None = None
+        self.aggregated_rounds: set[int] = set()
 
     # ---- sites ------------------------------------------------------------------------------------
 
-    def _site(self, node_id: int) -> SiteRecord:
-        if node_id not in self.sites:
-            self.sites[node_id] = SiteRecord(node_id=node_id)
-        return self.sites[node_id]
-
-    def _site_named(self, name: str) -> SiteRecord | None:
-        return next((r for r in self.sites.values() if r.name == name), None)
+    def _reporter(self, node: Any, name: str | None) -> SiteRecord:
+        """The record an error reply speaks for: by node id, else by the site it names."""
+        book = self.book
+        rec = book.site(int(node)) if isinstance(node, int) else None
+        if rec is None and name:
+            rec = book.site_named(name)
+        if rec is None:
+            rec = book.site(-1 - len([n for n in book.sites if n < 0]))
+            rec.name = f"unidentified site {-rec.node_id} (its error reply names no site)"
+        return rec
 
     def _failures(
         self, server_round: int, failures: list[BaseException | tuple[ClientProxy, Any]], phase: str
@@ -280,36 +213,27 @@ class SecAggTracking(LegacyStrategy):
             info = _error_info(failure)
             node = info.get("node_id")
             name = str(info["site"]) if "site" in info else None
-            rec = (
-                self._site(int(node))
-                if isinstance(node, int)
-                else (self._site_named(name) if name else None)
-            )
-            if rec is None:
-                rec = self._site(-1 - len([n for n in self.sites if n < 0]))
-                rec.name = f"unidentified site {-rec.node_id} (its error reply names no site)"
+            rec = self._reporter(node, name)
             if name and not name.startswith("node "):
                 rec.name = name
-            status = str(info.get("status", "failed"))
-            rec.status = status
-            rec.reason = f"{phase}, round {server_round}: {info.get('reason', 'no reason given')}"
-            rec.details = {
-                k: v
-                for k, v in info.items()
-                if k not in ("site", "status", "reason", "node_id", "min_cell_size")
-            }
-            rec.refusals.append(
-                {"round": server_round, "phase": phase, "status": status, "reason": rec.reason}
+            status = str(info.get("status", STATUS_FAILED))
+            self.book.note_refusal(
+                rec,
+                server_round,
+                phase,
+                status,
+                f"{phase}, round {server_round}: {info.get('reason', 'no reason given')}",
+                details={
+                    k: v
+                    for k, v in info.items()
+                    if k not in ("site", "status", "reason", "node_id", "min_cell_size")
+                },
+                budget_left=(
+                    float(info["epsilon_remaining"]) if "epsilon_remaining" in info else None
+                ),
+                exclude=status == STATUS_REFUSED and isinstance(node, int),
+                event=status if status in (STATUS_REFUSED, STATUS_ERROR) else STATUS_FAILED,
             )
-            if "epsilon_remaining" in info:
-                rec.epsilon_remaining = float(info["epsilon_remaining"])
-            if status == STATUS_REFUSED and isinstance(node, int):
-                self.excluded.add(node)
-            event = status if status in (STATUS_REFUSED, STATUS_ERROR) else "failed"
-            self.folder.event(
-                f"site-{event}", round=server_round, site=rec.label, reason=rec.reason, phase=phase
-            )
-            log(WARNING, "site %s %s in %s: %s", rec.label, status, phase, rec.reason)
 
     def to_arrays(self, ndarrays: NDArrays) -> ArrayRecord:
         state = OrderedDict(
@@ -336,34 +260,24 @@ class SecAggTracking(LegacyStrategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        available = [
-            p.node_id for p in client_manager.all().values() if p.node_id not in self.excluded
-        ]
-        if self.stopped is None and len(available) < self.min_sites:
-            left = ", ".join(
-                f"{r.label} ({r.status}: {r.reason})"
-                for r in self.sites.values()
-                if r.node_id in self.excluded
-            )
-            self.stopped = (
-                f"round {server_round}: only {len(available)} site(s) can still take part, fewer "
-                f"than the run's minimum of {self.min_sites}; left out: {left or 'none'}"
-            )
-            self.folder.event("round-skipped", round=server_round, reason=self.stopped)
+        available = self.book.remaining(p.node_id for p in client_manager.all().values())
+        if self.stopped is None:
+            self.stopped = self.book.too_few(server_round, len(available))
+            if self.stopped is not None:
+                self.folder.event("round-skipped", round=server_round, reason=self.stopped)
         if self.stopped is not None:
             return []
-        attempt = uuid.uuid4().hex
-        self.folder.event("round-started", round=server_round, attempt=attempt)
+        attempt = self.book.start_round(server_round)
         pairs = self.strategy.configure_fit(server_round, parameters, client_manager)
         out = []
         for proxy, ins in pairs:
-            if proxy.node_id in self.excluded:
+            if proxy.node_id in self.book.excluded:
                 continue
             config = dict(ins.config)
             config[KEY_ATTEMPT] = attempt
             config[KEY_LEDGER_HEADS] = self.heads.to_json()
             out.append((proxy, FitIns(ins.parameters, config)))
-            self._site(proxy.node_id)
+            self.book.site(proxy.node_id)
         return out
 
     def aggregate_fit(
@@ -376,41 +290,29 @@ class SecAggTracking(LegacyStrategy):
         per_site: dict[str, dict[str, Any]] = {}
         kept: list[tuple[ClientProxy, FitRes]] = []
         for proxy, res in results:
-            rec = self._site(proxy.node_id)
+            rec = self.book.site(proxy.node_id)
             m = res.metrics
             rec.name = str(m.get("site", rec.name or f"node {proxy.node_id}"))
             if "ledger_seq" in m:
-                problem = self.heads.observe(
-                    rec.label, int(cast(float, m["ledger_seq"])), str(m.get("ledger_head", ""))
+                problem = self.book.observe_ledger(
+                    rec, int(cast(float, m["ledger_seq"])), str(m.get("ledger_head", ""))
                 )
                 if problem is not None:
                     # Its model is already inside the unmasked sum; it is left out from now on.
-                    rec.status = STATUS_REFUSED
-                    rec.reason = f"ledger check failed: {problem}"
-                    self.excluded.add(proxy.node_id)
                     rec.warnings.append(
                         f"round {server_round}: its masked model was already in the sum when "
                         "the ledger check failed (SecAgg+ cannot take one site out of a sum)"
                     )
-                    self.folder.event(
-                        "site-refused", round=server_round, site=rec.label, reason=rec.reason
+                    self.book.refuse(
+                        rec, server_round, f"ledger check failed: {problem}", announce=False
                     )
                     continue
-            rec.status = STATUS_OK
-            rec.reason = None
-            rec.rounds_ok += 1
-            rec.trained_rounds.append(server_round)
-            for key in _PRIVACY_FLOATS:
-                if key in m:
-                    setattr(rec, key, float(cast(float, m[key])))
-            for key in ("dataset", "privacy_unit"):
-                if key in m:
-                    setattr(rec, key, str(m[key]))
-            rec.non_dp_outputs.update(_json_list(m.get("non_dp_outputs", "[]")))
-            rec.non_dp_outputs.add("num-examples (training rows, SecAgg+'s weight, in the clear)")
-            for w in _json_list(m.get("warnings", "[]")):
-                if w not in rec.warnings:
-                    rec.warnings.append(w)
+            self.book.note_trained(rec, server_round, m)
+            self.book.note_outputs(
+                rec,
+                [*_json_list(m.get("non_dp_outputs", "[]")), _WEIGHT_IN_THE_CLEAR],
+                _json_list(m.get("warnings", "[]")),
+            )
             if res.num_examples > self.max_weight:
                 self.weights_over_max.append(rec.label)
             per_site[rec.label] = {
@@ -426,11 +328,11 @@ class SecAggTracking(LegacyStrategy):
                 train_loss=m.get("train_loss"),
             )
             kept.append((proxy, res))
-        self.heads.save()
+        self.book.save_heads()
         if len(kept) < self.min_sites:
             reason = f"{len(kept)} site(s) in the sum, fewer than the minimum of {self.min_sites}"
             self.folder.event("round-skipped", round=server_round, reason=reason)
-            self.history["train"].append(
+            self.book.history["train"].append(
                 {"round": server_round, "sites": per_site, "aggregated": False, "reason": reason}
             )
             return None, {}
@@ -442,7 +344,7 @@ class SecAggTracking(LegacyStrategy):
             )
             self.aggregated_rounds.add(server_round)
         pooled = {k: float(cast(float, v)) for k, v in metrics.items()} or None
-        self.history["train"].append(
+        self.book.history["train"].append(
             {
                 "round": server_round,
                 "sites": per_site,
@@ -456,9 +358,9 @@ class SecAggTracking(LegacyStrategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        recorded = any(r["round"] == server_round for r in self.history["train"])
+        recorded = any(r["round"] == server_round for r in self.book.history["train"])
         if self.stopped is None and server_round not in self.aggregated_rounds and not recorded:
-            self.history["train"].append(
+            self.book.history["train"].append(
                 {
                     "round": server_round,
                     "sites": {},
@@ -474,7 +376,7 @@ class SecAggTracking(LegacyStrategy):
         if self.stopped is not None:
             return []
         pairs = self.strategy.configure_evaluate(server_round, parameters, client_manager)
-        return [(p, ins) for p, ins in pairs if p.node_id not in self.excluded]
+        return [(p, ins) for p, ins in pairs if p.node_id not in self.book.excluded]
 
     def evaluation(
         self,
@@ -485,10 +387,9 @@ class SecAggTracking(LegacyStrategy):
     ) -> dict[str, Any]:
         """Per-site panels and the pooled panel from the sites' coarsened score histograms."""
         self._failures(server_round, failures, f"evaluate ({split})")
-        per_site: dict[str, Any] = {}
-        hists: dict[str, CoarseHistogram] = {}
+        panels = Panels(split, server_round)
         for node_id, res in results:
-            rec = self._site(node_id)
+            rec = self.book.site(node_id)
             m = dict(res.metrics)
             rec.name = str(m.pop("site", rec.name or f"node {node_id}"))
             m.pop("split", None)
@@ -496,16 +397,8 @@ class SecAggTracking(LegacyStrategy):
             undefined = _json_list(m.pop("undefined_metrics", "[]"))
             rec.non_dp_outputs.update(_json_list(m.pop("non_dp_outputs", "[]")))
             panel: dict[str, Any] = {k: float(cast(float, v)) for k, v in m.items()}
-            panel["n"] = int(res.num_examples)
-            for name in undefined:
-                panel.setdefault(name, None)
-            per_site[rec.label] = panel
-            rec.metrics[f"{split}:{server_round}"] = panel
-            if hist:
-                hists[rec.label] = CoarseHistogram.from_record(hist)
-        return record_evaluation(
-            self.history, self.folder, server_round, split, per_site, hists, self.histogram_bins
-        )
+            panels.add(rec, panel, int(res.num_examples), undefined, hist)
+        return self.book.record_panels(panels, keep_histograms=False)
 
     def aggregate_evaluate(
         self,
@@ -531,7 +424,7 @@ class SecAggTracking(LegacyStrategy):
     ) -> dict[str, Any]:
         """Read each remaining site's sealed test split once, with the final model."""
         cfg = {**config, KEY_SPLIT: "test", "server-round": server_round}
-        nodes = [n for n in grid.get_node_ids() if n not in self.excluded]
+        nodes = self.book.remaining(grid.get_node_ids())
         content = compat.evaluateins_to_recorddict(EvaluateIns(parameters, cfg), True)
         messages = [
             Message(
@@ -554,64 +447,7 @@ class SecAggTracking(LegacyStrategy):
         return self.evaluation(server_round, results, failures, "test")
 
     def site_summary(self) -> list[dict[str, Any]]:
-        return [rec.to_dict() for rec in sorted(self.sites.values(), key=lambda r: r.label)]
-
-
-def secure_aggregation_statement(
-    run: RunConfig, workflow: RecordedSecAggPlus, tracking: SecAggTracking
-) -> dict[str, Any]:
-    """What privacy_summary.json states about SecAgg+: what it guarantees and what it does not."""
-    sa = run.strategy.secagg
-    warnings = []
-    if tracking.weights_over_max:
-        warnings.append(
-            f"training-row counts above max_weight ({sa.max_weight:g}) at "
-            f"{', '.join(sorted(set(tracking.weights_over_max)))}: the quantised sum may overflow"
-        )
-    halted = [r.round for r in workflow.rounds if not r.unmasked]
-    if halted:
-        warnings.append(f"SecAgg+ halted without an aggregate in round(s) {halted}")
-    return {
-        "enabled": True,
-        "protocol": "SecAgg+ (Bell et al. 2020): flwr.server.workflow.SecAggPlusWorkflow at the "
-        "coordinator, flwr.client.mod.secaggplus_mod at the sites",
-        "num_shares": sa.num_shares,
-        "reconstruction_threshold": sa.reconstruction_threshold,
-        "guarantee": "the coordinator sees only the sum of the (training-row weighted) models of "
-        "at least reconstruction_threshold sites in a round, never one site's model or update; a "
-        "round with fewer sites left than the threshold stops without an aggregate",
-        "does_not_protect": [
-            "against a coordinator colluding with sites: the coordinator and "
-            "reconstruction_threshold of a site's neighbours together can remove that site's masks",
-            "against a coordinator that deviates from the protocol: Flower's SecAgg+ has no "
-            "consistency-check round, so a coordinator that tells some neighbours a site dropped "
-            "out and others that it is alive can unmask that site (honest-but-curious coordinator "
-            "only)",
-            "what the sum itself reveals (with two or three sites, a lot): each site's DP-SGD is "
-            "what protects its records in the sum and in the released model",
-            "values sent in the clear: each site's name, training-row count (its SecAgg+ weight), "
-            "train loss and privacy figures, and tune/test metric panels and histograms",
-        ],
-        "no_per_update_validation": "the coordinator cannot check, clip, filter or robustly "
-        "aggregate one site's update; a site sending a harmful model is not detected",
-        "aggregation": f"{run.strategy.name}: weighted mean of the models by training rows "
-        "(SecAgg+ sums weight x model and the weights)",
-        "quantization": {
-            "clipping_range": sa.clipping_range,
-            "quantization_range": sa.quantization_range,
-            "note": "each parameter, times its site's weight / max_weight, is clipped to "
-            "[-clipping_range, clipping_range] and quantised before masking: the unmasked mean "
-            "is exact to about 2 x clipping_range x max_weight / (quantization_range x training "
-            "rows) per parameter and round: keep max_weight just above the largest site's rows",
-        },
-        "max_weight": sa.max_weight,
-        "rounds": [r.to_dict() for r in workflow.rounds],
-        "dp_sgd_at_sites": "unchanged: each site plans, records and enforces its own budget "
-        "(see 'sites')",
-        "mode_selection": "strategy.secure_aggregation = true; `fedward simulate` only in this "
-        "version (flwr run ships fedward.server.app / fedward.client.app, which refuse it)",
-        "warnings": warnings,
-    }
+        return self.book.site_summary()
 
 
 def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSettings) -> RunFolder:
@@ -620,15 +456,11 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
     if not run.strategy.secure_aggregation:
         raise ValueError("the SecAgg+ ServerApp runs only run configs with secure_aggregation")
     set_deterministic(run.seed)
-    if settings.run_dir:
-        folder = RunFolder.at(settings.run_dir, run, run_id=context.run_id, engine=settings.engine)
-    else:
-        folder = RunFolder.create(
-            settings.output_dir, run, run_id=context.run_id, engine=settings.engine
-        )
+    folder = open_run_folder(settings, context)
     schema = run_schema(run)
     run_id = settings.run_id or uuid.uuid4().hex
     transform = SharedTransform.from_schema(schema)
+    facts = outputs.RunFacts(run, run_id, schema, transform)
     folder.write_json("transform.json", transform.to_dict())
     base: dict[str, Scalar] = {
         KEY_RUN: run.to_json(),
@@ -638,14 +470,8 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
         KEY_TRANSFORM: json.dumps(transform.to_dict()),
     }
     if settings.engine == "simulation":
-        state_root = Path(settings.sim_state_dir or folder.path / "site-state")
-        base[KEY_SIM_STATE] = str(state_root.resolve())
-        heads_path = Path(settings.coordinator_state_dir or state_root) / "ledger_heads.json"
-    else:
-        coord_dir = settings.coordinator_state_dir or str(
-            Path(settings.output_dir) / "coordinator-state"
-        )
-        heads_path = Path(coord_dir) / "ledger_heads.json"
+        base[KEY_SIM_STATE] = str(sim_state_root(settings, folder).resolve())
+    heads_path = coordinator_dir(settings, folder) / "ledger_heads.json"
 
     model = build_model(run.model, transform.n_outputs, schema.image_shape, seed=run.seed)
     state = model.state_dict()
@@ -685,19 +511,9 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
         config=ServerConfig(num_rounds=run.rounds, round_timeout=run.strategy.round_timeout),
         strategy=tracking,
     )
-    folder.event(
-        "run-started",
-        run_id=run_id,
-        flower_run_id=str(context.run_id),
-        name=run.name,
-        rounds=run.rounds,
-        dp=run.privacy.dp,
-        target_epsilon=run.privacy.target_epsilon,
-        secure_aggregation=True,
-        folder=str(folder.path),
-    )
+    outputs.announce_start(folder, run, run_id, str(context.run_id), secure_aggregation=True)
     started = time.time()
-    _wait_for_nodes(grid, run.strategy.min_sites, run.strategy.site_wait)
+    wait_for_nodes(grid, run.strategy.min_sites, run.strategy.site_wait)
     DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
 
     test: dict[str, Any] | None = None
@@ -709,56 +525,23 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
         test = tracking.final_test(grid, final, dict(base), run.rounds)
         folder.save_model(
             tracking.to_arrays(parameters_to_ndarrays(final)),
-            {
-                "kind": run.model.kind,
-                "hidden": run.model.hidden,
-                "activation": run.model.activation,
-                "n_inputs": transform.n_outputs,
-                "feature_names": transform.feature_names,
-                "image_shape": schema.image_shape,
-                "output": "one logit per row; sigmoid gives P(positive)",
-                "transform_fingerprint": transform.fingerprint(),
-                "secure_aggregation": True,
-            },
+            outputs.model_metadata(facts, secure_aggregation=True),
         )
+    # No baselines, audit or data profiles here: SecAggTracking.supports_companions is False.
     elapsed = time.time() - started
     stopped = tracking.stopped or (
         None if tracking.aggregated_rounds else "no round produced an aggregate under SecAgg+"
     )
 
-    tracking.heads.save()
-    sites = tracking.site_summary()
-    folder.write_json(
-        "metrics.json",
-        {
-            "train": tracking.history["train"],
-            "tune": tracking.history["tune"],
-            "test": test,
-            "elapsed_s": round(elapsed, 3),
-            "secure_aggregation": True,
-        },
+    return outputs.finish_run(
+        tracking.book,
+        facts,
+        test,
+        elapsed,
+        stopped,
+        secure_aggregation=secure_aggregation_statement(run, workflow, tracking.weights_over_max),
+        mode="secure aggregation (SecAgg+, Flower's legacy workflow)",
     )
-    record = run_record(run, schema, transform, sites)
-    record.update(
-        {
-            "run_id": run_id,
-            "status": "stopped" if stopped else "finished",
-            "stopped_reason": stopped,
-            "mode": "secure aggregation (SecAgg+, Flower's legacy workflow)",
-        }
-    )
-    statement = secure_aggregation_statement(run, workflow, tracking)
-    record["privacy"]["secure_aggregation"] = statement
-    folder.write_json("run_record.json", record)
-    folder.write_json(
-        "privacy_summary.json",
-        privacy_summary(run, run_id, sites, secure_aggregation=statement),
-    )
-    if stopped:
-        folder.event("run-stopped", elapsed_s=round(elapsed, 3), reason=stopped)
-    else:
-        folder.event("run-finished", elapsed_s=round(elapsed, 3), test=test)
-    return folder
 
 
 def make_secagg_server_app(settings: CoordinatorSettings) -> ServerApp:
