@@ -247,25 +247,22 @@ class SiteBudget:
                 return RunPlan.from_entry(e)
         return None
 
-    def plan_run(
+    def new_plan(
         self,
         run: RunConfig,
         *,
         run_id: str,
         n_train: int,
-        config_hash: str,
         purpose: str = PURPOSE_RUN,
         composition: Composition | None = None,
     ) -> RunPlan:
-        """The noise for the whole run, planned once and recorded in the ledger before any spend.
+        """The noise for the whole run, planned once; the privacy transaction
+        (``fedward.client.privacy_transaction.plan_run``) records it before any spend.
 
         With a ``composition`` the run's ε cap holds for the run composed with those runs: a final
         run gets what its search's trials left; a trial is sized as if every trial still to come
         spent as it does, so that the search as a whole stays within the cap.
         """
-        existing = self.existing_plan(run_id)
-        if existing is not None:
-            return existing
         q = min(1.0, run.training.batch_size / n_train)
         steps_per_round = run.training.local_epochs * max(1, round(1.0 / q))
         planned = steps_per_round * (run.rounds + RETRY_ROUNDS_RESERVED)
@@ -320,7 +317,7 @@ class SiteBudget:
                 "ask for fewer rounds or a larger ε",
                 remaining_epsilon=max(0.0, remaining),
             ).publicly("budget-noise", epsilon_remaining=round(max(0.0, remaining), 3))
-        plan = RunPlan(
+        return RunPlan(
             run_id=run_id,
             noise_multiplier=sigma,
             sample_rate=q,
@@ -331,21 +328,6 @@ class SiteBudget:
             purpose=purpose,
             composes_with=tuple(sorted(composition.hashes)) if composition is not None else (),
         )
-        self.ledger.append(
-            dataset=self.dataset,
-            run_id=run_id,
-            round=0,
-            attempt="plan",
-            kind="plan",
-            noise_multiplier=sigma,
-            sample_rate=q,
-            steps=planned,
-            delta=delta,
-            max_grad_norm=run.privacy.max_grad_norm,
-            config_hash=config_hash,
-            note=plan.to_note(),
-        )
-        return plan
 
     def check_spend(
         self, run_id: str, run_delta: float, run_cap: float, spend: tuple[float, float, int]

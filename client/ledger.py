@@ -160,6 +160,9 @@ class Ledger:
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
         self.path = self.dir / LEDGER_FILE
+        # The open transaction's connection (``transaction``): every read and append inside it.
+        self._con: sqlite3.Connection | None = None
+        self._written: tuple[bytes, int, str] | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -192,6 +195,9 @@ class Ledger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._con is not None:  # inside ``transaction``: read what it has written so far
+            yield self._con
+            return
         try:
             con = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as exc:
@@ -358,6 +364,40 @@ class Ledger:
 
     # ---- writing -------------------------------------------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE): what is read inside it, and what is appended,
+        is one consistent ledger that no other process can write to until it commits.
+
+        A budget check and the append it allows therefore never race another writer. The anchor
+        moves on once, to the last entry, after the commit.
+        """
+        if self._con is not None:
+            raise RuntimeError(f"privacy ledger '{self.path}': a transaction is already open")
+        with self._connect() as con:
+            con.execute("PRAGMA synchronous = FULL")
+            con.execute("BEGIN IMMEDIATE")
+            self._con, self._written = con, None
+            try:
+                yield
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                self._con = None
+        written, self._written = self._written, None
+        if written is None:
+            return
+        # After the commit: a crash in between leaves the ledger one entry past the mark, which
+        # the next check accepts because that entry extends the signed head.
+        try:
+            self._advance_anchor(*written)
+        except (
+            OSError
+        ) as exc:  # the entry stands; the next check re-anchors a ledger that extends it
+            _log.warning("ledger %s: the anchor was not moved on: %s", self.path, exc)
+
     def append(
         self,
         *,
@@ -374,50 +414,51 @@ class Ledger:
         config_hash: str = "",
         note: str = "",
     ) -> LedgerEntry:
-        """Commit one entry (durably, before anything it describes leaves the site)."""
-        with self._connect() as con:
-            con.execute("PRAGMA synchronous = FULL")
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                row = con.execute(
-                    "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                seq, prev = (1, GENESIS) if row is None else (int(row["seq"]) + 1, str(row["hash"]))
-                key = self._anchored_key(con, seq - 1, prev)
-                fields: dict[str, Any] = {
-                    "seq": seq,
-                    "created_at": datetime.now(UTC).isoformat(),
-                    "dataset": dataset,
-                    "run_id": run_id,
-                    "round": int(round),
-                    "attempt": attempt,
-                    "kind": kind,
-                    "noise_multiplier": float(noise_multiplier),
-                    "sample_rate": float(sample_rate),
-                    "steps": int(steps),
-                    "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
-                    "delta": float(delta),
-                    "config_hash": config_hash,
-                    "note": note,
-                    "prev_hash": prev,
-                }
-                fields["hash"] = entry_hash(fields)
-                con.execute(
-                    f"INSERT INTO entries ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
-                    tuple(fields.values()),
+        """Commit one entry (durably, before anything it describes leaves the site); inside an
+        open ``transaction`` it commits with that transaction."""
+        if self._con is None:
+            with self.transaction():
+                return self.append(
+                    dataset=dataset,
+                    run_id=run_id,
+                    round=round,
+                    attempt=attempt,
+                    kind=kind,
+                    noise_multiplier=noise_multiplier,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    delta=delta,
+                    max_grad_norm=max_grad_norm,
+                    config_hash=config_hash,
+                    note=note,
                 )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        # After the commit: a crash in between leaves the ledger one entry past the mark, which
-        # the next check accepts because that entry extends the signed head.
-        try:
-            self._advance_anchor(key, seq, fields["hash"])
-        except (
-            OSError
-        ) as exc:  # the entry stands; the next check re-anchors a ledger that extends it
-            _log.warning("ledger %s: the anchor was not moved on: %s", self.path, exc)
+        con = self._con
+        row = con.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (1, GENESIS) if row is None else (int(row["seq"]) + 1, str(row["hash"]))
+        key = self._anchored_key(con, seq - 1, prev)
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "created_at": datetime.now(UTC).isoformat(),
+            "dataset": dataset,
+            "run_id": run_id,
+            "round": int(round),
+            "attempt": attempt,
+            "kind": kind,
+            "noise_multiplier": float(noise_multiplier),
+            "sample_rate": float(sample_rate),
+            "steps": int(steps),
+            "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
+            "delta": float(delta),
+            "config_hash": config_hash,
+            "note": note,
+            "prev_hash": prev,
+        }
+        fields["hash"] = entry_hash(fields)
+        con.execute(
+            f"INSERT INTO entries ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+            tuple(fields.values()),
+        )
+        self._written = (key, seq, fields["hash"])
         return LedgerEntry(**fields)
 
     def _anchored_key(self, con: sqlite3.Connection, count: int, head: str) -> bytes:

@@ -6,7 +6,7 @@ SecAgg+ (Bell, Bonawitz, Gascón, Lepoint, Raykova 2020, "Secure Single-Server A
 (``fedward.server.secagg_app``). The mod masks the model this client returns, so the coordinator
 sees only the sum over the sites of a round.
 
-Nothing about the site's own rules changes. ``fit`` is the same ``build_request`` + ``local_update``
+Nothing about the site's own rules changes. ``fit`` is the same ``build_request`` + ``training_reply``
 as the Message-API ClientApp (``fedward.client.app``): run-config and code approval, ledger
 integrity and head, budget planning, the ledger entry committed before training, DP-SGD. The reply
 passes the same egress guard (``fedward.common.egress``) before the mod masks it; ``evaluate`` is the
@@ -35,14 +35,10 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from fedward.client.app import (
-    _failure,
-    _reply,
-    build_request,
-    evaluate,
-    local_update,
-    site_egress,
-)
+from fedward.client.app import evaluate, site_egress
+from fedward.client.handlers_training import training_reply
+from fedward.client.reply_encoding import encode_reply, failure
+from fedward.client.request import build_request
 from fedward.common.config import RunConfig
 from fedward.common.egress import REFUSED_STATUS
 from fedward.common.errors import FedwardError
@@ -142,17 +138,7 @@ class SecAggSiteClient(NumPyClient):
         )
 
         def train(m: Message, ctx: Context) -> Message:
-            req = build_request(cfg, weights, ctx)
-            update = local_update(req)
-            return _reply(
-                m,
-                req.site.name,
-                STATUS_OK,
-                arrays=ArrayRecord(update.model.state_dict()),
-                metrics=update.metrics,
-                info=update.info,
-                min_cell_size=req.min_cell,
-            )
+            return encode_reply(m, training_reply(build_request(cfg, weights, ctx)))
 
         # The same egress guard as the Message-API app, on the reply before SecAgg+ masks it.
         reply = site_egress(msg, self.context, train)
@@ -205,7 +191,7 @@ def refusal_as_error(msg: Message, context: Context, call_next: ClientAppCallabl
     """A site that does not take part answers with an error reply carrying its structured refusal.
 
     SecAgg+ treats an error reply as a drop-out (its neighbours' shares remove its masks); the
-    reason is the same public text as the Message-API app's refusals (``_failure``), never row
+    reason is the same public text as the Message-API app's refusals (``reply_encoding.failure``), never row
     data, as JSON with the site's node id so the coordinator can stop asking it.
     """
     try:
@@ -214,7 +200,7 @@ def refusal_as_error(msg: Message, context: Context, call_next: ClientAppCallabl
         if isinstance(exc, SiteRefusal):
             info = exc.info
         else:
-            info = dict(_failure(msg, context, exc).content[REPLY])
+            info = dict(failure(msg, context, exc).content[REPLY])
         info["node_id"] = int(context.node_id)
         reason = json.dumps({k: v for k, v in info.items() if k != "min_cell_size"})
         return Message(

@@ -129,7 +129,7 @@ def test_unexpected_failure_is_reported_without_its_text(
     def broken(req: object) -> None:
         raise RuntimeError("patient p17 has age 63")  # an unexpected error quoting data
 
-    monkeypatch.setattr("fedward.client.app.local_update", broken)
+    monkeypatch.setattr("fedward.client.handlers_training.local_update", broken)
     reply = _train(heart_run, make_context(BUNDLED_NODE))
     info = dict(reply.content[REPLY])
     assert info["status"] == "error"

@@ -11,6 +11,7 @@ from flwr.app import RecordDict
 from fedward.client.app import app
 from fedward.client.budget import SiteBudget
 from fedward.client.ledger import Ledger
+from fedward.client.privacy_transaction import plan_run
 from fedward.common.config import BASELINE_FAMILIES, PolicyConfig, RunConfig
 from fedward.common.egress import EgressGuard, EgressPolicy
 from fedward.common.protocol import (
@@ -162,7 +163,7 @@ def test_simulated_tuning_trials_are_recorded_but_not_held_against_the_budget(
 def test_a_real_site_enforces_tuning_trials_like_any_run(tmp_path: Path) -> None:
     run = RunConfig(rounds=1, privacy={"target_epsilon": 6.0})
     budget = _budget(tmp_path, simulated=False)
-    plan = budget.plan_run(run, run_id="t1", n_train=180, config_hash="h", purpose=PURPOSE_TUNING)
+    plan = plan_run(budget, run, run_id="t1", n_train=180, config_hash="h", purpose=PURPOSE_TUNING)
     spend = (plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
     budget.ledger.append(
         dataset=budget.dataset,

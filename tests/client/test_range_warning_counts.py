@@ -4,7 +4,7 @@ below it)."""
 
 from __future__ import annotations
 
-from fedward.client.app import _cell_safe
+from fedward.client.reply_encoding import cell_safe
 from fedward.common.datasets.bundled import bundled_federation
 from fedward.common.datasource import table_from_frame
 from fedward.common.site_messages import SiteMessage
@@ -27,8 +27,8 @@ def test_the_site_sees_the_exact_count() -> None:
 
 
 def test_a_reply_names_a_count_only_at_or_above_the_minimum_cell() -> None:
-    few = _cell_safe(SiteMessage("warn-out-of-range", {"column": "age", "count": 3}), 10)
+    few = cell_safe(SiteMessage("warn-out-of-range", {"column": "age", "count": 3}), 10)
     assert few.code == "warn-out-of-range-few"
     assert "fewer than 10" in few.text and "3" not in few.text
-    many = _cell_safe(SiteMessage("warn-out-of-range", {"column": "age", "count": 12}), 10)
+    many = cell_safe(SiteMessage("warn-out-of-range", {"column": "age", "count": 12}), 10)
     assert many.text == "column age: 12 values lie outside the declared range and are clipped to it"
