@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import RecordDict
@@ -28,6 +29,11 @@ from tests.conftest import initial_arrays, make_context, make_message, wire_conf
 NODE = {"partition-id": 0, "num-partitions": 4}  # Cleveland, 303 patients
 
 
+def _extra(key: str, value: Any) -> dict[str, Any]:
+    """One more config field for ``wire_config``, typed as its ``**extra``."""
+    return {key: value}
+
+
 def _baselines(
     run: RunConfig, ctx, state: Path, *, families=("logistic_regression",), budget=2, **extra
 ):
@@ -37,11 +43,10 @@ def _baselines(
             "config": wire_config(
                 run,
                 state_dir=str(state),
-                **{
-                    KEY_BASELINES: json.dumps(
-                        {"families": list(families), "budget": budget, "search": "random"}
-                    )
-                },
+                **_extra(
+                    KEY_BASELINES,
+                    json.dumps({"families": list(families), "budget": budget, "search": "random"}),
+                ),
             ),
             **extra,
         }
@@ -54,7 +59,7 @@ def _train(run: RunConfig, ctx, state: Path, *, run_id: str, purpose: str = PURP
         {
             "arrays": initial_arrays(run),
             "config": wire_config(
-                run, state_dir=str(state), run_id=run_id, **{KEY_PURPOSE: purpose}
+                run, state_dir=str(state), run_id=run_id, **_extra(KEY_PURPOSE, purpose)
             ),
         }
     )
@@ -197,7 +202,7 @@ def test_arrays_record_is_not_needed_for_the_suite_weights(tmp_path: Path) -> No
             "config": wire_config(
                 run,
                 state_dir=str(tmp_path),
-                **{KEY_BASELINES: json.dumps({"families": ["naive_bayes"], "budget": 1})},
+                **_extra(KEY_BASELINES, json.dumps({"families": ["naive_bayes"], "budget": 1})),
             )
         }
     )
