@@ -12,13 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from logging import WARNING
 from typing import Any
-
-import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.logger import log
-from flwr.serverapp import Grid
 
 from fedward.common.audit_keys import (
     ATTACK_SUFFIXES,
@@ -30,59 +24,25 @@ from fedward.common.audit_keys import (
 )
 from fedward.common.config import AuditConfig
 from fedward.common.metrics import CoarseHistogram, pooled_panel
-from fedward.common.protocol import ARRAYS, CONFIG, KEY_AUDIT_MODEL, MSG_AUDIT, STATUS_OK
+from fedward.common.protocol import STATUS_OK
 from fedward.server import audit_verdict as av
-from fedward.server.report_format import fmt_value, interval
+from fedward.server.card_plots import audit_roc_figure, png
+from fedward.server.report_audit_collect import site_audits  # noqa: F401  (moved; importers to be updated)
+from fedward.server.report_audit_rows import (
+    ATTACK_NAMES,
+    CANARY_HEADER,
+    INTERVALS_TEXT,
+    canary_rows,
+    site_rows,
+    verdict_text,
+)
+from fedward.server.report_format import fmt_value
 from fedward.server.report_templates import render
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import _reply_info
 
 REPORT_JSON = "audit.json"
 REPORT_MD = "audit.md"
 REPORT_HTML = "audit.html"
-ATTACK_NAMES = {
-    "loss": "loss threshold",
-    "lira_offline": "LiRA (offline)",
-    "lira_online": "LiRA (online)",
-}
-
-
-# ---- asking the sites -----------------------------------------------------------------------------
-
-
-def site_audits(
-    grid: Grid,
-    nodes: list[int],
-    config: Mapping[str, Any],
-    arrays: Any,
-    model_name: str,
-    timeout: float,
-    names: Mapping[int, str] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Each site audits ``arrays``; returns the reply fields (or the refusal) by site."""
-    cfg = ConfigRecord({**config, KEY_AUDIT_MODEL: model_name})
-    messages = [
-        Message(
-            RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(dict(cfg))}),
-            dst_node_id=n,
-            message_type=MSG_AUDIT,
-        )
-        for n in nodes
-    ]
-    out: dict[str, dict[str, Any]] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        label = (names or {}).get(node, f"node {node}")
-        if reply.has_error():
-            out[label] = {"status": "failed", "reason": reply.error.reason}
-            log(WARNING, "site %s failed its audit: %s", label, reply.error.reason)
-            continue
-        info = _reply_info(reply)
-        if node not in (names or {}):
-            label = str(info.get("site", label))
-        out[label] = dict(info)
-    return out
-
 
 # ---- the report ---------------------------------------------------------------------------------
 
@@ -389,130 +349,12 @@ def audit_report(
 # ---- rendering ----------------------------------------------------------------------------------
 
 
-def roc_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) from a coarse members/non-members histogram of rank scores (high = member)."""
-    pos, neg = CoarseHistogram.from_record(hist).expand()
-    pos_r, neg_r = pos[::-1], neg[::-1]
-    tpr = np.concatenate([[0.0], np.cumsum(pos_r) / max(pos.sum(), 1e-12)])
-    fpr = np.concatenate([[0.0], np.cumsum(neg_r) / max(neg.sum(), 1e-12)])
-    return fpr, tpr
-
-
 def audit_roc_png(site: str, entry: Mapping[str, Any], delta: float | None) -> str:
     """A log-log ROC per attack with the DP bound TPR <= e^ε FPR + δ; a base64 PNG.
 
     The same figure as the card's: its axes cover the rates the site's audit can measure.
     """
-    from fedward.server.card_plots import audit_roc_figure, png  # imports this module
-
     return png(audit_roc_figure(site, entry, delta))
-
-
-_f = fmt_value
-_ci = interval
-
-
-def _tpr_ci(r: Mapping[str, Any], label: str) -> str:
-    """TPR with its interval over members and non-members; the site's members-only one marked."""
-    key = f"tpr_at_fpr_{label}"
-    lo, hi = r.get(key + "_both_lo"), r.get(key + "_both_hi")
-    if r.get(key) is not None and (lo is None or hi is None) and r.get(key + "_lo") is not None:
-        return _ci(r.get(key), r.get(key + "_lo"), r.get(key + "_hi")) + " (members only)"
-    return _ci(r.get(key), lo, hi)
-
-
-def canary_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
-    """One row per (model, audited site): the canary audit's counts, its bound and its ceiling."""
-    rows = []
-    for name, model in report["models"].items():
-        for site, entry in model["sites"].items():
-            if entry.get("status") != STATUS_OK:
-                continue
-            canary = entry.get("canary") or {}
-            rows.append(
-                {
-                    "model": name,
-                    "site": site,
-                    "guesses": _f(entry.get("canary_guesses")),
-                    "correct": _f(entry.get("canary_correct")),
-                    "eps_lb": _f(canary.get("epsilon_lb"), 2),
-                    "eps_max": _f(entry.get("canary_epsilon_max"), 2),
-                    "eps": _f(entry.get("epsilon_accountant"), 2)
-                    if entry.get("dp_guarantee")
-                    else "none (no DP)",
-                    "cannot": "; ".join(entry.get("cannot_measure") or []) or "–",
-                }
-            )
-    return rows
-
-
-def site_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
-    """One row per (model, site, attack): what the Markdown and HTML tables show."""
-    rows = []
-    for name, model in report["models"].items():
-        for site, entry in model["sites"].items():
-            if entry.get("status") != STATUS_OK:
-                rows.append(
-                    {
-                        "model": name,
-                        "site": site,
-                        "attack": "–",
-                        "verdict": entry["verdict"],
-                        "auc": "–",
-                        "tpr10": "–",
-                        "tpr1": "–",
-                        "tpr01": "–",
-                        "adv": "–",
-                        "eps_lb": "–",
-                        "eps": "–",
-                        "note": str(entry.get("reason")),
-                    }
-                )
-                continue
-            canary = entry.get("canary") or {}
-            for attack, r in entry["attacks"].items():
-                rows.append(
-                    {
-                        "model": name,
-                        "site": site,
-                        "attack": ATTACK_NAMES.get(attack, attack),
-                        "verdict": entry["verdict"],
-                        "auc": _ci(r.get("auc"), r.get("auc_lo"), r.get("auc_hi")),
-                        "tpr10": _tpr_ci(r, "10"),
-                        "tpr1": _tpr_ci(r, "1"),
-                        "tpr01": _tpr_ci(r, "0_1"),
-                        "adv": _ci(
-                            r.get("advantage"), r.get("advantage_lo"), r.get("advantage_hi")
-                        ),
-                        "eps_lb": _f(canary.get("epsilon_lb"), 2),
-                        "eps": _f(entry.get("epsilon_accountant"), 2),
-                        "note": "",
-                    }
-                )
-    return rows
-
-
-CANARY_HEADER = (
-    "| site | canary guesses | correct | ε lower bound | minimum detectable leak (largest ε it could certify) | "
-    "accountant ε | what it cannot measure |"
-)
-
-INTERVALS_TEXT = (
-    "AUC intervals are DeLong's; TPR and advantage intervals count members and non-members both "
-    "(Neyman-Pearson order statistics with Clopper-Pearson, and DKW bands), except where marked "
-    "'members only' (the site's histogram lacked a class)."
-)
-
-
-def _verdict_text(report: Mapping[str, Any]) -> str:
-    th = report["thresholds"]
-    return (
-        f"thresholds: TPR at 1% FPR ≤ {th['max_tpr_at_1pct_fpr']:g}, AUC ≤ {th['max_auc']:g}, "
-        f"failed when an attack's whole {th['confidence']:.0%} interval is above them; a leak is "
-        "observed when a canary ε lower bound is above 0 or an attack's interval excludes chance: "
-        "a failure without DP, a flag with DP; a model without a DP guarantee never passes; an "
-        "empirical ε lower bound above the accountant's ε is a probable bug"
-    )
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -525,7 +367,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "",
         ]
     lines += [
-        f"**Verdict: {verdict.upper()}** ({_verdict_text(report)}).",
+        f"**Verdict: {verdict.upper()}** ({verdict_text(report)}).",
         "",
         f"**{report.get('headline') or verdict}**",
         "",
@@ -580,7 +422,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "",
                 "Pooled over sites (from coarse histograms): "
                 + ", ".join(
-                    f"{ATTACK_NAMES[a]} AUC {_f(p['auc'])} ({p['sites']} sites)"
+                    f"{ATTACK_NAMES[a]} AUC {fmt_value(p['auc'])} ({p['sites']} sites)"
                     for a, p in pooled.items()
                 ),
             ]
@@ -612,7 +454,7 @@ def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, flo
         canaries=canary_rows(report),
         plots=plots,
         vclass=av.verdict_class,
-        verdict_text=_verdict_text(report),
+        verdict_text=verdict_text(report),
         intervals_text=INTERVALS_TEXT,
     )
 

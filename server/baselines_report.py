@@ -9,143 +9,29 @@ regression on this data" is a valid verdict, and said plainly.
 
 from __future__ import annotations
 
-import importlib
-import json
 import math
 from collections.abc import Mapping
-from logging import WARNING
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.logger import log
-from flwr.serverapp import Grid
 from scipy.stats import norm
 
 from fedward.common.config import RunConfig
-from fedward.common.metrics import PANEL_KEYS, CoarseHistogram, pooled_panel
-from fedward.common.preprocessing import SharedTransform
+from fedward.common.metrics import CoarseHistogram, pooled_panel
 from fedward.common.protocol import (
-    ARRAYS,
-    ARRAYS_FEDERATED_LOGISTIC,
-    BASELINE_PREFIX,
-    CONFIG,
     FEDERATED_LOGISTIC,
-    KEY_BASELINES,
-    MSG_BASELINES,
     STATUS_OK,
 )
 from fedward.common.run_plan import LABEL_SHUFFLE
 from fedward.server.companions import LOSO_PREFIX, Companion, TuningSearch
-from fedward.server.federation import Federation, FederationResult, describe_model
+from fedward.server.federation import FederationResult, describe_model
+from fedward.server.report_baselines_collect import FAMILY_NAMES, pooled_reference, site_baselines  # noqa: F401  (moved; importers to be updated)
+from fedward.server.report_baselines_markdown import render_markdown
+from fedward.server.report_format import fmt_fixed, signed
 from fedward.server.run_folder import RunFolder
 
 REPORT_JSON = "baselines.json"
 REPORT_MD = "baselines.md"
-POOLED_REFERENCE_REF = "fedward.client.pooled_reference:pooled_reference"
 SHUFFLE_CHANCE_MARGIN = 0.1  # a shuffled-label model scoring AUROC above 0.6 learnt something else
-
-FAMILY_NAMES = {
-    "logistic_regression": "logistic regression",
-    "random_forest": "random forest",
-    "knn": "k-nearest neighbours",
-    "naive_bayes": "naive Bayes",
-    "svm": "SVM",
-    "hist_gradient_boosting": "gradient boosting",
-    FEDERATED_LOGISTIC: "federated logistic regression",
-}
-
-
-# ---- asking the sites -----------------------------------------------------------------------------
-
-
-def site_baselines(
-    grid: Grid, main: Federation, result: FederationResult, companions: Mapping[str, Companion]
-) -> dict[str, dict[str, Any]]:
-    """Each site that trained tunes and tests the suite; returns its reply's fields, by site.
-
-    A site that refuses or fails is reported as such; the report still completes.
-    """
-    run = main.run
-    spec = {
-        "families": list(run.baselines.families),
-        "budget": run.tuning.budget,
-        "search": run.tuning.search,
-    }
-    config = ConfigRecord({**main.config(), KEY_BASELINES: json.dumps(spec)})
-    nodes = [n for n, rec in result.tracker.sites.items() if rec.status == STATUS_OK]
-    content: dict[str, Any] = {ARRAYS: result.final_arrays, CONFIG: config}
-    fed_lr = companions.get(FEDERATED_LOGISTIC)
-    if fed_lr is not None and fed_lr.arrays is not None:
-        content[ARRAYS_FEDERATED_LOGISTIC] = fed_lr.arrays
-    messages = [
-        Message(RecordDict(dict(content)), dst_node_id=n, message_type=MSG_BASELINES) for n in nodes
-    ]
-    main.folder.event("baselines-started", sites=len(nodes), **spec)
-    out = {
-        site: {"status": STATUS_OK, **_unflatten(info)} if info.get("status") == STATUS_OK else info
-        for site, info in result.tracker.ask(
-            grid, messages, "baselines", run.strategy.round_timeout
-        ).items()
-    }
-    main.folder.event("baselines-finished", sites=sorted(out))
-    return out
-
-
-def _unflatten(info: Mapping[str, Any]) -> dict[str, Any]:
-    """``baseline_<family>_<key>`` reply fields -> ``{"families": {family: {...}}}``."""
-    families: dict[str, dict[str, Any]] = {}
-    names = sorted(FAMILY_NAMES, key=len, reverse=True)
-    for key, value in info.items():
-        if not key.startswith(BASELINE_PREFIX) or key == "baseline_families":
-            continue
-        rest = key[len(BASELINE_PREFIX) :]
-        family = next((f for f in names if rest.startswith(f + "_")), None)
-        if family is None:
-            continue
-        field = rest[len(family) + 1 :]
-        entry = families.setdefault(family, {"panel": {}, "hist": {}, "diff": {}})
-        if field in PANEL_KEYS:
-            entry["panel"][field] = value
-        elif field.startswith("hist_"):
-            entry["hist"][field[len("hist_") :]] = value
-        elif field.startswith("diff_auroc"):
-            entry["diff"][field[len("diff_auroc") :].lstrip("_") or "difference"] = value
-        elif field == "params":
-            entry["params"] = json.loads(str(value))
-        else:
-            entry[field] = value
-    for entry in families.values():
-        for name in entry.pop("undefined_metrics", []) or []:
-            entry["panel"].setdefault(str(name), None)
-    return {"families": families, "n_train": info.get("n_train")}
-
-
-def pooled_reference(
-    run: RunConfig, sim_site_configs: list[str], transform: SharedTransform, n_sites: int
-) -> dict[str, Any]:
-    """Simulation only: the run's model and the suite trained on every simulated site's data pooled.
-
-    The developer's machine holds all simulated data anyway; the code lives with the site's (it
-    reads site data) and is loaded by reference, as Flower loads the ClientApp.
-    """
-    module, _, attr = POOLED_REFERENCE_REF.partition(":")
-    fn = getattr(importlib.import_module(module), attr)
-    try:
-        return dict(
-            fn(
-                run,
-                sim_site_configs,
-                transform.to_dict(),
-                n_sites=n_sites,
-                baseline_budget=run.tuning.budget,
-                search=run.tuning.search,
-                families=list(run.baselines.families),
-            )
-        )
-    except Exception as exc:  # the reference is a nicety: the run's report must still complete
-        log(WARNING, "pooled reference failed: %s", exc)
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-
 
 # ---- the report ---------------------------------------------------------------------------------
 
@@ -272,18 +158,6 @@ def _federated_logistic_section(
     }
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:+.{digits}f}" if digits < 0 else f"{x:.{digits}f}"
-    return str(x)
-
-
-def _signed(x: float) -> str:
-    return f"{x:+.3f}"
-
-
 def verdict(run_model: str, best: dict[str, Any] | None, equal_budget: bool) -> str:
     """One plain sentence (and a caveat when the tuning effort was not equal)."""
     if best is None:
@@ -293,7 +167,7 @@ def verdict(run_model: str, best: dict[str, Any] | None, equal_budget: bool) -> 
     if diff is None:
         return f"The best baseline ({name}) could not be compared with the run's model on the same rows; no verdict."
     d, lo, hi = diff["difference"], diff["lo"], diff["hi"]
-    ci = f"AUROC difference {_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+    ci = f"AUROC difference {signed(d)} [{signed(lo)}, {signed(hi)}]"
     if best.get("family") != FEDERATED_LOGISTIC:
         name = f"{name} fitted at each site alone"
     model = f"The federated model ({run_model})"
@@ -417,14 +291,14 @@ def _controls(result: FederationResult, companions: Mapping[str, Companion]) -> 
             "passed": passed,
             "reading": (
                 f"trained on permuted labels, the model scores a mean within-site test AUROC of "
-                f"{_fmt(mean)} (chance 0.5): "
+                f"{fmt_fixed(mean)} (chance 0.5): "
                 + (
                     "no sign of memorisation or leakage"
                     if passed
                     else "FAILED: above chance on shuffled labels; look for leakage between "
                     "splits or a label-dependent feature"
                 )
-                + f". Its pooled AUROC ({_fmt(pooled)}) can sit above 0.5 when the sites' "
+                + f". Its pooled AUROC ({fmt_fixed(pooled)}) can sit above 0.5 when the sites' "
                 "prevalences differ: shuffling within a site keeps its prevalence, so the model "
                 "may still learn which site a row comes from."
             ),
@@ -452,199 +326,6 @@ def _controls(result: FederationResult, companions: Mapping[str, Companion]) -> 
             "next to the run's model (trained with it): the drop is what a new hospital can expect.",
         }
     return out
-
-
-# ---- Markdown ---------------------------------------------------------------------------------
-
-
-def _ci(panel: Mapping[str, Any] | None, key: str = "auroc") -> str:
-    if not panel or panel.get(key) is None:
-        return "–"
-    lo, hi = panel.get(f"{key}_lo"), panel.get(f"{key}_hi")
-    if lo is None or hi is None:
-        return f"{panel[key]:.3f}"
-    return f"{panel[key]:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _pooled_notes(rows: list[tuple[str, Mapping[str, Any] | None]]) -> list[str]:
-    """Under the pooled table: what each pooled AUROC is, which sites it covers, what it omits.
-
-    A pooled AUROC from coarsened histograms counts ties within a group as one half, which pulls it
-    toward 0.5; the interval every ordering the groups allow is stated so no reader takes the
-    point estimate for the raw-score figure.
-    """
-    out = []
-    for name, pooled in rows:
-        if not pooled:
-            continue
-        span = (pooled.get("bounds") or {}).get("auroc")
-        parts = []
-        if span:
-            parts.append(f"pooled AUROC lies between {span[0]:.3f} and {span[1]:.3f}")
-        if pooled.get("coverage"):
-            parts.append(f"covers {pooled['coverage']}")
-        if parts:
-            out.append(f"- {name}: " + "; ".join(parts) + ".")
-    if out:
-        out = [
-            "Pooled AUROC counts scores tied within a histogram group as one half, which pulls "
-            "it toward 0.5; the exact pooled figure lies in each model's interval:",
-            "",
-            *out,
-            "",
-        ]
-    return out
-
-
-def _diff(d: Mapping[str, Any] | None) -> str:
-    if not d or d.get("difference") is None:
-        return "–"
-    if d.get("lo") is None or d.get("hi") is None:
-        return _signed(float(d["difference"]))
-    return (
-        f"{_signed(float(d['difference']))} [{_signed(float(d['lo']))}, {_signed(float(d['hi']))}]"
-    )
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    rm = report["run_model"]
-    budget = report["budget"]
-    lines = [
-        "# Is the run's model justified? Baselines report",
-        "",
-        f"**Verdict.** {report['verdict']}",
-        "",
-        f"Run model: {rm['description']} · tuned: {'yes' if rm['tuned'] else 'no'} "
-        f"({rm['configurations']} configuration(s)) · training {rm['train_seconds']:.1f} s "
-        "(whole federation).",
-        f"Search budget: {budget['configurations_per_family']} configurations per baseline family "
-        f"({budget['search']} search), selected on {budget['selected_on']}.",
-        "",
-    ]
-    best = report.get("best_baseline")
-    if best:
-        lines += [
-            f"Best baseline: **{best['name']}** (mean tune AUROC {best['tune_auroc']:.3f}; "
-            f"selected on the {best['selected_on']}).",
-            "",
-        ]
-    test = rm.get("test") or {}
-    lines += [
-        "## Test AUROC, pooled and per site",
-        "",
-        "Pooled figures come from the sites' coarsened score histograms, never raw scores. "
-        "Δ is the run's model minus the baseline on the same test rows (paired bootstrap at each "
-        "site; combined across sites weighted by test rows).",
-        "",
-        "| model | where | pooled AUROC | Δ run − baseline [CI] | mean tune AUROC | fit time |",
-        "|---|---|---|---|---|---|",
-        f"| **run model** ({rm['description']}) | federated | "
-        f"{_ci(test.get('pooled') or {})} | – | – | {rm['train_seconds']:.1f} s |",
-    ]
-    for sec in report["families"].values():
-        where = "federated" if "federated" in sec["where"] else "local"
-        time_s = sec.get("train_seconds", sec.get("fit_seconds_total"))
-        lines.append(
-            f"| {sec['name']}{' ⁺' if sec.get('memorises_rows') else ''} | {where} | "
-            f"{_ci(sec.get('pooled'))} | {_diff(sec.get('difference'))} | "
-            f"{_fmt(sec.get('mean_tune_auroc'))} | {_fmt(time_s, 1)} s |"
-        )
-    lines += ["", "⁺ memorises rows: the fitted model never leaves its site.", ""]
-    lines += _pooled_notes(
-        [("run model", test.get("pooled"))]
-        + [(sec["name"], sec.get("pooled")) for sec in report["families"].values()]
-    )
-    site_names = sorted((test.get("sites") or {}).keys())
-    if site_names:
-        lines += [
-            "### Per site (test AUROC [95% CI])",
-            "",
-            "| model | " + " | ".join(site_names) + " |",
-            "|---|" + "---|" * len(site_names),
-            "| run model | "
-            + " | ".join(_ci((test.get("sites") or {}).get(s)) for s in site_names)
-            + " |",
-        ]
-        for sec in report["families"].values():
-            cells = []
-            for s in site_names:
-                entry = sec["sites"].get(s) or {}
-                if entry.get("panel"):
-                    cells.append(_ci(entry["panel"]))
-                else:
-                    cells.append(f"not fitted: {entry.get('reason') or entry.get('status') or '–'}")
-            lines.append(f"| {sec['name']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    controls = report.get("controls") or {}
-    if controls:
-        lines += ["## Controls", ""]
-        if "label_shuffle" in controls:
-            lines += [f"- **Label shuffle:** {controls['label_shuffle']['reading']}"]
-        if "leave_one_site_out" in controls:
-            loso = controls["leave_one_site_out"]
-            lines += [f"- **Leave one site out:** {loso['reading']}", ""]
-            lines += [
-                "| left-out site | AUROC trained without it | run model (with it) |",
-                "|---|---|---|",
-            ]
-            for site, row in sorted(loso["sites"].items()):
-                lines.append(
-                    f"| {site} | {_ci({'auroc': row['auroc_left_out'], 'auroc_lo': row['auroc_left_out_lo'], 'auroc_hi': row['auroc_left_out_hi']})} "
-                    f"| {_fmt(row['auroc_with_site'])} |"
-                )
-        lines.append("")
-    pooled = report.get("pooled_reference")
-    if pooled:
-        lines += ["## Pooled reference (simulation only)", ""]
-        if pooled.get("status") == "failed":
-            lines += [f"The pooled reference failed: {pooled.get('reason')}", ""]
-        else:
-            lines += [
-                "Every simulated site's data pooled in one place: the reference federation should "
-                "approach.",
-                "",
-                "| model | test AUROC | train time |",
-                "|---|---|---|",
-            ]
-            model = pooled.get("model") or {}
-            lines.append(
-                f"| run model, centralised | {_ci(model.get('test'))} | "
-                f"{_fmt(model.get('train_seconds'), 1)} s |"
-            )
-            for fam, entry in ((pooled.get("baselines") or {}).get("families") or {}).items():
-                lines.append(
-                    f"| {FAMILY_NAMES.get(fam, fam)}, centralised | {_ci(entry.get('test'))} | "
-                    f"{_fmt(entry.get('fit_seconds'), 1)} s |"
-                )
-            lines.append("")
-    tuning = report.get("tuning")
-    if tuning:
-        lines += [
-            "## Tuning of the run's model",
-            "",
-            f"{len(tuning['trials'])} trials ({tuning['search']} search, "
-            f"{tuning['rounds_per_trial']} rounds each), selected on {tuning['selected_on']}. "
-            f"Chosen: `{json.dumps(tuning['chosen'])}`.",
-            "",
-        ]
-        eps = report.get("tuning_epsilon") or {}
-        if eps:
-            lines += [
-                "ε spent on tuning (composed over the trials in each site's ledger), apart from "
-                "the final model's ε:",
-                "",
-                "| site | tuning ε | final model ε |",
-                "|---|---|---|",
-            ]
-            for site, e in sorted(eps.items()):
-                lines.append(f"| {site} | {_fmt(e, 2)} | {_fmt(rm['epsilon'].get(site), 2)} |")
-            lines.append("")
-    if report.get("failures"):
-        lines += ["## Baselines that could not be fitted", ""]
-        lines += [f"- {f}" for f in report["failures"]]
-        lines.append("")
-    lines += ["## Privacy", "", report["privacy"], ""]
-    return "\n".join(lines)
 
 
 def write_baselines_report(folder: RunFolder, report: dict[str, Any]) -> None:

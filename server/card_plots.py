@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedward.common.metrics import CoarseHistogram
-from fedward.server.audit_report import ATTACK_NAMES, roc_points
+from fedward.server.report_audit_rows import ATTACK_NAMES
 
 CALIBRATION_BINS = 10
 """Equal-width bins of the reliability diagram (the per-site panel's ECE uses 10 too)."""
@@ -74,6 +74,12 @@ def _roc_pr(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, ...]:
     predicted = tp + fp
     precision = np.divide(tp, predicted, out=np.ones_like(tp), where=predicted > 0)
     return fpr, tpr, tpr[1:], precision[1:]
+
+
+def roc_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) from a coarse members/non-members histogram of rank scores (high = member)."""
+    fpr, tpr, _, _ = _roc_pr(*CoarseHistogram.from_record(hist).expand())
+    return fpr, tpr
 
 
 def plan(card: Mapping[str, Any]) -> list[Figure]:

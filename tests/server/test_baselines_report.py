@@ -18,12 +18,12 @@ from fedward.server.app import CoordinatorSettings, coordinate
 from fedward.server.baselines_report import (
     REPORT_JSON,
     REPORT_MD,
-    _unflatten,
     combine_differences,
     render_markdown,
     verdict,
 )
 from fedward.server.cli import register
+from fedward.server.report_baselines_collect import families_from_reply
 from tests.server.loopback import LoopbackGrid, server_context
 
 SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
@@ -209,7 +209,7 @@ def test_reply_fields_unflatten_into_families() -> None:
         "baseline_hist_gradient_boosting_status": "failed",
         "n_train": 180,
     }
-    out = _unflatten(info)
+    out = families_from_reply(info)
     knn = out["families"]["knn"]
     assert knn["panel"] == {"auroc": 0.8, "n": 60, "recall_at_fdr": None}
     assert knn["hist"] == {"bins": 20}
