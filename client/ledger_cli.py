@@ -26,6 +26,7 @@ from fedward.client.site_console import (
     print_whole,
     time_cell,
 )
+from fedward.common.cli import exit_1_on
 from fedward.common.config import SiteConfig, load_site_config
 
 if TYPE_CHECKING:
@@ -194,11 +195,8 @@ def rotate_key(site_config: SiteConfigOption) -> None:
     old one. Exit 1, changing nothing, when the ledger does not verify."""
     site: SiteConfig = load_site_config(site_config)
     ledger = Ledger(site.state_path)
-    try:
+    with exit_1_on(LedgerError, "NOT ROTATED", console):
         old, new = ledger.rotate_key()
-    except LedgerError as exc:
-        console.print(f"[bold red]NOT ROTATED[/]: {escape(str(exc))}")
-        raise typer.Exit(1) from None
     console.print(
         f"Rotated: {escape(str(ledger.key_path))} now holds key {new} (was {old}); the anchor "
         f"{escape(str(ledger.anchor_path))} is signed under it. Back up the new key with the "

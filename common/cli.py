@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Annotated
 
@@ -73,6 +75,17 @@ def command_group(parent: typer.Typer, name: str, help: str) -> typer.Typer:
     group = typer.Typer(help=help, no_args_is_help=True)
     parent.add_typer(group, name=name)
     return group
+
+
+@contextmanager
+def exit_1_on(error: type[Exception], label: str, console: Console) -> Iterator[None]:
+    """A command that changes nothing when ``error`` is raised: it prints "<label>: <message>" in
+    bold red on ``console`` and exits 1 (the site's key rotation, the coordinator's site register)."""
+    try:
+        yield
+    except error as exc:
+        console.print(f"[bold red]{label}[/]: {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 HE_HELP = "Encrypted inference: a CKKS (TenSEAL) prediction service and its client."

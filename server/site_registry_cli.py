@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedward.common.cli import exit_1_on
 from fedward.server.site_registry import SiteRegistry, SiteRegistryError
 
 console = Console()
@@ -31,11 +32,8 @@ _DEFAULT_STATE = Path("runs") / "coordinator-state"
 
 
 def _registry(state_dir: Path) -> SiteRegistry:
-    try:
+    with exit_1_on(SiteRegistryError, "error", console):
         return SiteRegistry(state_dir)
-    except SiteRegistryError as exc:
-        console.print(f"[bold red]error[/]: {escape(str(exc))}")
-        raise typer.Exit(1) from None
 
 
 @sites_app.command("add")
@@ -49,11 +47,8 @@ def add(
 ) -> None:
     """Bind NAME to the node key KEY.pub: replies from that key are NAME's, whatever they claim."""
     registry = _registry(state_dir)
-    try:
+    with exit_1_on(SiteRegistryError, "not added", console):
         site = registry.add(name, key, replace=replace)
-    except SiteRegistryError as exc:
-        console.print(f"[bold red]not added[/]: {escape(str(exc))}")
-        raise typer.Exit(1) from None
     console.print(
         f"site '{escape(site.name)}' bound to key {site.fingerprint[:16]}… in "
         f"{escape(str(registry.path))}. Register the same key with the SuperLink too: "
@@ -87,11 +82,8 @@ def remove(
 ) -> None:
     """Unbind NAME: its key no longer speaks for any site (unregister it at the SuperLink too)."""
     registry = _registry(state_dir)
-    try:
+    with exit_1_on(SiteRegistryError, "not removed", console):
         registry.remove(name)
-    except SiteRegistryError as exc:
-        console.print(f"[bold red]not removed[/]: {escape(str(exc))}")
-        raise typer.Exit(1) from None
     console.print(
         f"site '{escape(name)}' removed from {escape(str(registry.path))}; unregister its key at "
         "the SuperLink too (`flwr supernode unregister NODE_ID FEDERATION`)."
