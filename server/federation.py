@@ -25,8 +25,9 @@ from fedward.common.schema import DataSchema
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_registry import SiteRegistry
-from fedward.server.site_tracking import SiteTracking, TooFewSites
+from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import build_strategy
+from fedward.server.tracking_book import TooFewSites
 from fedward.server.update_validation import UpdateValidator
 
 

@@ -38,12 +38,10 @@ from fedward.server.reply_check import malformed_reply
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_registry import SiteRegistry
 from fedward.server.tracking_book import (
-    STATUS_DROPPED,  # noqa: F401  (moved; importers to be updated)
     Panels,
     SiteBook,
     SiteRecord,
     TooFewSites,
-    record_evaluation,  # noqa: F401  (moved; importers to be updated)
     record_privacy,
 )
 from fedward.server.update_validation import STATUS_REJECTED, UpdateValidator
