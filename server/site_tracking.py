@@ -66,6 +66,10 @@ _reply_info = reply_info  # its old name, still imported by fedward.server.audit
 class SiteTracking(Strategy):
     """Filter refusals and failures, record per-site status and privacy spend, checkpoint each round."""
 
+    # Its sites answer Message-API requests after training too: baselines, the privacy audit and
+    # data profiles (``SecAggTracking`` declares the opposite).
+    supports_companions = True
+
     def __init__(
         self,
         strategy: Strategy,
