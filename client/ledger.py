@@ -370,7 +370,8 @@ class Ledger:
         is one consistent ledger that no other process can write to until it commits.
 
         A budget check and the append it allows therefore never race another writer. The anchor
-        moves on once, to the last entry, after the commit.
+        moves on once, to the last entry, after the commit. One ``Ledger`` object serves one
+        thread (open one per message, as the ClientApp does).
         """
         if self._con is not None:
             raise RuntimeError(f"privacy ledger '{self.path}': a transaction is already open")
