@@ -20,7 +20,7 @@ Every forked child draws fresh random state (Python, NumPy and torch's default g
 new process would: DP noise must never repeat between messages.
 
 With ``--flower-shortcuts`` (or ``FEDWARD_FLOWER_SHORTCUTS=1``) the SuperNode's fixed internal
-waits are shortened as well (:mod:`fedward.common.flower_internals`, the only module that touches
+waits are shortened as well (:mod:`fedward.common.flower_compat`, the only module that touches
 Flower's internals). Usage::
 
     fedward-supernode [--flower-shortcuts] [--] FLOWER_SUPERNODE_ARGS...
@@ -67,6 +67,15 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, Literal
 
+from fedward.common import flower_compat
+from fedward.common.flower_compat import (
+    CLIENTAPP_MODULES,
+    deactivate_node_request,
+    fleet_http_client,
+    run_flower_supernode,
+    run_flwr_clientapp,
+)
+
 SHORTCUTS_ENV = "FEDWARD_FLOWER_SHORTCUTS"
 ACTIVATION_WAIT_ENV = "FEDWARD_ACTIVATION_WAIT_S"
 NODE_ID_FILE_ENV = "FEDWARD_NODE_ID_FILE"
@@ -83,8 +92,7 @@ PRELOAD = (
     "opacus",
     "sklearn.linear_model",
     "sklearn.metrics",
-    "flwr.supernode.cli.flwr_clientapp",
-    "flwr.supernode.runtime.run_clientapp",
+    *CLIENTAPP_MODULES,
     "fedward.client.app",
     "fedward.client.training",
 )
@@ -155,11 +163,9 @@ def _run_child(conn: socket.socket, args: list[str], fds: list[int]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         _reseed()
-        from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
-
         sys.argv = [CLIENTAPP_COMMAND, *args]
         try:
-            flwr_clientapp()
+            run_flwr_clientapp()
             code = 0
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -240,11 +246,9 @@ def _split_args(argv: Sequence[str]) -> tuple[bool, list[str]]:
 def _apply_shortcuts() -> None:
     from flwr.common.logger import log
 
-    from fedward.common import flower_internals
-
     try:
-        applied = flower_internals.apply()
-    except flower_internals.FlowerInternalsChanged as exc:
+        applied = flower_compat.apply()
+    except flower_compat.FlowerInternalsChanged as exc:
         log(WARNING, "fedward-supernode: running without the Flower shortcuts: %s", exc)
         return
     log(
@@ -355,13 +359,12 @@ def release_stale_node(deactivate: Callable[[Any], Any], path: Path) -> Release 
     longer ties this key to that node (unregistered, or the key replaced): ``"not-this-key"``.
     """
     from flwr.common.logger import log
-    from flwr.proto.fleet_pb2 import DeactivateNodeRequest
 
     stale = read_node_id(path)
     if stale is None:
         return None
     try:
-        deactivate(DeactivateNodeRequest(node_id=stale))
+        deactivate(deactivate_node_request(stale))
     except Exception as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 401:
@@ -383,9 +386,8 @@ def install_activation_retry(wait_s: float, node_id_file: Path | None = None) ->
 
     False where this Flower has no ``FleetHttpClient.ActivateNode`` to wrap.
     """
-    try:
-        from flwr.supernode.fleet_http_client import FleetHttpClient
-    except ImportError:
+    FleetHttpClient = fleet_http_client()
+    if FleetHttpClient is None:
         return False
     original = getattr(FleetHttpClient, "ActivateNode", None)
     if original is None or getattr(original, "_fedward_retry", False):
@@ -403,7 +405,7 @@ def install_activation_retry(wait_s: float, node_id_file: Path | None = None) ->
         return response
 
     activate_node._fedward_retry = True  # type: ignore[attr-defined]
-    FleetHttpClient.ActivateNode = activate_node  # type: ignore[method-assign]
+    FleetHttpClient.ActivateNode = activate_node
     return True
 
 
@@ -455,10 +457,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ["PATH"] = f"{workdir}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault(TASK_POLL_ENV, TASK_POLL_DEFAULT)
     try:
-        from flwr.supernode.cli import flower_supernode
-
         sys.argv = ["flower-supernode", *supernode_args]
-        flower_supernode()
+        run_flower_supernode()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(zygote, signal.SIGTERM)

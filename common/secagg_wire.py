@@ -16,16 +16,17 @@ from typing import cast
 import numpy as np
 from flwr.app import RecordDict
 from flwr.common import bytes_to_ndarray, ndarray_to_bytes
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from fedward.common.flower_compat import SECAGG_CONFIGS_RECORD, SECAGG_MASKED_PARAMETERS
 
 _U32_MAX = np.iinfo(np.uint32).max
 
 
 def _masked(content: RecordDict) -> list[bytes] | None:
-    record = content.config_records.get(RECORD_KEY_CONFIGS)
-    if record is None or Key.MASKED_PARAMETERS not in record:
+    record = content.config_records.get(SECAGG_CONFIGS_RECORD)
+    if record is None or SECAGG_MASKED_PARAMETERS not in record:
         return None
-    return cast(list[bytes], record[Key.MASKED_PARAMETERS])
+    return cast(list[bytes], record[SECAGG_MASKED_PARAMETERS])
 
 
 def _narrow(raw: bytes) -> bytes:
@@ -44,7 +45,7 @@ def narrow_masked_vectors(content: RecordDict) -> None:
     """At the site: the masked arrays of a SecAgg+ reply, each as uint32 where it fits."""
     masked = _masked(content)
     if masked is not None:
-        content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS] = [
+        content.config_records[SECAGG_CONFIGS_RECORD][SECAGG_MASKED_PARAMETERS] = [
             _narrow(b) for b in masked
         ]
 
@@ -53,6 +54,6 @@ def widen_masked_vectors(content: RecordDict) -> None:
     """At the coordinator: uint32 masked arrays back to the int64 Flower's workflow adds."""
     masked = _masked(content)
     if masked is not None:
-        content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS] = [
+        content.config_records[SECAGG_CONFIGS_RECORD][SECAGG_MASKED_PARAMETERS] = [
             _widen(b) for b in masked
         ]

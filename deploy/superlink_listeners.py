@@ -130,17 +130,12 @@ async def _serve(control: _Server, fleet: _Server) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse both argument sets, build Flower's app once and serve it on both listeners."""
     own, flower_args = _own_args(list(sys.argv[1:] if argv is None else argv))
-    # Flower's parser reads sys.argv; its private start-up helpers are pinned with flwr 1.42.
+    # Flower's parser reads sys.argv; its private start-up helpers are reached through
+    # fedward.common.flower_compat, which refuses a Flower version it was not tested on.
     sys.argv = ["flower-superlink", *flower_args]
-    from flwr.supercore.http_logging import get_uvicorn_log_config
-    from flwr.supercore.logger import console_handler
-    from flwr.superlink.cli.flower_superlink import (
-        SuperLinkLifespan,
-        _parse_superlink_lifespan_config,
-    )
-    from flwr.superlink.main import create_app
+    from fedward.common.flower_compat import superlink_app, superlink_config
 
-    config = _parse_superlink_lifespan_config()
+    config = superlink_config()
     secure = not config.insecure
     if secure and not (own.fleet_ssl_certfile and own.fleet_ssl_keyfile):
         print(
@@ -149,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    app = create_app(config, SuperLinkLifespan)
-    log_config = get_uvicorn_log_config(console_handler.level)
+    app, log_config = superlink_app(config)
     control = _Server(
         uvicorn.Config(
             app,

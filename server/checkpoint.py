@@ -39,10 +39,10 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping, Strategy
-from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedward.common.durable_files import atomic_write_bytes, atomic_write_json
 from fedward.common.errors import FedwardError
+from fedward.common.flower_compat import FEDOPT_MOMENTS, fedopt_moments, set_fedopt_moment
 from fedward.server.site_tracking import SiteRecord, SiteTracking
 from fedward.server.strategies import CentralDPAccounting, Release
 
@@ -205,14 +205,10 @@ def strategy_state(strategy: Strategy) -> tuple[dict[str, Any], dict[str, torch.
     state: dict[str, Any] = {"chain": [type(s).__name__ for s in _chain(strategy)]}
     arrays: dict[str, torch.Tensor] = {}
     for depth, s in enumerate(_chain(strategy)):
-        if isinstance(s, FedOpt):
-            for attr in ("m_t", "v_t"):
-                moments = getattr(s, attr)
-                if moments is None:
-                    continue
-                state[f"{depth}.{attr}"] = list(moments)
-                for key, value in moments.items():
-                    arrays[f"{depth}.{attr}.{key}"] = torch.from_numpy(np.array(value, copy=True))
+        for attr, moments in (fedopt_moments(s) or {}).items():
+            state[f"{depth}.{attr}"] = list(moments)
+            for key, value in moments.items():
+                arrays[f"{depth}.{attr}.{key}"] = torch.from_numpy(np.array(value, copy=True))
         if isinstance(s, DifferentialPrivacyServerSideAdaptiveClipping):
             state[f"{depth}.clipping_norm"] = float(s.clipping_norm)
         if isinstance(s, CentralDPAccounting):
@@ -232,13 +228,12 @@ def restore_strategy(
             f"{' -> '.join(names)}: the run config's strategy changed since the checkpoint"
         )
     for depth, s in enumerate(chain):
-        if isinstance(s, FedOpt):
-            for attr in ("m_t", "v_t"):
+        if fedopt_moments(s) is not None:
+            for attr in FEDOPT_MOMENTS:
                 keys = state.get(f"{depth}.{attr}")
                 if keys is not None:
-                    setattr(
-                        s, attr, {k: arrays[f"{depth}.{attr}.{k}"].numpy().copy() for k in keys}
-                    )
+                    moment = {k: arrays[f"{depth}.{attr}.{k}"].numpy().copy() for k in keys}
+                    set_fedopt_moment(s, attr, moment)
         if isinstance(s, DifferentialPrivacyServerSideAdaptiveClipping):
             norm = state.get(f"{depth}.clipping_norm")
             if norm is not None:

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fedward.common.flower_compat import NodeInfo, Run, is_in_memory_grid
 
 POLL_INTERVAL_ENV = "FEDWARD_REPLY_POLL_INTERVAL"
 DEFAULT_POLL_INTERVAL_S = 0.25
@@ -108,6 +108,6 @@ class ReplyPollingGrid(Grid):
 
 def reply_polling_grid(grid: Grid) -> Grid:
     """Wrap a deployment grid; the simulation engine's in-memory grid already polls quickly."""
-    if isinstance(grid, ReplyPollingGrid) or type(grid).__name__ == "InMemoryGrid":
+    if isinstance(grid, ReplyPollingGrid) or is_in_memory_grid(grid):
         return grid
     return ReplyPollingGrid(grid)

@@ -12,7 +12,7 @@ Modes, all on the same machine in the same invocation so the ratios survive a no
 - ``supported``: ``fedward-supernode`` (zygote-forked ClientApps, SuperExec's documented task poll
   interval) and the coordinator's reply-polling grid: public extension points only;
 - ``shortcuts``: the same plus ``--flower-shortcuts`` (the SuperNode's internal waits shortened,
-  :mod:`fedward.common.flower_internals`).
+  :mod:`fedward.common.flower_compat`).
 
 The coordinator's reply-polling grid is part of every ServerApp, so ``stock`` runs it with
 ``FEDWARD_REPLY_POLL_INTERVAL=3`` (Flower's own fixed wait).

@@ -253,9 +253,11 @@ def test_a_key_no_longer_tied_to_its_node_is_not_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a revoked key's release is refused (401), a refused activation exits at once."""
-    from flwr.supernode.fleet_http_client import FleetHttpClient
-
     from fedward.client import supernode_launcher as launcher
+    from fedward.common.flower_compat import fleet_http_client
+
+    FleetHttpClient = fleet_http_client()
+    assert FleetHttpClient is not None
 
     record = tmp_path / ".supernode-node-id"
     launcher.write_node_id(record, 42)
@@ -275,7 +277,7 @@ def test_a_key_no_longer_tied_to_its_node_is_not_waited_for(
     assert launcher.install_activation_retry(120.0, record)
     client = FleetHttpClient.__new__(FleetHttpClient)
     with pytest.raises(Exception, match="refused"):
-        client.ActivateNode(object())  # type: ignore[arg-type]
+        client.ActivateNode(object())
     assert calls == ["deactivate", "activate"]
 
 
