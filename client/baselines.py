@@ -24,7 +24,6 @@ data). Wrong arguments (unknown family, bad budget) are programming errors and r
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -47,6 +46,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
+from fedward.common import seeds
 from fedward.common.config import BASELINE_FAMILIES
 from fedward.common.tuning import SEARCHES, Search, Space, sample_configurations
 
@@ -198,9 +198,9 @@ class _Unfit(Exception):
 
 
 def derive_seed(seed: int, *parts: object) -> int:
-    """A 32-bit seed from the run seed and names (SHA-256, stable across processes)."""
-    text = ":".join(str(p) for p in ("fedward-baselines", seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    """A 32-bit seed from the run seed and names, in the baselines' own domain (the platform's
+    one derivation, ``fedward.common.seeds``)."""
+    return seeds.derive_seed(seed, *parts, domain="fedward-baselines")
 
 
 # ---- estimators ------------------------------------------------------------------------------

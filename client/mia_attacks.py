@@ -18,12 +18,13 @@ training plug in; ``fedward.client.mia`` turns the scores into the site's audit.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
+
+from fedward.common.seeds import derive_seed
 
 Logits = Callable[[np.ndarray], np.ndarray]
 """A model's logits: features (n, d) -> one logit per row (n,)."""
@@ -40,9 +41,9 @@ MIN_VARIANCE = 1e-6
 
 
 def derive_audit_seed(seed: int, *parts: object) -> int:
-    """A 32-bit seed from the audit seed and names (SHA-256, stable across processes)."""
-    text = ":".join(str(p) for p in ("fedward-mia", seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    """A 32-bit seed from the audit seed and names, in the audit's own domain (the platform's
+    one derivation, ``fedward.common.seeds``)."""
+    return derive_seed(seed, *parts, domain="fedward-mia")
 
 
 def logit_confidence(logits: np.ndarray, y: np.ndarray) -> np.ndarray:

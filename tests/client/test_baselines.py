@@ -223,3 +223,9 @@ def test_wrong_arguments_raise(separable: Splits, kwargs: dict[str, object], mat
     x_tr, y_tr, x_tu, y_tu, x_te, _ = separable
     with pytest.raises(ValueError, match=match):
         run_suite(x_tr, y_tr, x_tu, y_tu, x_te, seed=0, **kwargs)
+
+
+def test_baseline_seeds_keep_the_values_of_their_former_own_derivation() -> None:
+    # Computed with baselines.py's own SHA-256 derivation before it became common.seeds'.
+    assert derive_seed(2, "logistic_regression", "estimator") == 3852143235
+    assert derive_seed(0, "pooled", "noise") == 3104790515

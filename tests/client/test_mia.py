@@ -32,7 +32,12 @@ from fedward.client.mia import (
     audit_site,
     public_keys,
 )
-from fedward.client.mia_attacks import lira_from_confidences, logit_confidence, reference_split
+from fedward.client.mia_attacks import (
+    derive_audit_seed,
+    lira_from_confidences,
+    logit_confidence,
+    reference_split,
+)
 from fedward.client.mia_roc import auc_delong, clopper_pearson, roc_summary
 from fedward.client.training import DPSettings, predict_logits, train_local
 from fedward.common.config import ModelConfig, TrainingConfig
@@ -537,3 +542,9 @@ def test_broken_dp_is_caught_by_the_canary_bound(site_rows: tuple[np.ndarray, ..
     assert audit.canary.epsilon_lb > 1.0 and audit.canary.exceeds_claim is True
     assert any("exceeds the claimed ε = 1" in n for n in audit.notes)
     assert audit.public()["mia_canary_exceeds_claim"] is True
+
+
+def test_audit_seeds_keep_the_values_of_their_former_own_derivation() -> None:
+    # Computed with mia.py's own SHA-256 derivation before it became common.seeds'.
+    assert derive_audit_seed(0, "canaries") == 1393617420
+    assert derive_audit_seed(123, "reference", 3) == 2330299337
