@@ -357,84 +357,32 @@ def audit_roc_png(site: str, entry: Mapping[str, Any], delta: float | None) -> s
     return png(audit_roc_figure(site, entry, delta))
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    verdict = report["verdict"]
-    lines = ["# Membership-inference audit", ""]
-    if "no DP guarantee" in verdict:
-        lines += [
-            "> **⚠ NO DP GUARANTEE: a model this audit covers was trained without differential "
-            "privacy. It cannot pass, whatever the attacks found.**",
-            "",
-        ]
-    lines += [
-        f"**Verdict: {verdict.upper()}** ({verdict_text(report)}).",
-        "",
-        f"**{report.get('headline') or verdict}**",
-        "",
-        *[f"*Caveat:* {c}." for c in report.get("caveats", [])],
-        "",
-        report["how"],
-        "",
-        INTERVALS_TEXT,
-        "",
-    ]
-    for name, model in report["models"].items():
-        lines += [f"## {model['description']}: {model['verdict']}", ""]
-        for flag in model["flags"]:
-            lines.append(f"- **{flag}**")
-        for failure in model["failures"]:
-            lines.append(f"- **{failure}**" if failure.startswith("NO DP") else f"- {failure}")
-        if model.get("dp_guarantee", True):
-            for leak in model.get("leaks", []):
-                lines.append(f"- flag: leak observed within the DP guarantee: {leak}")
-        for warning in model["warnings"]:
-            lines.append(f"- warning: {warning}")
-        if model["flags"] or model["failures"] or model["warnings"] or model.get("leaks"):
-            lines.append("")
-        lines += [
-            "| site | attack | AUC [CI] | TPR@10% FPR | TPR@1% FPR | TPR@0.1% FPR | advantage | "
-            "ε lower bound | accountant ε | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in (r for r in site_rows(report) if r["model"] == name):
-            lines.append(
-                f"| {row['site']} | {row['attack']} | {row['auc']} | {row['tpr10']} | "
-                f"{row['tpr1']} | {row['tpr01']} | {row['adv']} | {row['eps_lb']} | "
-                f"{row['eps']} | {row['verdict']}{(': ' + row['note']) if row['note'] else ''} |"
-            )
-        canaries = [r for r in canary_rows(report) if r["model"] == name]
-        if canaries:
-            lines += [
-                "",
-                "Canary audit, per site:",
-                "",
-                CANARY_HEADER,
-                "|---|---|---|---|---|---|---|",
-            ]
-            lines += [
-                f"| {r['site']} | {r['guesses']} | {r['correct']} | {r['eps_lb']} | "
-                f"{r['eps_max']} | {r['eps']} | {r['cannot']} |"
-                for r in canaries
-            ]
-        pooled = model.get("pooled") or {}
-        if pooled:
-            lines += [
-                "",
-                "Pooled over sites (from coarse histograms): "
-                + ", ".join(
-                    f"{ATTACK_NAMES[a]} AUC {fmt_value(p['auc'])} ({p['sites']} sites)"
-                    for a, p in pooled.items()
-                ),
-            ]
-        notes = [
+def _model_extras(report: Mapping[str, Any], name: str, model: Mapping[str, Any]) -> dict[str, Any]:
+    """What the Markdown adds under a model's table: canary rows, the pooled line, size notes."""
+    pooled = model.get("pooled") or {}
+    return {
+        "canaries": [r for r in canary_rows(report) if r["model"] == name],
+        "pooled": ", ".join(
+            f"{ATTACK_NAMES[a]} AUC {fmt_value(p['auc'])} ({p['sites']} sites)"
+            for a, p in pooled.items()
+        ),
+        "notes": [
             f"{site}: {n}" for site, s in model["sites"].items() for n in s.get("notes", []) or []
-        ]
-        if notes:
-            lines += ["", "What the sites' sizes cannot support:", ""]
-            lines += [f"- {n}" for n in notes]
-        lines.append("")
-    lines += ["## Privacy of this report", "", report["non_dp"], ""]
-    return "\n".join(lines)
+        ],
+    }
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The audit for people who read files: the verdict first, then a table per model."""
+    return render(
+        "audit.md.j2",
+        report=report,
+        verdict_text=verdict_text(report),
+        intervals_text=INTERVALS_TEXT,
+        canary_header=CANARY_HEADER,
+        rows=site_rows(report),
+        extras={name: _model_extras(report, name, m) for name, m in report["models"].items()},
+    )
 
 
 def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, float]]) -> str:

@@ -1,8 +1,9 @@
 """The reports' Jinja templates, shipped as package data in server/templates/.
 
-HTML templates (``*.html.j2``) are autoescaped; Markdown ones (``*.md.j2``) are not, since
-Markdown has no escaping a template could apply. Loaded through the package, so that an installed
-wheel renders the same pages as a checkout.
+HTML templates (``*.html.j2``) are autoescaped and keep Jinja's default whitespace. Markdown ones
+(``*.md.j2``) are not escaped (Markdown has no escaping a template could apply) and are written one
+output line per template line: a line holding only a ``{% %}`` tag prints nothing. Loaded through
+the package, so that an installed wheel renders the same pages as a checkout.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+MARKDOWN_SUFFIX = ".md.j2"
+
 
 @cache
-def _environment() -> Environment:
-    return Environment(
-        loader=PackageLoader("fedward.server", "templates"),
-        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
-    )
+def _environment(markdown: bool) -> Environment:
+    loader = PackageLoader("fedward.server", "templates")
+    if markdown:
+        return Environment(
+            loader=loader,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+    return Environment(loader=loader, autoescape=select_autoescape(default=True))
 
 
 def render(name: str, **context: Any) -> str:
     """Render the template ``name`` (e.g. ``card.html.j2``) with ``context``."""
-    return _environment().get_template(name).render(**context)
+    return _environment(name.endswith(MARKDOWN_SUFFIX)).get_template(name).render(**context)
