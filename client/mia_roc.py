@@ -22,6 +22,7 @@ AUC_MIN_PER_CLASS = 2
 
 
 def check_confidence(confidence: float) -> None:
+    """A confidence level outside (0.5, 1) is a caller's bug: every interval and bound says so."""
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
 
