@@ -3,22 +3,25 @@
 One run that asks the sites every question the coordinator can ask (DP preprocessing aggregates,
 a tuning trial, training and tune evaluation, the sealed test read, the federated logistic
 baseline, the label-shuffle control, the baseline suite, data profiles and the membership audit)
-over the real ClientApp behind an in-process grid. Each reply is captured as it leaves the site,
-outside the ClientApp's own egress mod, and checked again here against the allow-list with the
-model the coordinator sent: zero violations, and not one reply that the site's guard had to turn
-into a refusal (that would mean the site tried to send something the allow-list does not allow).
+over the real ClientApp behind an in-process grid that puts every message through Flower's wire
+encoding. Each reply is inspected as it went on the wire, decoded from the bytes the site sent,
+and checked here against the allow-list with the model the coordinator sent: zero violations.
+Each is also compared with the reply the site's handlers made, recorded before the site's own
+egress guard saw it: they are the same bytes, so the guard never had to act (had it turned a reply
+into a refusal, the check above would only have seen the refusal).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, Context, Message
 
-from fedward.client.app import app
+from fedward.client.app import app, site_egress
 from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import (
@@ -28,37 +31,57 @@ from fedward.common.egress import (
     EgressViolation,
     guard_for,
 )
+from fedward.common.flower_compat import message_from_wire, wire_objects
 from fedward.common.protocol import MSG_AUDIT, MSG_BASELINES, MSG_PROFILE
 from fedward.server.app import CoordinatorSettings, coordinate
 from tests.hostile.canaries import CANARIES, plant
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import Exchange, LoopbackGrid, server_context
 
 pytestmark = pytest.mark.slow
 
 
 @dataclass
 class Sent:
-    """One reply as it left a site, with the message it answered."""
+    """One reply: the message it answered, what the handlers made, what crossed the wire."""
 
     asked: Message
-    reply: Message
+    made: Message
+    made_objects: dict[str, bytes]
+    wire: Exchange
     site: int
+
+    @property
+    def reply(self) -> Message:
+        """The reply as the coordinator decoded it from the wire."""
+        return self.wire.wire_reply()
 
 
 class CapturingApp:
-    """The site's ClientApp, recording what it hands back to the network."""
+    """The site's ClientApp, recording each reply as its handlers made it, before the guard."""
 
     def __init__(self) -> None:
-        self.sent: list[Sent] = []
+        self.asked: list[tuple[Message, int]] = []
+        self.made: list[tuple[Message, dict[str, bytes]]] = []
+        self.guard = site_egress.guard
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        reply = app(msg, context)
-        self.sent.append(Sent(msg, reply, context.node_id))
-        return reply
+        self.asked.append((msg, context.node_id))
+        return app(msg, context)
+
+    def before_the_guard(self, msg: Message, context: Context, reply: Message) -> Message:
+        objects = wire_objects(reply)  # bytes now: the guard may change the reply in place
+        self.made.append((message_from_wire(reply.object_id, objects, ""), objects))
+        return self.guard(msg, context, reply)
+
+
+@dataclass
+class Federation:
+    sent: list[Sent]
+    path: Path
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[CapturingApp, Path]:
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     run = RunConfig(
         rounds=2,
         model={"kind": "mlp", "hidden": [8]},
@@ -82,13 +105,24 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[CapturingApp, 
         engine="simulation",
         sim_site_configs=[str(c) for c in configs],
     )
-    path = coordinate(LoopbackGrid(capture, 4), server_context(), settings).path
-    return capture, path
+    grid = LoopbackGrid(capture, 4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(site_egress, "guard", capture.before_the_guard)
+        path = coordinate(grid, server_context(), settings).path
+    # One guard call per message, in order: else the capture no longer sees the site's replies.
+    assert len(capture.made) == len(capture.asked) == len(grid.wire)
+    sent = [
+        Sent(asked, made, objects, wire, site)
+        for (asked, site), (made, objects), wire in zip(
+            capture.asked, capture.made, grid.wire, strict=True
+        )
+    ]
+    yield Federation(sent, path)
 
 
-def test_the_run_asked_every_kind_of_question(federation: tuple[CapturingApp, Path]) -> None:
-    capture, path = federation
-    kinds = Counter(s.asked.metadata.message_type for s in capture.sent)
+def test_the_run_asked_every_kind_of_question(federation: Federation) -> None:
+    path = federation.path
+    kinds = Counter(s.asked.metadata.message_type for s in federation.sent)
     assert (path / "model_card.md").is_file()
     # preprocessing aggregates, training, tune/test evaluation, baselines, profiles, the audit
     assert set(kinds) == {
@@ -100,18 +134,29 @@ def test_the_run_asked_every_kind_of_question(federation: tuple[CapturingApp, Pa
         MSG_AUDIT,
     }, kinds
     assert kinds["train"] >= 4 * 2 and kinds["evaluate"] >= 4 * 3, kinds
-    assert len(capture.sent) >= 60, kinds
+    assert len(federation.sent) >= 60, kinds
+
+
+def test_the_guard_never_acted_what_went_on_the_wire_is_what_the_handlers_made(
+    federation: Federation,
+) -> None:
+    changed = [
+        f"site {s.site}, {s.asked.metadata.message_type}"
+        for s in federation.sent
+        if s.wire.reply != s.made_objects or s.wire.reply_id != s.made.object_id
+    ]
+    assert changed == []
 
 
 def test_every_reply_passes_the_allow_list_and_none_was_refused(
-    federation: tuple[CapturingApp, Path],
+    federation: Federation,
 ) -> None:
-    capture, _ = federation
     violations: list[str] = []
     refused: list[str] = []
-    for s in capture.sent:
-        assert not s.reply.has_error(), s.reply.error
-        content = s.reply.content
+    for s in federation.sent:
+        reply = s.reply
+        assert not reply.has_error(), reply.error
+        content = reply.content
         status = content.get(FEDWARD_RECORD)
         if status is not None and status.get("status") == REFUSED_STATUS:
             refused.append(
@@ -129,12 +174,9 @@ def test_every_reply_passes_the_allow_list_and_none_was_refused(
     assert violations == []
 
 
-def test_no_reply_carries_anything_shaped_like_the_sites_rows(
-    federation: tuple[CapturingApp, Path],
-) -> None:
+def test_no_reply_carries_anything_shaped_like_the_sites_rows(federation: Federation) -> None:
     """No array in any reply is larger than the largest one the coordinator sent with the question."""
-    capture, _ = federation
-    for s in capture.sent:
+    for s in federation.sent:
         content = s.reply.content
         sent_arrays = s.asked.content.get(ARRAYS_RECORD)
         largest = (
@@ -148,17 +190,12 @@ def test_no_reply_carries_anything_shaped_like_the_sites_rows(
                     assert arr.numpy().size <= largest, (s.site, name, key)
 
 
-def test_no_byte_on_the_wire_carries_a_canary_or_a_site_path(
-    federation: tuple[CapturingApp, Path],
-) -> None:
-    """Every reply serialised as Flower sends it: no planted cell, header, file or folder name."""
-    from flwr.common.serde import message_to_proto
-
-    capture, path = federation
-    root = str(path.parent).encode()
+def test_no_byte_on_the_wire_carries_a_canary_or_a_site_path(federation: Federation) -> None:
+    """Every reply's bytes as Flower sent them: no planted cell, header, file or folder name."""
+    root = str(federation.path.parent).encode()
     scanned = 0
-    for s in capture.sent:
-        wire = message_to_proto(s.reply).SerializeToString()
+    for s in federation.sent:
+        wire = b"".join(s.wire.reply.values())
         scanned += len(wire)
         for canary in CANARIES:
             assert canary.encode() not in wire, (canary, s.asked.metadata.message_type)
