@@ -1,4 +1,7 @@
-"""The baselines report as Markdown: every model's test AUROC beside the run's model, a verdict."""
+"""The baselines report as Markdown: every model's test AUROC beside the run's model, a verdict.
+
+The tables' cells are formatted here (report_format); their layout is templates/baselines.md.j2.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from fedward.server.report_baselines_collect import FAMILY_NAMES
 from fedward.server.report_format import difference, fmt_fixed, panel_interval
+from fedward.server.report_templates import render
 
 
 def _pooled_notes(rows: list[tuple[str, Mapping[str, Any] | None]]) -> list[str]:
@@ -28,156 +32,126 @@ def _pooled_notes(rows: list[tuple[str, Mapping[str, Any] | None]]) -> list[str]
         if pooled.get("coverage"):
             parts.append(f"covers {pooled['coverage']}")
         if parts:
-            out.append(f"- {name}: " + "; ".join(parts) + ".")
-    if out:
-        out = [
-            "Pooled AUROC counts scores tied within a histogram group as one half, which pulls "
-            "it toward 0.5; the exact pooled figure lies in each model's interval:",
-            "",
-            *out,
-            "",
-        ]
+            out.append(f"{name}: " + "; ".join(parts) + ".")
     return out
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+def _models_table(report: Mapping[str, Any]) -> list[list[str]]:
     rm = report["run_model"]
-    budget = report["budget"]
-    lines = [
-        "# Is the run's model justified? Baselines report",
-        "",
-        f"**Verdict.** {report['verdict']}",
-        "",
-        f"Run model: {rm['description']} · tuned: {'yes' if rm['tuned'] else 'no'} "
-        f"({rm['configurations']} configuration(s)) · training {rm['train_seconds']:.1f} s "
-        "(whole federation).",
-        f"Search budget: {budget['configurations_per_family']} configurations per baseline family "
-        f"({budget['search']} search), selected on {budget['selected_on']}.",
-        "",
-    ]
-    best = report.get("best_baseline")
-    if best:
-        lines += [
-            f"Best baseline: **{best['name']}** (mean tune AUROC {best['tune_auroc']:.3f}; "
-            f"selected on the {best['selected_on']}).",
-            "",
-        ]
     test = rm.get("test") or {}
-    lines += [
-        "## Test AUROC, pooled and per site",
-        "",
-        "Pooled figures come from the sites' coarsened score histograms, never raw scores. "
-        "Δ is the run's model minus the baseline on the same test rows (paired bootstrap at each "
-        "site; combined across sites weighted by test rows).",
-        "",
-        "| model | where | pooled AUROC | Δ run − baseline [CI] | mean tune AUROC | fit time |",
-        "|---|---|---|---|---|---|",
-        f"| **run model** ({rm['description']}) | federated | "
-        f"{panel_interval(test.get('pooled') or {})} | – | – | {rm['train_seconds']:.1f} s |",
+    cells = [
+        [
+            f"**run model** ({rm['description']})",
+            "federated",
+            panel_interval(test.get("pooled") or {}),
+            "–",
+            "–",
+            f"{rm['train_seconds']:.1f} s",
+        ]
     ]
     for sec in report["families"].values():
-        where = "federated" if "federated" in sec["where"] else "local"
         time_s = sec.get("train_seconds", sec.get("fit_seconds_total"))
-        lines.append(
-            f"| {sec['name']}{' ⁺' if sec.get('memorises_rows') else ''} | {where} | "
-            f"{panel_interval(sec.get('pooled'))} | {difference(sec.get('difference'))} | "
-            f"{fmt_fixed(sec.get('mean_tune_auroc'))} | {fmt_fixed(time_s, 1)} s |"
+        cells.append(
+            [
+                f"{sec['name']}{' ⁺' if sec.get('memorises_rows') else ''}",
+                "federated" if "federated" in sec["where"] else "local",
+                panel_interval(sec.get("pooled")),
+                difference(sec.get("difference")),
+                fmt_fixed(sec.get("mean_tune_auroc")),
+                f"{fmt_fixed(time_s, 1)} s",
+            ]
         )
-    lines += ["", "⁺ memorises rows: the fitted model never leaves its site.", ""]
-    lines += _pooled_notes(
-        [("run model", test.get("pooled"))]
-        + [(sec["name"], sec.get("pooled")) for sec in report["families"].values()]
-    )
-    site_names = sorted((test.get("sites") or {}).keys())
-    if site_names:
-        lines += [
-            "### Per site (test AUROC [95% CI])",
-            "",
-            "| model | " + " | ".join(site_names) + " |",
-            "|---|" + "---|" * len(site_names),
-            "| run model | "
-            + " | ".join(panel_interval((test.get("sites") or {}).get(s)) for s in site_names)
-            + " |",
+    return cells
+
+
+def _sites_table(report: Mapping[str, Any], site_names: list[str]) -> list[list[str]]:
+    test_sites = (report["run_model"].get("test") or {}).get("sites") or {}
+    cells = [["run model", *(panel_interval(test_sites.get(s)) for s in site_names)]]
+    for sec in report["families"].values():
+        row = [sec["name"]]
+        for s in site_names:
+            entry = sec["sites"].get(s) or {}
+            if entry.get("panel"):
+                row.append(panel_interval(entry["panel"]))
+            else:
+                row.append(f"not fitted: {entry.get('reason') or entry.get('status') or '–'}")
+        cells.append(row)
+    return cells
+
+
+def _loso_table(controls: Mapping[str, Any]) -> list[list[str]]:
+    loso = controls.get("leave_one_site_out") or {"sites": {}}
+    return [
+        [
+            site,
+            panel_interval(
+                {
+                    "auroc": row["auroc_left_out"],
+                    "auroc_lo": row["auroc_left_out_lo"],
+                    "auroc_hi": row["auroc_left_out_hi"],
+                }
+            ),
+            fmt_fixed(row["auroc_with_site"]),
         ]
-        for sec in report["families"].values():
-            cells = []
-            for s in site_names:
-                entry = sec["sites"].get(s) or {}
-                if entry.get("panel"):
-                    cells.append(panel_interval(entry["panel"]))
-                else:
-                    cells.append(f"not fitted: {entry.get('reason') or entry.get('status') or '–'}")
-            lines.append(f"| {sec['name']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    controls = report.get("controls") or {}
-    if controls:
-        lines += ["## Controls", ""]
-        if "label_shuffle" in controls:
-            lines += [f"- **Label shuffle:** {controls['label_shuffle']['reading']}"]
-        if "leave_one_site_out" in controls:
-            loso = controls["leave_one_site_out"]
-            lines += [f"- **Leave one site out:** {loso['reading']}", ""]
-            lines += [
-                "| left-out site | AUROC trained without it | run model (with it) |",
-                "|---|---|---|",
+        for site, row in sorted(loso["sites"].items())
+    ]
+
+
+def _pooled_table(pooled: Mapping[str, Any]) -> list[list[str]]:
+    model = pooled.get("model") or {}
+    cells = [
+        [
+            "run model, centralised",
+            panel_interval(model.get("test")),
+            f"{fmt_fixed(model.get('train_seconds'), 1)} s",
+        ]
+    ]
+    for fam, entry in ((pooled.get("baselines") or {}).get("families") or {}).items():
+        cells.append(
+            [
+                f"{FAMILY_NAMES.get(fam, fam)}, centralised",
+                panel_interval(entry.get("test")),
+                f"{fmt_fixed(entry.get('fit_seconds'), 1)} s",
             ]
-            for site, row in sorted(loso["sites"].items()):
-                lines.append(
-                    f"| {site} | {panel_interval({'auroc': row['auroc_left_out'], 'auroc_lo': row['auroc_left_out_lo'], 'auroc_hi': row['auroc_left_out_hi']})} "
-                    f"| {fmt_fixed(row['auroc_with_site'])} |"
-                )
-        lines.append("")
-    pooled = report.get("pooled_reference")
-    if pooled:
-        lines += ["## Pooled reference (simulation only)", ""]
-        if pooled.get("status") == "failed":
-            lines += [f"The pooled reference failed: {pooled.get('reason')}", ""]
-        else:
-            lines += [
-                "Every simulated site's data pooled in one place: the reference federation should "
-                "approach.",
-                "",
-                "| model | test AUROC | train time |",
-                "|---|---|---|",
-            ]
-            model = pooled.get("model") or {}
-            lines.append(
-                f"| run model, centralised | {panel_interval(model.get('test'))} | "
-                f"{fmt_fixed(model.get('train_seconds'), 1)} s |"
-            )
-            for fam, entry in ((pooled.get("baselines") or {}).get("families") or {}).items():
-                lines.append(
-                    f"| {FAMILY_NAMES.get(fam, fam)}, centralised | {panel_interval(entry.get('test'))} | "
-                    f"{fmt_fixed(entry.get('fit_seconds'), 1)} s |"
-                )
-            lines.append("")
+        )
+    return cells
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The report for people who read files: the verdict first, then every model's AUROC."""
+    rm = report["run_model"]
+    test = rm.get("test") or {}
+    best = report.get("best_baseline")
     tuning = report.get("tuning")
-    if tuning:
-        lines += [
-            "## Tuning of the run's model",
-            "",
-            f"{len(tuning['trials'])} trials ({tuning['search']} search, "
-            f"{tuning['rounds_per_trial']} rounds each), selected on {tuning['selected_on']}. "
-            f"Chosen: `{json.dumps(tuning['chosen'])}`.",
-            "",
+    eps = report.get("tuning_epsilon") or {}
+    site_names = sorted((test.get("sites") or {}).keys())
+    controls = report.get("controls") or {}
+    pooled = report.get("pooled_reference")
+    return render(
+        "baselines.md.j2",
+        report=report,
+        rm=rm,
+        budget=report["budget"],
+        train_seconds=f"{rm['train_seconds']:.1f}",
+        best=best,
+        best_tune_auroc=f"{best['tune_auroc']:.3f}" if best else None,
+        models_table=_models_table(report),
+        pooled_notes=_pooled_notes(
+            [("run model", test.get("pooled"))]
+            + [(sec["name"], sec.get("pooled")) for sec in report["families"].values()]
+        ),
+        site_names=site_names,
+        sites_table=_sites_table(report, site_names) if site_names else [],
+        controls=controls,
+        loso_table=_loso_table(controls),
+        pooled=pooled,
+        pooled_table=_pooled_table(pooled) if pooled else [],
+        tuning=tuning,
+        tuning_chosen=json.dumps(tuning["chosen"]) if tuning else None,
+        tuning_table=[
+            [site, fmt_fixed(e, 2), fmt_fixed(rm["epsilon"].get(site), 2)]
+            for site, e in sorted(eps.items())
         ]
-        eps = report.get("tuning_epsilon") or {}
-        if eps:
-            lines += [
-                "ε spent on tuning (composed over the trials in each site's ledger), apart from "
-                "the final model's ε:",
-                "",
-                "| site | tuning ε | final model ε |",
-                "|---|---|---|",
-            ]
-            for site, e in sorted(eps.items()):
-                lines.append(
-                    f"| {site} | {fmt_fixed(e, 2)} | {fmt_fixed(rm['epsilon'].get(site), 2)} |"
-                )
-            lines.append("")
-    if report.get("failures"):
-        lines += ["## Baselines that could not be fitted", ""]
-        lines += [f"- {f}" for f in report["failures"]]
-        lines.append("")
-    lines += ["## Privacy", "", report["privacy"], ""]
-    return "\n".join(lines)
+        if tuning
+        else [],
+    )
