@@ -5,11 +5,11 @@ the record afterwards voids the sign-off instead of inheriting it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedward.common.errors import FedwardError
+from fedward.server.json_lines import json_objects
 from fedward.server.release_files import (
     CARD_HINT,
     SIGNED_FILES,
@@ -120,20 +120,7 @@ def valid_signoff(run: Path) -> tuple[dict[str, Any] | None, str | None]:
             "`fedward release sign-off RUN_DIR --by NAME --role ROLE` after reading the card."
         )
     current = {f: sha256_file(run / f) if (run / f).is_file() else None for f in SIGNED_FILES}
-    records: list[dict[str, Any]] = []
-    unreadable = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            unreadable += 1
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-        else:
-            unreadable += 1
+    records, unreadable = json_objects(path.read_text(encoding="utf-8", errors="replace"))
     for rec in reversed(records):
         if not _stale_files(rec, current) and signoff_signature_problem(rec, "") is None:
             return rec, None
