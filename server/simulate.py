@@ -245,7 +245,7 @@ def run_simulation(
     verbose: bool = False,
 ) -> Path:
     """Run the federation; returns the run folder."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
+    from fedward.common.flower_compat import run_in_process_simulation
 
     for key, value in {
         "FLWR_TELEMETRY_ENABLED": "0",
@@ -281,7 +281,7 @@ def run_simulation(
         with ExitStack() as quiet:
             if not verbose:
                 quiet.enter_context(_output_to_run_log(run_dir, init_args))
-            flwr_run_simulation(
+            run_in_process_simulation(
                 server_app=server_app,
                 client_app=load_client_app(client_ref),
                 num_supernodes=n_sites,
