@@ -13,10 +13,10 @@ from rich.markup import escape
 
 from fedward.client.ledger import Ledger
 from fedward.client.site_console import (
-    SiteCommandError,
     SiteConfigOption,
+    by_option,
     console,
-    operator_name,
+    person,
 )
 from fedward.common.code_identity import SITE_PACKAGES, code_hash, fedward_version
 from fedward.common.config import RunConfig, load_run_config, load_site_config
@@ -50,9 +50,7 @@ def approve(
         Path, typer.Argument(help="The run config TOML to approve.", metavar="RUN.toml")
     ],
     site_config: SiteConfigOption,
-    by: Annotated[
-        str | None, typer.Option("--by", help="Who approves; default: the OS user name.")
-    ] = None,
+    by: Annotated[str | None, by_option("approves")] = None,
     note: Annotated[
         str, typer.Option("--note", help="Why, or a ticket reference; kept with the approval.")
     ] = "",
@@ -60,9 +58,7 @@ def approve(
     """Approve a run config (by its hash) and this installation's fedward code (by its hash)."""
     site = load_site_config(site_config)
     run = load_run_config(run_config)
-    who = (by if by is not None else operator_name()).strip()
-    if not who:
-        raise SiteCommandError("--by is empty: name the person who approves")
+    who = person(by, "approves")
     ledger = Ledger(site.state_path)
     wanted = [("run-config", run.config_hash()), ("code", code_hash())]
     before = {(a["kind"], a["value"]) for a in ledger.approvals()}

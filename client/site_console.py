@@ -7,7 +7,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -38,6 +38,19 @@ def operator_name() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name and no passwd entry (some containers)
         return f"uid {os.getuid()}"
+
+
+def by_option(act: str) -> Any:
+    """``--by`` of a command a person answers for (``act``: "approves", "withdraws")."""
+    return typer.Option("--by", help=f"Who {act}; default: the OS user name.")
+
+
+def person(by: str | None, act: str) -> str:
+    """The person ``--by`` names, else the OS user; refused when blank (``act`` as above)."""
+    who = (by if by is not None else operator_name()).strip()
+    if not who:
+        raise SiteCommandError(f"--by is empty: name the person who {act}")
+    return who
 
 
 def time_cell(iso: str) -> str:

@@ -16,8 +16,9 @@ from fedward.client.ledger import LEDGER_FILE, Ledger
 from fedward.client.site_console import (
     SiteCommandError,
     SiteConfigOption,
+    by_option,
     console,
-    operator_name,
+    person,
     print_whole,
     time_cell,
 )
@@ -45,9 +46,7 @@ def withdraw(
             metavar="RUN.toml",
         ),
     ] = None,
-    by: Annotated[
-        str | None, typer.Option("--by", help="Who withdraws; default: the OS user name.")
-    ] = None,
+    by: Annotated[str | None, by_option("withdraws")] = None,
     reason: Annotated[
         str, typer.Option("--reason", help="Why; kept at the site, never sent.")
     ] = "",
@@ -63,9 +62,7 @@ def withdraw(
     site = load_site_config(site_config)
     target = run if run is not None else load_run_config(run_config).config_hash()
     target = target.strip()
-    who = (by if by is not None else operator_name()).strip()
-    if not who:
-        raise SiteCommandError("--by is empty: name the person who withdraws")
+    who = person(by, "withdraws")
     state = site.state_path
     earlier = next((w for w in read_withdrawals(state) if w.run == target), None)
     if earlier is not None:
