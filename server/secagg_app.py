@@ -12,7 +12,11 @@ aggregation (only mean-based strategies are accepted by the run config). What st
 enforces its own DP budget and ledger and trains with DP-SGD; refusals arrive as error replies that
 name the site and the reason (SecAgg+ treats them as drop-outs); the coordinator's ledger heads
 are sent and checked; checkpoints, tune metrics every round and one final read of the sealed test
-split, from the sites' metric panels and coarsened histograms as in the Message-API mode.
+split, from the sites' metric panels and coarsened histograms as in the Message-API mode, all
+filed in the same book of sites (``fedward.server.tracking_book``) and written out by the same
+run outputs (``fedward.server.coordinator_outputs``). What a SecAgg+ run does not have: baselines,
+the privacy audit and data profiles, which its sites' legacy client cannot answer
+(``SecAggTracking.supports_companions``).
 
 Selecting this mode: ``strategy.secure_aggregation = true`` in the run config, then
 ``fedward simulate`` runs this ServerApp with the SecAgg+ ClientApp. ``flwr run`` ships one
