@@ -37,6 +37,7 @@ from fedward.server.report_audit_rows import (
     verdict_text,
 )
 from fedward.server.report_format import fmt_value
+from fedward.server.report_schemas import check_report
 from fedward.server.report_templates import render
 from fedward.server.run_folder import RunFolder
 
@@ -410,6 +411,7 @@ def render_html(report: Mapping[str, Any], deltas: Mapping[str, Mapping[str, flo
 def write_audit_report(
     folder: RunFolder, report: dict[str, Any], deltas: Mapping[str, Mapping[str, float]]
 ) -> None:
+    check_report("audit", report)
     folder.write_json(REPORT_JSON, report)
     (folder.path / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
     (folder.path / REPORT_HTML).write_text(render_html(report, deltas), encoding="utf-8")

@@ -27,6 +27,7 @@ from fedward.server.federation import FederationResult, describe_model
 from fedward.server.report_baselines_collect import FAMILY_NAMES, pooled_reference, site_baselines  # noqa: F401  (moved; importers to be updated)
 from fedward.server.report_baselines_markdown import render_markdown
 from fedward.server.report_format import fmt_fixed, signed
+from fedward.server.report_schemas import check_report
 from fedward.server.run_folder import RunFolder
 
 REPORT_JSON = "baselines.json"
@@ -329,6 +330,7 @@ def _controls(result: FederationResult, companions: Mapping[str, Companion]) -> 
 
 
 def write_baselines_report(folder: RunFolder, report: dict[str, Any]) -> None:
+    check_report("baselines", report)
     folder.write_json(REPORT_JSON, report)
     (folder.path / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
     folder.event("baselines-report", verdict=report["verdict"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from fedward.server.report_card_verdicts import (
 from fedward.server.report_card_verdicts import federated_auroc_text as _federated_auroc_text  # noqa: F401  (moved; importers to be updated)
 from fedward.server.report_card_verdicts import pooled_omissions as _pooled_omissions  # noqa: F401  (moved; importers to be updated)
 from fedward.server.report_card_view import card_view
+from fedward.server.report_schemas import check_report, report_schema
 from fedward.server.report_templates import render
 
 CARD_JSON = "model_card.json"
@@ -236,9 +236,7 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
 
 def card_schema() -> dict[str, Any]:
     """The card's JSON Schema (draft 2020-12), shipped in the package."""
-    text = files("fedward.server").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return report_schema("model_card")
 
 
 def render_html(card: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
@@ -257,6 +255,7 @@ def write_card(run_dir: str | Path) -> list[Path]:
     """(Re)write model_card.json, .md and .html in the run folder; returns their paths."""
     path = Path(run_dir)
     card = build_card(path)
+    check_report("model_card", card)
     out = [path / CARD_JSON, path / CARD_MD, path / CARD_HTML]
     # Not sorted: `warnings` must stay the first key a reader sees.
     atomic_write_bytes(out[0], (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode())

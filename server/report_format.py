@@ -32,11 +32,11 @@ def fmt_value(x: Any, digits: int = 3) -> str:
 
 
 def fmt_fixed(x: Any, digits: int = 3) -> str:
-    """A figure without yes/no: fixed decimals, signed when ``digits`` is negative."""
+    """A figure where a bool is just a number (the baselines report): fixed decimals for floats."""
     if x is None:
         return MISSING
     if isinstance(x, float):
-        return f"{x:+.{digits}f}" if digits < 0 else f"{x:.{digits}f}"
+        return f"{x:.{digits}f}"
     return str(x)
 
 
