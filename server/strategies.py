@@ -41,8 +41,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedward.common.central_dp import adaptive_noise_multiplier, default_delta, site_level_epsilon
 from fedward.common.config import CentralDPConfig, StrategyConfig
+from fedward.server.central_dp import adaptive_noise_multiplier, default_delta, site_level_epsilon
 
 CentralDPWrapper = (
     DifferentialPrivacyServerSideFixedClipping | DifferentialPrivacyServerSideAdaptiveClipping
