@@ -1,7 +1,7 @@
 """Compare two run folders of the same config and seed: do they say the same thing?
 
 A refactoring must not change what a run produces. Two runs of one seeded simulation differ only
-in their ids, clocks and durations, and in the last bits of a few floats (thread scheduling in
+in their ids, clocks, durations and the git commit they ran from, and in the last bits of a few floats (thread scheduling in
 summed reductions), so this compares the JSON outputs with those normalised away and floats to a
 relative tolerance, and the Markdown reports line by line after masking ids and times.
 
@@ -33,10 +33,11 @@ JSON_FILES = (
 TEXT_FILES = ("model_card.md", "audit.md", "baselines.md")
 VOLATILE_KEYS = re.compile(
     r"(^|_)(run_id|flower_run_id|created|started|finished|elapsed_s|seconds|timestamp|time|at|"
-    r"path|dir|out|run_dir|output_dir)$|_seconds|seconds_|_s$"
+    r"path|dir|out|run_dir|output_dir|git_commit)$|_seconds|seconds_|_s$"
 )
 MASKS = (
     (re.compile(r"\b[0-9a-f]{32}\b"), "<run-id>"),
+    (re.compile(r"\b[0-9a-f]{40}\b"), "<git-commit>"),
     (re.compile(r"Flower run \d+"), "Flower run <n>"),
     (re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00"), "<time>"),
     (re.compile(r"\d{8}-\d{6}-"), "<stamp>-"),
