@@ -72,8 +72,13 @@ def finish_run(
     central_dp: dict[str, Any] | None = None,
     secure_aggregation: dict[str, Any] | None = None,
     mode: str | None = None,
+    not_asked: dict[str, str] | None = None,
 ) -> RunFolder:
-    """Write the run's metrics, record and privacy summary, and announce how it ended."""
+    """Write the run's metrics, record and privacy summary, and announce how it ended.
+
+    ``not_asked`` names the companions (baselines, audit, profiles) a transport cannot ask for,
+    each with the reason, so that a run without them says so instead of being silent.
+    """
     folder, run, run_id = book.folder, facts.run, facts.run_id
     book.save_heads()
     sites = book.site_summary()
@@ -96,6 +101,8 @@ def finish_run(
         record["privacy"]["central_dp"] = central_dp
     if secure_aggregation is not None:
         record["privacy"]["secure_aggregation"] = secure_aggregation
+    if not_asked:
+        record["not_asked"] = not_asked
     folder.write_json("run_record.json", record)
     folder.write_json(
         "privacy_summary.json",

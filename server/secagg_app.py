@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -166,8 +166,13 @@ class SecAggTracking(LegacyStrategy):
 
     # Baselines, the privacy audit and data profiles are Message-API requests (``query.*``) that
     # the sites' SecAgg+ ClientApp (``fedward.client.secagg_app``: Flower's legacy client behind
-    # ``secaggplus_mod``) does not answer: a SecAgg+ run does not ask for them.
+    # ``secaggplus_mod``) does not answer: a SecAgg+ run does not ask for them, and its run
+    # record says so (``not_asked``).
     supports_companions = False
+    not_asked: ClassVar[dict[str, str]] = {
+        companion: "not asked: the sites' SecAgg+ ClientApp answers only training and evaluation"
+        for companion in ("baselines", "audit", "profiles")
+    }
 
     def __init__(
         self,
@@ -545,6 +550,7 @@ def coordinate_secagg(grid: Grid, context: Context, settings: CoordinatorSetting
         stopped,
         secure_aggregation=secure_aggregation_statement(run, workflow, tracking.weights_over_max),
         mode="secure aggregation (SecAgg+, Flower's legacy workflow)",
+        not_asked=None if tracking.supports_companions else tracking.not_asked,
     )
 
 

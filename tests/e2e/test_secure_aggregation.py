@@ -51,6 +51,10 @@ def test_the_run_folder_is_complete(federation: dict[str, Any]) -> None:
         assert (federation["dir"] / name).is_file(), name
     assert (federation["dir"] / "checkpoints" / "round-0002.pt").is_file()
     assert _json(federation, "run_record.json")["status"] == "finished"
+    # The transport cannot ask for baselines, an audit or profiles, and the record says so.
+    not_asked = _json(federation, "run_record.json")["not_asked"]
+    assert set(not_asked) == {"baselines", "audit", "profiles"}
+    assert all("SecAgg+" in reason for reason in not_asked.values())
 
 
 def test_privacy_summary_states_secure_aggregation(federation: dict[str, Any]) -> None:
