@@ -26,7 +26,9 @@ from fedward.common.durable_files import atomic_write_bytes
 from fedward.server import card_plots
 from fedward.server.report_card_files import (
     RunNotFinished,  # noqa: F401  (moved; importers to be updated)
+    companion_names,
     load_run,
+    release_records,
 )
 from fedward.server.report_card_markdown import render_markdown
 from fedward.server.report_card_sections import (
@@ -104,8 +106,8 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     privacy = privacy_section(files_, model)
     baselines = baselines_section(files_["baselines.json"])
     verdicts, warnings = card_verdicts(privacy, record)
-    verdicts["release"] = release_state(Path(run_dir), verdicts)
-    controls_ran = controls_that_ran(Path(run_dir), files_["baselines.json"])
+    verdicts["release"] = release_state(release_records(Path(run_dir)), verdicts)
+    controls_ran = controls_that_ran(companion_names(Path(run_dir)), files_["baselines.json"])
     datasets = {s["site"]: s.get("dataset") for s in privacy["sites"] if s.get("dataset")}
     dataset = (config.get("task") or {}).get("dataset")
     arch = architecture_text(model)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedward.common.errors import FedwardError
+from fedward.server.companions import COMPANIONS_DIR
+from fedward.server.release import RELEASES_FILE, SIGNED_FILES, SIGNOFFS_FILE, sha256_file
 
 ENCRYPTED_INFERENCE_FILE = "encrypted_inference.json"
 NOT_DONE = "not done"
@@ -94,3 +96,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def companion_names(run_dir: Path) -> list[str]:
+    """The folders of the federations that ran beside the run (controls, baselines)."""
+    companions = run_dir / COMPANIONS_DIR
+    if not companions.is_dir():
+        return []
+    return [p.name for p in companions.iterdir() if p.is_dir()]
+
+
+def release_records(run_dir: Path) -> dict[str, Any]:
+    """signoffs.jsonl and releases.jsonl, and (when someone signed off) the current SHA-256 of
+    every file a sign-off covers but the card itself (None for a file that is gone)."""
+    signoffs = read_jsonl(run_dir / SIGNOFFS_FILE)
+    releases = read_jsonl(run_dir / RELEASES_FILE)
+    hashes: dict[str, str | None] = {}
+    if signoffs:
+        for name in SIGNED_FILES:
+            if not name.startswith("model_card"):
+                path = run_dir / name
+                hashes[name] = sha256_file(path) if path.is_file() else None
+    return {"signoffs": signoffs, "releases": releases, "hashes": hashes}

@@ -11,16 +11,12 @@ from typing import Any
 
 from fedward.common.config import CardConfig
 from fedward.common.metrics import n_weighted, pooled_coverage
-from fedward.server.companions import COMPANIONS_DIR, LOSO_PREFIX
+from fedward.server.companions import LOSO_PREFIX
 from fedward.server.privacy_figures import trained_rounds_text
 from fedward.server.release import (
-    RELEASES_FILE,
-    SIGNED_FILES,
     SIGNOFFS_FILE,
-    sha256_file,
     signoff_signature_problem,
 )
-from fedward.server.report_card_files import read_jsonl
 from fedward.server.report_card_sections import PANEL_METRICS, model_epsilon_scope, model_epsilons
 from fedward.server.report_format import finite
 
@@ -245,16 +241,13 @@ def federated_auroc_text(test: Mapping[str, Any]) -> str | None:
     return text + "."
 
 
-def controls_that_ran(run_dir: Path, baselines: Mapping[str, Any] | None) -> set[str]:
+def controls_that_ran(companion_names: list[str], baselines: Mapping[str, Any] | None) -> set[str]:
     """The controls that actually ran: reported in baselines.json, or left a companion folder."""
     ran = set(((baselines or {}).get("controls") or {}).keys())
-    companions = run_dir / COMPANIONS_DIR
-    if companions.is_dir():
-        names = [p.name for p in companions.iterdir() if p.is_dir()]
-        if "label_shuffle" in names:
-            ran.add("label_shuffle")
-        if any(n.startswith(LOSO_PREFIX) for n in names):
-            ran.add("leave_one_site_out")
+    if "label_shuffle" in companion_names:
+        ran.add("label_shuffle")
+    if any(n.startswith(LOSO_PREFIX) for n in companion_names):
+        ran.add("leave_one_site_out")
     return ran
 
 
@@ -313,7 +306,7 @@ def ethics_entries(
     return out
 
 
-def _signoff(run_dir: Path, rec: Mapping[str, Any]) -> dict[str, Any]:
+def _signoff(rec: Mapping[str, Any], current: Mapping[str, str | None]) -> dict[str, Any]:
     """One sign-off as the card states it: who, when, signed or not, and what changed since."""
     signature = rec.get("signature")
     signed = "signature" in rec
@@ -322,13 +315,8 @@ def _signoff(run_dir: Path, rec: Mapping[str, Any]) -> dict[str, Any]:
     # The card files always differ: this card is written after the sign-off it names.
     changed = [
         f
-        for f in SIGNED_FILES
-        if not f.startswith("model_card")
-        and (
-            not (run_dir / f).is_file()
-            or not isinstance(hashes, dict)
-            or hashes.get(f) != sha256_file(run_dir / f)
-        )
+        for f, now in current.items()
+        if now is None or not isinstance(hashes, dict) or hashes.get(f) != now
     ]
     return {
         "by": str(rec.get("by") or "(no name)"),
@@ -354,10 +342,10 @@ def _signoff_text(s: Mapping[str, Any]) -> str:
     return text
 
 
-def release_state(run_dir: Path, verdicts: Mapping[str, Any]) -> dict[str, Any]:
-    """Where the model stands now, read from signoffs.jsonl and releases.jsonl."""
-    signoffs, releases = read_jsonl(run_dir / SIGNOFFS_FILE), read_jsonl(run_dir / RELEASES_FILE)
-    signoff = _signoff(run_dir, signoffs[-1]) if signoffs else None
+def release_state(records: Mapping[str, Any], verdicts: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the model stands now, from signoffs.jsonl and releases.jsonl (release_records)."""
+    signoffs, releases = records["signoffs"], records["releases"]
+    signoff = _signoff(signoffs[-1], records["hashes"]) if signoffs else None
     problems = len(verdicts["problems"])
     release: dict[str, Any] | None = None
     if releases:
