@@ -6,6 +6,10 @@ attacks the model on its own members (training rows) and non-members (audit spli
 aggregates: AUCs, TPRs at fixed FPRs with Clopper-Pearson intervals, the advantage, an empirical ε
 lower bound from a one-run canary audit, and the ROC as coarsened binned counts. An empirical lower
 bound above the accountant's ε is flagged as a probable bug, never hidden.
+
+Layout: report_audit_collect asks the sites (the only Grid I/O); this module builds the report's
+data, checked against audit.schema.json; report_audit_rows formats its tables, the templates
+audit.md.j2 and audit.html.j2 lay them out, card_plots draws the ROC figures.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Everything here comes from aggregates the sites chose to send: metric panels, co
 histograms and paired differences computed at the site. The best baseline is chosen on tune AUROC,
 never on the test split it is then compared on. "The run's model is not better than logistic
 regression on this data" is a valid verdict, and said plainly.
+
+Layout: report_baselines_collect asks the sites (the only Grid I/O); this module builds the
+report's data, checked against baselines.schema.json; report_baselines_markdown and the template
+baselines.md.j2 render it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ a banner opens the Markdown and the HTML.
 
 Everything here is read from the run folder; nothing is recomputed from data, so the card can be
 regenerated at any time (``fedward card RUN_DIR``) and says the same thing for the same folder.
+
+Layout: report_card_files reads the folder (the only I/O); report_card_sections and
+report_card_verdicts build the card's data, checked against model_card.schema.json; the view
+(report_card_view), the templates card.md.j2 and card.html.j2 and the figures (card_plots) render it.
 """
 
 from __future__ import annotations

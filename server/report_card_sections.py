@@ -58,9 +58,6 @@ NON_DP_MODEL_OUTPUTS = (
     "the training rows",
     "every model update the sites sent during training",
 )
-# Claims an ethics entry can make that only some runs make true, and the control behind each.
-
-RELEASE_STATES = ("not eligible", "eligible for sign-off", "signed off", "released")
 # Bundled datasets: (reference, citation, license); see common/datasets/PROVENANCE.md.
 BUNDLED_DATA = {
     "heart-disease": (

@@ -20,6 +20,9 @@ from fedward.server.release import (
 from fedward.server.report_card_sections import PANEL_METRICS, model_epsilon_scope, model_epsilons
 from fedward.server.report_format import finite
 
+# The release line's states, in the order a model moves through them.
+RELEASE_STATES = ("not eligible", "eligible for sign-off", "signed off", "released")
+# Claims an ethics entry can make that only some runs make true, and the control behind each.
 _DP_CLAIM = re.compile(r"\bDP\b|DP-SGD|differential(ly)?[ -]priva", re.IGNORECASE)
 _CONTROL_CLAIMS = {
     "leave_one_site_out": (
