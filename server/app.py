@@ -405,7 +405,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from flwr.superlink.grid import InMemoryGrid
+    from fedward.common.flower_compat import InMemoryGrid
 
     # `flwr run .` on Flower's local simulation: every SuperNode was registered before this ran.
     simulated = isinstance(grid, InMemoryGrid)

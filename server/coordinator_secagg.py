@@ -16,12 +16,10 @@ from typing import Any, cast
 from flwr.app import Message
 from flwr.server import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
-from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
 from fedward.common.config import RunConfig
+from fedward.common.flower_compat import MAIN_CONFIGS_RECORD, WorkflowKey, WorkflowState
 from fedward.common.secagg_wire import widen_masked_vectors
 
 

@@ -34,7 +34,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
-import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message
@@ -58,10 +57,11 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.strategy import FedProx as LegacyFedProx
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
 from fedward.common.config import StrategyConfig, run_schema
+from fedward.common.flower_compat import MAIN_PARAMS_RECORD
+from fedward.common.flower_compat import recorddict_compat as compat
 from fedward.common.models import build_model, set_deterministic
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import (

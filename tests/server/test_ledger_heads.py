@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedward.common.config import RunConfig
+from fedward.common.flower_compat import set_task_identity
 from fedward.common.protocol import KEY_ATTEMPT, KEY_LEDGER_HEADS
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
@@ -53,7 +53,7 @@ class Nodes:
 
 @pytest.fixture
 def tracker(tmp_path: Path) -> SiteTracking:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    set_task_identity(1)
     folder = RunFolder.at(tmp_path / "run", RunConfig(), run_id=1, engine="test")
     return SiteTracking(
         FedAvg(min_available_nodes=1, min_train_nodes=1),

@@ -16,13 +16,13 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from typer.testing import CliRunner
 
 from fedward.client.app import app
 from fedward.common.config import RunConfig
+from fedward.common.flower_compat import NodeInfo, set_task_identity
 from fedward.common.protocol import KEY_LEDGER_HEADS
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_cli import coordinator_app
@@ -62,11 +62,7 @@ class KeyedGrid:
 
 @pytest.fixture(autouse=True)
 def _task_identity() -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+    set_task_identity(1)  # what the ServerApp runtime sets before any strategy runs
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedward.client.app import app
 from fedward.common.config import RunConfig
+from fedward.common.flower_compat import set_task_identity
 from fedward.common.protocol import KEY_SPLIT
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_tracking import SiteTracking
@@ -101,11 +102,7 @@ def test_round_is_skipped_below_the_minimum_number_of_sites(tracker: SiteTrackin
 
 
 def test_excluded_sites_get_no_more_messages(tracker: SiteTracking) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = 1  # set by the ServerApp runtime before any strategy runs
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+    set_task_identity(1)  # what the ServerApp runtime sets before any strategy runs
     tracker.aggregate_train(1, [_refusal(13)])
     msgs = list(
         tracker.configure_train(
@@ -147,11 +144,7 @@ def test_wrapper_rejects_bad_arguments(tmp_path: Path) -> None:
 def test_a_site_that_never_answers_is_recorded_as_dropped_and_reclaimed_when_back(
     tracker: SiteTracking,
 ) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+    set_task_identity(1)  # what the ServerApp runtime sets before any strategy runs
     run = RunConfig(rounds=2)
     sent = list(
         tracker.configure_train(1, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 12, 13]))

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg, Krum, Strategy
 
 from fedward.client.app import app
 from fedward.common.config import RunConfig, StrategyConfig, UpdateValidationConfig
+from fedward.common.flower_compat import set_task_identity
 from fedward.common.protocol import ARRAYS, METRICS, REPLY
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_tracking import SiteTracking
@@ -176,11 +177,7 @@ class LoopbackGrid:
 
 @pytest.fixture
 def flower_runtime() -> Iterator[None]:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = 1  # set by the ServerApp runtime before any strategy runs
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+    set_task_identity(1)  # what the ServerApp runtime sets before any strategy runs
     yield
 
 
