@@ -11,7 +11,7 @@ from fedward.common.config import RunConfig, run_schema
 from fedward.common.errors import FedwardError
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
 from fedward.server.report_card_files import ENCRYPTED_INFERENCE_FILE, section_not_done
-from fedward.server.report_format import finite, fmt_value
+from fedward.server.report_format import finite
 
 PANEL_METRICS = {
     "auroc": "AUROC",
@@ -464,16 +464,3 @@ def model_epsilon_scope(privacy: Mapping[str, Any]) -> str:
     """What the released model's ε composes, from what ran."""
     parts = list(privacy.get("epsilon_covers") or [])
     return "composing " + ", ".join(parts) if parts else "composing the run's training"
-
-
-def epsilon_cell(site: Mapping[str, Any], digits: int = 2) -> str:
-    """The released model's ε at one site: a number, or a range for a site that stopped answering."""
-    bound = site.get("epsilon_bound")
-    if bound:
-        return f"≥ {fmt_value(bound.get('at_least'), digits)}, ≤ {fmt_value(bound.get('at_most'), digits)}"
-    return fmt_value(site.get("epsilon_model"), digits)
-
-
-def other_epsilon(site: Mapping[str, Any]) -> str:
-    spent = site.get("companion_epsilon") or {}
-    return ", ".join(f"{k} {fmt_value(v, 2)}" for k, v in sorted(spent.items())) or "–"

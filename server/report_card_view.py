@@ -8,10 +8,8 @@ from typing import Any
 from fedward.server.report_card_files import NOT_DONE
 from fedward.server.report_card_sections import (
     PANEL_METRICS,
-    epsilon_cell,
     model_epsilon_scope,
     model_epsilons,
-    other_epsilon,
 )
 from fedward.server.report_format import difference, finite, fmt_small, fmt_value, yes_no_none
 
@@ -33,6 +31,20 @@ def metric_table(card: Mapping[str, Any]) -> tuple[list[str], list[dict[str, str
         by_slice.setdefault(m["slice"], {"slice": m["slice"]})[m["type"]] = text
     cols = [t for t in PANEL_METRICS if t in types]
     return cols, list(by_slice.values())
+
+
+def epsilon_cell(site: Mapping[str, Any], digits: int = 2) -> str:
+    """The released model's ε at one site: a number, or a range for a site that stopped answering."""
+    bound = site.get("epsilon_bound")
+    if bound:
+        return f"≥ {fmt_value(bound.get('at_least'), digits)}, ≤ {fmt_value(bound.get('at_most'), digits)}"
+    return fmt_value(site.get("epsilon_model"), digits)
+
+
+def other_epsilon(site: Mapping[str, Any]) -> str:
+    """What the other federations of the same invocation spent at one site, by name."""
+    spent = site.get("companion_epsilon") or {}
+    return ", ".join(f"{k} {fmt_value(v, 2)}" for k, v in sorted(spent.items())) or "–"
 
 
 def card_difference(d: Mapping[str, Any] | None) -> str:

@@ -17,7 +17,8 @@ MARKDOWN_SUFFIX = ".md.j2"
 
 
 @cache
-def _environment(markdown: bool) -> Environment:
+def template_environment(markdown: bool) -> Environment:
+    """The Markdown or the HTML environment, made once."""
     loader = PackageLoader("fedward.server", "templates")
     if markdown:
         return Environment(
@@ -32,4 +33,4 @@ def _environment(markdown: bool) -> Environment:
 
 def render(name: str, **context: Any) -> str:
     """Render the template ``name`` (e.g. ``card.html.j2``) with ``context``."""
-    return _environment(name.endswith(MARKDOWN_SUFFIX)).get_template(name).render(**context)
+    return template_environment(name.endswith(MARKDOWN_SUFFIX)).get_template(name).render(**context)

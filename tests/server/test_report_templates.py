@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedward.server.report_templates import render
+from fedward.server.report_templates import render, template_environment
 
 TEMPLATES = ("card.md.j2", "card.html.j2", "audit.md.j2", "audit.html.j2", "baselines.md.j2")
 
@@ -23,9 +23,7 @@ def test_every_template_ships_as_package_data() -> None:
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_every_template_parses(name: str) -> None:
-    from fedward.server.report_templates import _environment
-
-    _environment(name.endswith(".md.j2")).get_template(name)
+    template_environment(name.endswith(".md.j2")).get_template(name)
 
 
 def test_html_is_escaped_and_markdown_is_not() -> None:
