@@ -29,7 +29,6 @@ from fedward.client.handlers_training import local_update, train
 from fedward.client.reply_encoding import failure, guarded
 from fedward.client.request import build_request
 from fedward.client.site import resolve_site
-from fedward.common.config import RunConfig
 from fedward.common.egress import EgressMod, SiteView
 from fedward.common.errors import MessageError
 from fedward.common.protocol import (
@@ -40,6 +39,7 @@ from fedward.common.protocol import (
     MSG_BASELINES,
     MSG_PROFILE,
 )
+from fedward.common.run_config import RunConfig
 
 __all__ = [
     "HANDLED_MESSAGE_TYPES",

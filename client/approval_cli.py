@@ -19,7 +19,8 @@ from fedward.client.site_console import (
     person,
 )
 from fedward.common.code_identity import SITE_PACKAGES, code_hash, fedward_version
-from fedward.common.config import RunConfig, load_run_config, load_site_config
+from fedward.common.run_config import RunConfig, load_run_config
+from fedward.common.site_config import load_site_config
 
 if TYPE_CHECKING:
     pass

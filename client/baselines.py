@@ -47,7 +47,7 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 from fedward.common import seeds
-from fedward.common.config import BASELINE_FAMILIES
+from fedward.common.evaluation_config import BASELINE_FAMILIES
 from fedward.common.tuning import SEARCHES, Search, Space, sample_configurations
 
 Status = Literal["ok", "failed"]

@@ -31,9 +31,10 @@ from fedward.client.accounting import (
     plan_noise_multiplier,
 )
 from fedward.client.ledger import Ledger, LedgerEntry
-from fedward.common.config import PolicyConfig, RunConfig
 from fedward.common.errors import FedwardError
 from fedward.common.protocol import PURPOSE_RUN, PURPOSE_TUNING
+from fedward.common.run_config import RunConfig
+from fedward.common.site_config import PolicyConfig
 from fedward.common.site_messages import SiteMessage
 
 RETRY_ROUNDS_RESERVED = 1

@@ -26,7 +26,7 @@ from fedward.client.ledger_cli import ledger, rotate_key, verify
 from fedward.client.site_console import SiteConfigOption, console
 from fedward.client.site_setup_cli import check, init
 from fedward.client.withdrawal_cli import withdraw, withdrawals
-from fedward.common.config import load_site_config
+from fedward.common.site_config import load_site_config
 
 site_app = typer.Typer(
     help="Site operator: set up and check the site, approve runs and code, show and verify the "

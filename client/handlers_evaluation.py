@@ -17,9 +17,10 @@ from flwr.app import Context, Message
 from fedward.client.reply_encoding import SiteReply
 from fedward.client.request import Request, config_json, read_sealed_once, request_from_message
 from fedward.client.training import predict_scores
-from fedward.common.config import BASELINE_FAMILIES, ModelConfig
 from fedward.common.errors import MessageError, PolicyError, SiteDataError
-from fedward.common.metrics import metric_panel, score_histogram
+from fedward.common.evaluation_config import BASELINE_FAMILIES
+from fedward.common.learning_config import ModelConfig
+from fedward.common.metrics import metric_panel
 from fedward.common.models import build_model
 from fedward.common.protocol import (
     ARRAYS_FEDERATED_LOGISTIC,
@@ -30,6 +31,7 @@ from fedward.common.protocol import (
     KEY_SPLIT,
 )
 from fedward.common.reply_fields import NON_DP_OUTPUTS
+from fedward.common.score_histograms import score_histogram
 from fedward.common.seeds import derive_seed
 from fedward.common.site_messages import count_slot
 

@@ -27,7 +27,7 @@ from fedward.client.site_console import (
     time_cell,
 )
 from fedward.common.cli import exit_1_on
-from fedward.common.config import SiteConfig, load_site_config
+from fedward.common.site_config import SiteConfig, load_site_config
 
 if TYPE_CHECKING:
     from fedward.client.site_metrics import LedgerSummary

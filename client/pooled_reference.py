@@ -26,10 +26,10 @@ from fedward.client.accounting import default_delta, epsilon_of, plan_noise_mult
 from fedward.client.baselines import FAMILIES, derive_seed, run_suite
 from fedward.client.site import PreparedSite, open_site, prepare
 from fedward.client.training import DPSettings, dp_steps, predict_scores, train_local
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.metrics import metric_panel, paired_auroc_difference
 from fedward.common.models import build_model, select_device
 from fedward.common.preprocessing import SharedTransform
+from fedward.common.run_config import RunConfig, run_schema
 
 SPLITS = ("train", "tune", "test")
 

@@ -19,8 +19,8 @@ from fedward.client.ledger import EntryKind, LedgerEntry
 from fedward.client.randomness import SEEDED as SEEDED_RANDOMNESS
 from fedward.client.randomness import SYSTEM as SYSTEM_RANDOMNESS
 from fedward.client.request import Request
-from fedward.common.config import RunConfig
 from fedward.common.protocol import KEY_PARENT_RUN, PURPOSE_RUN, PURPOSE_TUNING
+from fedward.common.run_config import RunConfig
 
 PRIVACY_UNIT = "record"  # sample-level DP-SGD: one row of one site's table
 

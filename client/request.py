@@ -24,7 +24,7 @@ from fedward.client.ledger import Ledger, LedgerError
 from fedward.client.site import PreparedSite, Site, SiteEntry, prepare, resolve_site
 from fedward.client.withdrawal import refuse_if_withdrawn
 from fedward.common.code_identity import code_hash
-from fedward.common.config import RunConfig, validate_config
+from fedward.common.config_files import validate_config
 from fedward.common.errors import MessageError, PolicyError, SiteDataError
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
@@ -46,6 +46,7 @@ from fedward.common.protocol import (
     PURPOSE_TUNING,
     SEALED_STATE,
 )
+from fedward.common.run_config import RunConfig
 from fedward.common.schema import DataSchema
 
 PURPOSES = (PURPOSE_RUN, PURPOSE_TUNING, PURPOSE_CONTROL, PURPOSE_BASELINE)

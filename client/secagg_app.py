@@ -39,7 +39,6 @@ from fedward.client.app import evaluate, site_egress
 from fedward.client.handlers_training import training_reply
 from fedward.client.reply_encoding import encode_reply, failure
 from fedward.client.request import build_request
-from fedward.common.config import RunConfig
 from fedward.common.egress import REFUSED_STATUS
 from fedward.common.errors import FedwardError
 from fedward.common.models import build_model
@@ -55,6 +54,7 @@ from fedward.common.protocol import (
     REPLY,
     STATUS_OK,
 )
+from fedward.common.run_config import RunConfig
 from fedward.common.schema import DataSchema
 from fedward.common.secagg_wire import narrow_masked_vectors
 

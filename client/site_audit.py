@@ -27,8 +27,9 @@ from fedward.client.accounting import epsilon_of
 from fedward.client.budget import RunPlan
 from fedward.client.mia import audit_site
 from fedward.client.training import DPSettings, predict_logits, train_local
-from fedward.common.config import AuditConfig, RunConfig
+from fedward.common.evaluation_config import AuditConfig
 from fedward.common.models import build_model, select_device
+from fedward.common.run_config import RunConfig
 
 LATEST_AUDIT_FILE = "audit_latest.json"  # the exporter's gauges read it (fedward site metrics)
 

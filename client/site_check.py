@@ -24,10 +24,11 @@ from typing import Literal
 from fedward.client.ledger import LEDGER_FILE, Ledger
 from fedward.client.site_init import REVIEW_NOTE
 from fedward.client.withdrawal import read_withdrawals, withdrawals_path
-from fedward.common.config import SiteConfig, SplitConfig, load_site_config
 from fedward.common.datasource import LoadedTable, load_table
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import SplitConfig
 from fedward.common.schema import DataSchema
+from fedward.common.site_config import SiteConfig, load_site_config
 
 Status = Literal["ok", "warning", "FAILED", "skipped"]
 DEFAULT_TIMEOUT_S = 5.0

@@ -30,14 +30,7 @@ import typer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedward.client.ledger import Ledger
-from fedward.common.config import (
-    DataSourceConfig,
-    PolicyConfig,
-    SiteConfig,
-    load_schema,
-    load_site_config,
-    validate_config,
-)
+from fedward.common.config_files import load_schema, validate_config
 from fedward.common.datasource import read_raw
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.schema import DataSchema
@@ -49,6 +42,7 @@ from fedward.common.schema_inference import (
     cell_texts,
     infer_schema,
 )
+from fedward.common.site_config import DataSourceConfig, PolicyConfig, SiteConfig, load_site_config
 
 __all__ = ["REVIEW_NOTE", "InitOptions", "SiteInitError", "infer_schema_toml", "write_site"]
 

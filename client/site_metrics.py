@@ -30,10 +30,10 @@ from fedward.client.budget import SiteBudget
 from fedward.client.ledger import GENESIS, LEDGER_FILE, Ledger, LedgerEntry, VerifyResult, runs_in
 from fedward.client.site_audit import LATEST_AUDIT_FILE
 from fedward.common.audit_keys import ATTACKS
-from fedward.common.config import SiteConfig
 from fedward.common.datasource import load_table
 from fedward.common.errors import FedwardError
 from fedward.common.metrics_http import serve_registry
+from fedward.common.site_config import SiteConfig
 
 log = logging.getLogger(__name__)
 

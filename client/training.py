@@ -54,8 +54,8 @@ from scipy.special import expit
 from torch import nn
 
 from fedward.client.randomness import SEEDED, SystemRandom, with_system_noise
-from fedward.common.config import TrainingConfig
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import TrainingConfig
 
 SMALL_MODEL_PARAMS = 200_000
 

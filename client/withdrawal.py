@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fedward.common.config import RunConfig
 from fedward.common.errors import FedwardError, PolicyError
 from fedward.common.protocol import KEY_PARENT_RUN
+from fedward.common.run_config import RunConfig
 from fedward.common.site_messages import SiteMessage
 
 WITHDRAWALS_FILE = "withdrawals.jsonl"

@@ -22,7 +22,8 @@ from fedward.client.site_console import (
     print_whole,
     time_cell,
 )
-from fedward.common.config import SiteConfig, load_run_config, load_site_config
+from fedward.common.run_config import load_run_config
+from fedward.common.site_config import SiteConfig, load_site_config
 
 if TYPE_CHECKING:
     pass

@@ -53,7 +53,8 @@ def config_check(
     kind: Annotated[str, typer.Option(help="run or site")] = "run",
 ) -> None:
     """Validate a config file and print its hash."""
-    from fedward.common.config import load_run_config, load_site_config
+    from fedward.common.run_config import load_run_config
+    from fedward.common.site_config import load_site_config
 
     if kind == "run":
         cfg = load_run_config(path)

@@ -21,15 +21,6 @@ from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from fedward.common.metric_conventions import ECE_BINS, FIGURE_KEYS, checked_scores
-from fedward.common.pooled_metrics import (
-    n_weighted,  # noqa: F401  (moved; importers to be updated)
-    pooled_coverage,  # noqa: F401  (moved; importers to be updated)
-    pooled_panel,  # noqa: F401  (moved; importers to be updated)
-)
-from fedward.common.score_histograms import (
-    CoarseHistogram,  # noqa: F401  (moved; importers to be updated)
-    score_histogram,  # noqa: F401  (moved; importers to be updated)
-)
 
 CI_METRICS = ("auroc", "auprc", "balanced_accuracy", "brier", "ece")
 """Metrics of the panel that carry a bootstrap interval (`<m>_lo`, `<m>_hi`)."""

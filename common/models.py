@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedward.common.config import ModelConfig
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import ModelConfig
 
 
 class Square(nn.Module):

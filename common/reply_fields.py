@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedward.common.audit_keys import ATTACKS, FPR_LEVELS, fpr_label
-from fedward.common.config import BASELINE_FAMILIES
+from fedward.common.evaluation_config import BASELINE_FAMILIES
 from fedward.common.metrics import PANEL_KEYS
 from fedward.common.protocol import FEDERATED_LOGISTIC
 

@@ -77,11 +77,8 @@ def infer(
     Ranges come from robust quantiles, impossible values are flagged and kept out, missing cells
     are imputed with the median, categories are the union without case or spaces; every feature
     carries a REVIEW note until a person has checked it."""
-    from fedward.common.schema_inference import (
-        infer_schema,
-        merge_schemas,
-        read_site_files,
-    )
+    from fedward.common.schema_inference import infer_schema, read_site_files
+    from fedward.common.schema_merge import merge_schemas
 
     if out is not None and out.exists() and not force:
         raise typer.BadParameter(f"{out} exists; pass --force to overwrite it")
@@ -89,7 +86,7 @@ def infer(
     if schemas and len(schemas) != len(files):
         raise typer.BadParameter("give data files or schema TOMLs, not both")
     if schemas:
-        from fedward.common.config import load_schema
+        from fedward.common.config_files import load_schema
 
         result = merge_schemas({str(p): load_schema(p) for p in schemas}, name=name)
     else:

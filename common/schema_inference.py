@@ -39,7 +39,6 @@ from fedward.common.numeric_summary import (
     summarise_numeric,
 )
 from fedward.common.schema import Scalar
-from fedward.common.schema_merge import merge_schemas  # noqa: F401  (moved; importers to be updated)
 from fedward.common.schema_toml import (
     REVIEW_NOTE,
     InferredSchema,

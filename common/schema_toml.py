@@ -52,7 +52,7 @@ def parse_schema_toml(text: str, source: str | Path) -> DataSchema:
     """Validate schema TOML text with the same model the sites load."""
     import tomllib
 
-    from fedward.common.config import validate_config
+    from fedward.common.config_files import validate_config
 
     try:
         data = tomllib.loads(text)

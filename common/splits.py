@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from fedward.common.config import SplitConfig
 from fedward.common.errors import SiteDataError
+from fedward.common.learning_config import SplitConfig
 from fedward.common.seeds import SPLIT_DOMAIN, derive_seed
 
 SPLIT_NAMES = ("train", "tune", "test", "audit")

@@ -18,7 +18,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.config import RunConfig, StrategyConfig, run_schema
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.models import set_deterministic
 from fedward.common.preprocessing import SharedTransform, transform_from_aggregates
@@ -32,14 +31,11 @@ from fedward.common.protocol import (
     KEY_TRANSFORM,
     PURPOSE_RUN,
 )
+from fedward.common.run_config import RunConfig, run_schema
 from fedward.common.schema import DataSchema
+from fedward.common.strategy_config import StrategyConfig
 from fedward.server.audit_run import SIMULATION_FILE, audit_after_run, audit_run_folder
-from fedward.server.baselines_report import (
-    baselines_report,
-    pooled_reference,
-    site_baselines,
-    write_baselines_report,
-)
+from fedward.server.baselines_report import baselines_report, write_baselines_report
 from fedward.server.checkpoint import (
     checkpoint_of,
     restore_strategy,
@@ -59,18 +55,17 @@ from fedward.server.coordinator_settings import (
     coordinator_dir,
     open_run_folder,
     settings_from_context,
-    settings_from_run_config,  # noqa: F401  (moved; importers to be updated)
     sim_state_root,
 )
 from fedward.server.data_profiles import collect_profiles
 from fedward.server.federation import (
     Federation,
-    build_run_strategy,
     federate,
     wait_for_nodes,
 )
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.reply_polling_grid import reply_polling_grid
+from fedward.server.report_baselines_collect import pooled_reference, site_baselines
 from fedward.server.resume import (
     LAUNCH_FILE,
     ResumeError,
@@ -117,7 +112,6 @@ def _dp_fitted_transform(
 
 
 # Kept under its old name: tests build strategies through it.
-_build_strategy = build_run_strategy
 
 
 def _after_companions(tracker: SiteTracking, companions: dict[str, Companion]) -> None:
@@ -417,7 +411,7 @@ def main(grid: Grid, context: Context) -> None:
         return
     settings = settings_from_context(context)
     if simulated:
-        from fedward.server.simulate import stop_on_federation_size
+        from fedward.server.federation_size import stop_on_federation_size
 
         stop_on_federation_size(len(list(grid.get_node_ids())), settings)
         settings.engine = "simulation"

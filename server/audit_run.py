@@ -18,7 +18,6 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid
 
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.protocol import (
     FEDERATED_LOGISTIC,
     KEY_PARENT_RUN,
@@ -29,8 +28,9 @@ from fedward.common.protocol import (
     KEY_SIM_STATE,
     KEY_TRANSFORM,
 )
+from fedward.common.run_config import RunConfig, run_schema
 from fedward.common.run_plan import companion_runs
-from fedward.server.audit_report import audit_report, site_audits, write_audit_report
+from fedward.server.audit_report import audit_report, write_audit_report
 from fedward.server.companions import COMPANIONS_DIR, Companion
 from fedward.server.federation import (
     Federation,
@@ -38,6 +38,7 @@ from fedward.server.federation import (
     describe_model,
     wait_for_nodes,
 )
+from fedward.server.report_audit_collect import site_audits
 from fedward.server.run_folder import RunFolder
 
 SIMULATION_FILE = "simulation.json"

@@ -19,16 +19,17 @@ from typing import Any
 
 from scipy.stats import norm
 
-from fedward.common.config import RunConfig
-from fedward.common.metrics import CoarseHistogram, pooled_panel
+from fedward.common.pooled_metrics import pooled_panel
 from fedward.common.protocol import (
     FEDERATED_LOGISTIC,
     STATUS_OK,
 )
+from fedward.common.run_config import RunConfig
 from fedward.common.run_plan import LABEL_SHUFFLE
+from fedward.common.score_histograms import CoarseHistogram
 from fedward.server.companions import LOSO_PREFIX, Companion, TuningSearch
 from fedward.server.federation import FederationResult, describe_model
-from fedward.server.report_baselines_collect import FAMILY_NAMES, pooled_reference, site_baselines  # noqa: F401  (moved; importers to be updated)
+from fedward.server.report_baselines_collect import FAMILY_NAMES
 from fedward.server.report_baselines_markdown import render_markdown
 from fedward.server.report_format import fmt_fixed, signed
 from fedward.server.report_schemas import check_report

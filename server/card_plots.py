@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedward.common.metrics import CoarseHistogram
+from fedward.common.score_histograms import CoarseHistogram
 from fedward.server.report_audit_rows import ATTACK_NAMES
 
 CALIBRATION_BINS = 10

@@ -43,8 +43,9 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClippin
 from fedward.common.durable_files import atomic_write_bytes, atomic_write_json
 from fedward.common.errors import FedwardError
 from fedward.common.flower_compat import FEDOPT_MOMENTS, fedopt_moments, set_fedopt_moment
-from fedward.server.site_tracking import SiteRecord, SiteTracking
+from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import CentralDPAccounting, Release
+from fedward.server.tracking_book import SiteRecord
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"

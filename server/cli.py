@@ -15,10 +15,10 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from fedward.common.config import RunConfig, load_run_config, validate_config
+from fedward.common.config_files import validate_config
+from fedward.common.run_config import RunConfig, load_run_config
 from fedward.server.exit_codes import closing_line, exit_code, read_record
 from fedward.server.run_console import (
-    MAX_WARNING_LINES,  # noqa: F401  (moved; importers to be updated)
     console,
     epsilon_lines,
     final_table,
@@ -29,9 +29,6 @@ from fedward.server.run_console import (
     progress_view,
     site_warning_lines,
 )
-from fedward.server.run_console import final_table as _final_table  # noqa: F401  (moved; importers to be updated)
-from fedward.server.run_console import print_audit as _print_audit  # noqa: F401  (moved; importers to be updated)
-from fedward.server.run_console import site_warning_lines as _site_warnings  # noqa: F401  (moved; importers to be updated)
 from fedward.server.site_schemas import run_names_schema
 
 VERBOSE_HELP = (
@@ -251,7 +248,7 @@ def simulate(
             run_chose_schema=chose_schema,
         )
     # Imported here: torch, Flower and Ray take seconds to load, and other commands need none of them.
-    from fedward.server.app import CoordinatorSettings
+    from fedward.server.coordinator_settings import CoordinatorSettings
     from fedward.server.simulate import run_simulation
 
     settings = CoordinatorSettings(
@@ -328,7 +325,7 @@ def audit(
             param_hint="RUN_DIR",
         )
     if manifest.get("engine") == "simulation":
-        from fedward.server.app import CoordinatorSettings
+        from fedward.server.coordinator_settings import CoordinatorSettings
         from fedward.server.simulate import run_simulation
 
         sim = _read_report(run_dir, "simulation.json", "the simulation's settings were not kept")

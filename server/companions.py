@@ -14,8 +14,8 @@ from typing import Any
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from fedward.common.config import RunConfig
 from fedward.common.protocol import PURPOSE_BASELINE, PURPOSE_CONTROL, PURPOSE_TUNING
+from fedward.common.run_config import RunConfig
 from fedward.common.run_plan import (
     companion_runs,
     tuned_run,

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedward.common.config import RunConfig
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
+from fedward.common.run_config import RunConfig
 from fedward.common.schema import DataSchema
 from fedward.server.privacy_figures import EPSILON_FIGURES, epsilon_bound, model_epsilon
 from fedward.server.run_folder import RunFolder

@@ -18,8 +18,8 @@ from flwr.server import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
-from fedward.common.config import RunConfig
 from fedward.common.flower_compat import MAIN_CONFIGS_RECORD, WorkflowKey, WorkflowState
+from fedward.common.run_config import RunConfig
 from fedward.common.secagg_wire import widen_masked_vectors
 
 

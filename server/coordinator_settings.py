@@ -13,7 +13,7 @@ from typing import Any
 
 from flwr.app import Context
 
-from fedward.common.config import RunConfig, load_run_config
+from fedward.common.run_config import RunConfig, load_run_config
 from fedward.server.run_folder import RunFolder
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedward.common.config import load_schema, load_site_config
+from fedward.common.config_files import load_schema
 from fedward.common.errors import ConfigError, FedwardError
+from fedward.common.site_config import load_site_config
 
 SITE_CONFIGS = "site-configs"
 DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".parq")

@@ -17,10 +17,10 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedward.common.config import RunConfig
 from fedward.common.errors import ConfigError
 from fedward.common.models import build_model
 from fedward.common.protocol import KEY_PURPOSE, KEY_RUN, KEY_RUN_ID, KEY_SPLIT
+from fedward.common.run_config import RunConfig
 from fedward.common.schema import DataSchema
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder

@@ -202,7 +202,8 @@ def _model_from(
 
 def load_released_model(release_dir: str | Path) -> HEModel:
     """A release that passed the gate, verified byte for byte against its manifest first."""
-    from fedward.server.release import MANIFEST_FILE, MODEL_FILE, verify_release
+    from fedward.server.release import MANIFEST_FILE, MODEL_FILE
+    from fedward.server.release_verify import verify_release
 
     folder = Path(release_dir)
     if not (folder / MANIFEST_FILE).exists():

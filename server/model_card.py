@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedward.common.config import CardConfig, validate_config
+from fedward.common.card_config import CardConfig
+from fedward.common.config_files import validate_config
 from fedward.common.durable_files import atomic_write_bytes
 from fedward.server import card_plots
 from fedward.server.report_card_files import (
-    RunNotFinished,  # noqa: F401  (moved; importers to be updated)
     companion_names,
     load_run,
     release_records,
@@ -61,8 +61,6 @@ from fedward.server.report_card_verdicts import (
     ethics_entries,
     release_state,
 )
-from fedward.server.report_card_verdicts import federated_auroc_text as _federated_auroc_text  # noqa: F401  (moved; importers to be updated)
-from fedward.server.report_card_verdicts import pooled_omissions as _pooled_omissions  # noqa: F401  (moved; importers to be updated)
 from fedward.server.report_card_view import card_view
 from fedward.server.report_schemas import check_report, report_schema
 from fedward.server.report_templates import render

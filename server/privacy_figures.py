@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedward.common.config import RunConfig
+from fedward.common.run_config import RunConfig
 
 # What each ε figure of a site's row is: the card, the terminal and the live view say the same.
 EPSILON_FIGURES = {

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fedward.common.code_identity import fedward_version
-from fedward.common.config import ModelConfig
 from fedward.common.durable_files import atomic_write_bytes, atomic_write_json
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import ModelConfig
 from fedward.common.models import build_model
 from fedward.server.release_files import (
     COPIED_FILES,
@@ -49,9 +49,7 @@ from fedward.server.release_files import (
     MODEL_FILE,
     RELEASE_FORMAT,
     RELEASES_FILE,
-    SIGNED_FILES,  # noqa: F401  (moved; importers to be updated)
     SIGNOFF_FILE,
-    SIGNOFFS_FILE,  # noqa: F401  (moved; importers to be updated)
     account_name,
     append_line,
     now_iso,
@@ -61,11 +59,8 @@ from fedward.server.release_files import (
 from fedward.server.release_gate import check_release
 from fedward.server.release_signing import MANIFEST_DOMAIN, SIGNATURE_FORMAT, sign
 from fedward.server.release_signoff import (
-    sign_off,  # noqa: F401  (moved; importers to be updated)
     signer_summary,
-    signoff_signature_problem,  # noqa: F401  (moved; importers to be updated)
 )
-from fedward.server.release_verify import verify_release  # noqa: F401  (moved; importers to be updated)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -15,7 +15,6 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedward.common.metrics import CoarseHistogram
 from fedward.common.protocol import (
     ARRAYS,
     KEY_PREPROCESSING_AGGREGATES,
@@ -23,6 +22,7 @@ from fedward.common.protocol import (
     PRIVACY_FLOATS,
     REPLY,
 )
+from fedward.common.score_histograms import CoarseHistogram
 
 _LIST_KEYS = ("non_dp_outputs", "warnings", "undefined_metrics")
 _TRAIN_METRICS = ("num-examples",)

@@ -14,7 +14,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedward.common.protocol import ARRAYS, CONFIG, KEY_AUDIT_MODEL, MSG_AUDIT
-from fedward.server.site_tracking import _reply_info
+from fedward.server.site_tracking import reply_info
 
 
 def site_audits(
@@ -44,7 +44,7 @@ def site_audits(
             out[label] = {"status": "failed", "reason": reply.error.reason}
             log(WARNING, "site %s failed its audit: %s", label, reply.error.reason)
             continue
-        info = _reply_info(reply)
+        info = reply_info(reply)
         if node not in (names or {}):
             label = str(info.get("site", label))
         out[label] = dict(info)

@@ -14,7 +14,6 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedward.common.config import RunConfig
 from fedward.common.metrics import PANEL_KEYS
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import (
@@ -27,6 +26,7 @@ from fedward.common.protocol import (
     MSG_BASELINES,
     STATUS_OK,
 )
+from fedward.common.run_config import RunConfig
 from fedward.server.companions import Companion
 from fedward.server.federation import Federation, FederationResult
 

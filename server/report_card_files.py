@@ -11,7 +11,7 @@ from typing import Any
 
 from fedward.common.errors import FedwardError
 from fedward.server.companions import COMPANIONS_DIR
-from fedward.server.release import RELEASES_FILE, SIGNED_FILES, SIGNOFFS_FILE, sha256_file
+from fedward.server.release_files import RELEASES_FILE, SIGNED_FILES, SIGNOFFS_FILE, sha256_file
 
 ENCRYPTED_INFERENCE_FILE = "encrypted_inference.json"
 NOT_DONE = "not done"

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.errors import FedwardError
 from fedward.common.protocol import PRIVACY_SUMMARY_KEYS
+from fedward.common.run_config import RunConfig, run_schema
 from fedward.server.report_card_files import ENCRYPTED_INFERENCE_FILE, section_not_done
 from fedward.server.report_format import finite
 

@@ -9,14 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedward.common.config import CardConfig
-from fedward.common.metrics import n_weighted, pooled_coverage
+from fedward.common.card_config import CardConfig
+from fedward.common.pooled_metrics import n_weighted, pooled_coverage
 from fedward.server.companions import LOSO_PREFIX
 from fedward.server.privacy_figures import trained_rounds_text
-from fedward.server.release import (
-    SIGNOFFS_FILE,
-    signoff_signature_problem,
-)
+from fedward.server.release_files import SIGNOFFS_FILE
+from fedward.server.release_signoff import signoff_signature_problem
 from fedward.server.report_card_sections import PANEL_METRICS, model_epsilon_scope, model_epsilons
 from fedward.server.report_format import finite
 

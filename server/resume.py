@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedward.common.config import RunConfig
 from fedward.common.errors import FedwardError
+from fedward.common.run_config import RunConfig
 from fedward.server.checkpoint import ResumeCheckpoint, load_last_checkpoint
 from fedward.server.coordinator_audit import CoordinatorAudit
 from fedward.server.site_tracking import SiteTracking

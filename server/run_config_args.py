@@ -109,7 +109,7 @@ def resume_run_config(
     anything starts (the ServerApp checks again): a run folder with a checkpoint, a run that has
     not finished, the same config hash, no coordinator still holding the folder. A refusal is a
     usage error (exit 2); what is resumed is printed."""
-    from fedward.server.app import settings_from_run_config
+    from fedward.server.coordinator_settings import settings_from_run_config
     from fedward.server.resume import ResumeError, RunLock, launch_values, resume_point
 
     launch = {k: v for k, v in launch_values(run_dir).items() if k in known}
@@ -127,7 +127,7 @@ def resume_run_config(
 
 
 def _planned_rounds(point: Any) -> int:
-    from fedward.common.config import RunConfig
+    from fedward.common.run_config import RunConfig
 
     return RunConfig.from_json(point.checkpoint.run).rounds
 

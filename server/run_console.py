@@ -113,7 +113,7 @@ _POOLED_LABELS = {
 
 def _pooled_caveats(pooled: dict[str, Any], histograms: dict[str, Any]) -> str:
     """† lines under the table: which sites the pooled row covers and each figure it leaves out."""
-    from fedward.common.metrics import pooled_coverage  # scipy and sklearn: only when printing
+    from fedward.common.pooled_metrics import pooled_coverage
 
     lines = []
     if coverage := pooled_coverage(pooled, histograms):

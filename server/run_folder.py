@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
-from fedward.common.config import RunConfig
 from fedward.common.durable_files import atomic_write_bytes, atomic_write_json
+from fedward.common.run_config import RunConfig
 
 PROGRESS_FILE = "progress.jsonl"
 _PACKAGES = (

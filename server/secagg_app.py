@@ -59,7 +59,6 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.config import StrategyConfig, run_schema
 from fedward.common.flower_compat import MAIN_PARAMS_RECORD
 from fedward.common.flower_compat import recorddict_compat as compat
 from fedward.common.models import build_model, set_deterministic
@@ -77,6 +76,8 @@ from fedward.common.protocol import (
     STATUS_ERROR,
     STATUS_REFUSED,
 )
+from fedward.common.run_config import run_schema
+from fedward.common.strategy_config import StrategyConfig
 from fedward.server import coordinator_outputs as outputs
 from fedward.server.coordinator_secagg import RecordedSecAggPlus, secure_aggregation_statement
 from fedward.server.coordinator_settings import (

@@ -14,8 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from fedward.common.config import RunConfig
 from fedward.common.errors import FedwardError
+from fedward.common.run_config import RunConfig
 from fedward.server.data_folder import SITE_CONFIGS, site_files, write_data_folder
 from fedward.server.site_schemas import check_site_schemas
 

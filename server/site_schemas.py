@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedward.common.config import RunConfig, load_site_config, run_schema
 from fedward.common.errors import FedwardError
+from fedward.common.run_config import RunConfig, run_schema
 from fedward.common.schema import DataSchema
 from fedward.common.schema_diff import describe_differences
+from fedward.common.site_config import load_site_config
 
 SHOWN_DIFFERENCES = 5
 

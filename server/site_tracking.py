@@ -60,9 +60,6 @@ def reply_info(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[REPLY])
 
 
-_reply_info = reply_info  # its old name, still imported by fedward.server.audit_report
-
-
 class SiteTracking(Strategy):
     """Filter refusals and failures, record per-site status and privacy spend, checkpoint each round."""
 
@@ -298,8 +295,6 @@ class SiteTracking(Strategy):
                 server_round, phase, self._asked.pop(phase, set()) - replied, unattributed
             )
         return ok
-
-    _classify = classify  # its old name, still called by tests/hostile/test_message_corpus.py
 
     def _accepted(self, rec: SiteRecord, msg: Message, server_round: int, phase: str) -> bool:
         """File one site's reply in the book: may it be aggregated?"""

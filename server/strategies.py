@@ -15,7 +15,7 @@ counts replies. ``CentralDPAccounting`` (here) changes no arithmetic of Flower's
 site the same weight in the mean (the noise z·C/m is sized for an unweighted mean of m clipped
 updates; a weighted mean would let one large site move the model by more than C/m) and records,
 round by round, how many sites the released mean really had and which clipping norm the noise
-used, so the site-level ε reported is the one the run actually had (``fedward.common.central_dp``).
+used, so the site-level ε reported is the one the run actually had (``fedward.server.central_dp``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedward.common.config import CentralDPConfig, StrategyConfig
+from fedward.common.privacy_config import CentralDPConfig
+from fedward.common.strategy_config import StrategyConfig
 from fedward.server.central_dp import adaptive_noise_multiplier, default_delta, site_level_epsilon
 
 CentralDPWrapper = (

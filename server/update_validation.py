@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from fedward.common.config import UpdateValidationConfig
 from fedward.common.protocol import ARRAYS, METRICS
+from fedward.common.strategy_config import UpdateValidationConfig
 
 STATUS_REJECTED = "rejected"  # the coordinator dropped the site's update (its run-record status)
 WEIGHT_KEY = "num-examples"  # the weight Flower's FedAvg family reads from each reply

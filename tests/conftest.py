@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import (
@@ -22,6 +21,7 @@ from fedward.common.protocol import (
     KEY_SIM_STATE,
     KEY_TRANSFORM,
 )
+from fedward.common.run_config import RunConfig, run_schema
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",

@@ -28,9 +28,9 @@ import numpy as np
 
 from fedward.client.baselines import FAMILIES, run_suite
 from fedward.client.site import open_site, prepare
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.metrics import metric_panel
 from fedward.common.preprocessing import SharedTransform
+from fedward.common.run_config import RunConfig, run_schema
 
 DATASETS: dict[str, dict[str, Any]] = {
     "heart-disease": {"dataset": "heart-disease", "partition": "natural", "n_sites": None},

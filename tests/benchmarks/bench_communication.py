@@ -83,11 +83,12 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 from fedward.client.app import app as message_api_app
 from fedward.client.secagg_app import app as secagg_app
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import KEY_SPLIT
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig, run_schema
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.run_folder import RunFolder
 from fedward.server.secagg_app import coordinate_secagg
 from tests.benchmarks.report import print_rows, row

@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedward.client.training import Clipping, DPSettings, train_local
-from fedward.common.config import ModelConfig, TrainingConfig
+from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 from tests.benchmarks.report import busy_cpu_s, own_cpu_s, print_rows, row
 

@@ -40,10 +40,10 @@ import tenseal as ts
 import torch
 
 from fedward.client.he_predict import EncryptedPredictor, channel, preprocess
-from fedward.common.config import RunConfig
 from fedward.common.he_context import new_secret_context, public_context_bytes
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
+from fedward.common.run_config import RunConfig
 from fedward.server.he_access import Access, add_client, load_clients
 from fedward.server.he_model import HEModel, load_run_model
 from fedward.server.he_service import (

@@ -255,9 +255,9 @@ def local_site_accuracy(run_dir: Path) -> dict[str, float]:
     import torch
 
     from fedward.client.training import predict_scores
-    from fedward.common.config import RunConfig
     from fedward.common.models import build_model
     from fedward.common.preprocessing import SharedTransform
+    from fedward.common.run_config import RunConfig
 
     run = RunConfig.from_json((run_dir / "run_config.json").read_text())
     transform = SharedTransform.from_dict(json.loads((run_dir / "transform.json").read_text()))
@@ -276,7 +276,7 @@ def local_site_accuracy(run_dir: Path) -> dict[str, float]:
 def _site_splits(run_dir: Path) -> dict[str, dict[str, tuple[pd.DataFrame, np.ndarray]]]:
     """Each site's train/tune/test rows exactly as the run's sites split them."""
     from fedward.client.site import open_site, prepare
-    from fedward.common.config import RunConfig, run_schema
+    from fedward.common.run_config import RunConfig, run_schema
 
     run = RunConfig.from_json((run_dir / "run_config.json").read_text())
     schema = run_schema(run)
@@ -360,7 +360,7 @@ def sklearn_sites(run_dir: Path) -> dict[str, dict[str, float | None]]:
     """Local (each site alone) and pooled (every site's train rows) LR, on each site's test rows."""
     from sklearn.metrics import roc_auc_score
 
-    from fedward.common.config import RunConfig, run_schema
+    from fedward.common.run_config import RunConfig, run_schema
 
     run = RunConfig.from_json((run_dir / "run_config.json").read_text())
     feature_names = [f.name for f in run_schema(run).used_features]

@@ -33,9 +33,10 @@ from flwr.app import Context, Message
 from pyinstrument import Profiler
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.server.loopback import LoopbackGrid, server_context
 
 

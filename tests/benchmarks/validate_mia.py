@@ -41,7 +41,7 @@ from sklearn.metrics import roc_auc_score
 from fedward.client.accounting import epsilon_of, plan_noise_multiplier
 from fedward.client.mia import ATTACKS, SiteAudit, TrainFn, audit_site
 from fedward.client.training import DPSettings, predict_logits, train_local
-from fedward.common.config import ModelConfig, TrainingConfig
+from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 
 N_ROWS, N_FEATURES, N_INFORMATIVE, FLIP_Y = 6000, 100, 10, 0.2

@@ -11,9 +11,9 @@ from flwr.app import ArrayRecord, RecordDict
 
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
-from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.protocol import KEY_SPLIT, REPLY
+from fedward.common.run_config import RunConfig
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 BUNDLED_NODE = {"partition-id": 0, "num-partitions": 4}

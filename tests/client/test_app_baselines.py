@@ -13,8 +13,8 @@ from fedward.client.app import app
 from fedward.client.budget import SiteBudget
 from fedward.client.ledger import Ledger
 from fedward.client.privacy_transaction import plan_run
-from fedward.common.config import BASELINE_FAMILIES, PolicyConfig, RunConfig
 from fedward.common.egress import EgressGuard, EgressPolicy
+from fedward.common.evaluation_config import BASELINE_FAMILIES
 from fedward.common.protocol import (
     ARRAYS_FEDERATED_LOGISTIC,
     KEY_BASELINES,
@@ -24,6 +24,8 @@ from fedward.common.protocol import (
     PURPOSE_TUNING,
     REPLY,
 )
+from fedward.common.run_config import RunConfig
+from fedward.common.site_config import PolicyConfig
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 NODE = {"partition-id": 0, "num-partitions": 4}  # Cleveland, 303 patients

@@ -16,8 +16,8 @@ from typer.testing import CliRunner, Result
 from fedward.client import ledger_anchor
 from fedward.client.cli import register
 from fedward.client.ledger import Ledger, LedgerError
-from fedward.common.config import load_site_config
 from fedward.common.datasets.bundled import write_site_files
+from fedward.common.site_config import load_site_config
 from tests.conftest import append_releases
 from tests.ledger_tampering import TAMPERINGS
 
@@ -183,8 +183,8 @@ def test_a_simulated_site_trains_with_a_key_and_refuses_once_its_ledger_is_trunc
     from flwr.app import RecordDict
 
     from fedward.client.app import app
-    from fedward.common.config import RunConfig
     from fedward.common.protocol import REPLY
+    from fedward.common.run_config import RunConfig
     from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
     run = RunConfig(rounds=2, evaluation={"bootstrap": 20})

@@ -40,8 +40,8 @@ from fedward.client.mia_attacks import (
 )
 from fedward.client.mia_roc import auc_delong, clopper_pearson, roc_summary
 from fedward.client.training import DPSettings, predict_logits, train_local
-from fedward.common.config import ModelConfig, TrainingConfig
 from fedward.common.egress import EgressGuard, EgressPolicy
+from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 from fedward.common.score_histograms import CoarseHistogram
 

@@ -10,9 +10,9 @@ import pytest
 from fedward.client.accounting import EPSILON_TOLERANCE
 from fedward.client.baselines import FAMILIES
 from fedward.client.pooled_reference import open_simulated_sites, pooled_reference
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.metrics import DIFFERENCE_KEYS, PANEL_KEYS
 from fedward.common.preprocessing import SharedTransform
+from fedward.common.run_config import RunConfig, run_schema
 
 
 def _run(dp: bool) -> RunConfig:

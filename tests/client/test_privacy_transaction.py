@@ -12,7 +12,8 @@ import pytest
 from fedward.client.budget import BudgetRefusal, SiteBudget
 from fedward.client.ledger import Ledger, LedgerEntry
 from fedward.client.privacy_transaction import Release, commit_release, plan_run
-from fedward.common.config import PolicyConfig, RunConfig
+from fedward.common.run_config import RunConfig
+from fedward.common.site_config import PolicyConfig
 
 DELTA = 1e-5
 SIGMA = 2.0  # one release at sample rate 1: ε 2.17 at δ 1e-5; two: ε 3.19

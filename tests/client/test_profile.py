@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from fedward.client.app import app
 from fedward.client.profile import site_profile, suppress
-from fedward.common.config import RunConfig, run_schema
 from fedward.common.egress import EgressGuard, EgressPolicy, EgressViolation
 from fedward.common.protocol import MSG_PROFILE, REPLY
+from fedward.common.run_config import RunConfig, run_schema
 from tests.conftest import make_context, make_message, wire_config
 
 

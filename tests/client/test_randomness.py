@@ -17,10 +17,12 @@ from fedward.client.app import app
 from fedward.client.ledger import Ledger
 from fedward.client.randomness import SEEDED, SYSTEM, SystemRandom, with_system_noise
 from fedward.client.training import Clipping, DPSettings, train_local
-from fedward.common.config import ModelConfig, RunConfig, TrainingConfig, load_site_config
 from fedward.common.datasets.bundled import write_site_files
+from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 from fedward.common.protocol import REPLY
+from fedward.common.run_config import RunConfig
+from fedward.common.site_config import load_site_config
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 N, D = 200, 5

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from fedward.client.accounting import EPSILON_TOLERANCE, epsilon_of
-from fedward.common.config import RunConfig
 from fedward.common.protocol import KEY_PARENT_RUN, KEY_PURPOSE, PURPOSE_TUNING
+from fedward.common.run_config import RunConfig
 from fedward.common.run_plan import search_epsilon, tuned_run, tuning_trials
 from tests.client.test_site_budget import _ledger, _site, _train
 

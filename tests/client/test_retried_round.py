@@ -11,8 +11,8 @@ from flwr.app import RecordDict
 from fedward.client.accounting import epsilon_of
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
-from fedward.common.config import RunConfig
 from fedward.common.protocol import KEY_ATTEMPT, REPLY
+from fedward.common.run_config import RunConfig
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 NODE = {"partition-id": 1, "num-partitions": 4}  # hungary

@@ -13,9 +13,9 @@ from flwr.app import Message, RecordDict
 from fedward.client.budget import BudgetRefusal
 from fedward.client.ledger import Ledger
 from fedward.client.secagg_app import SecAggSiteClient, refusal_as_error
-from fedward.common.config import RunConfig
 from fedward.common.errors import PolicyError
 from fedward.common.protocol import KEY_ATTEMPT, KEY_SPLIT
+from fedward.common.run_config import RunConfig
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 NODE = {"partition-id": 0, "num-partitions": 4}

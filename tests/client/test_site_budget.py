@@ -22,9 +22,10 @@ from fedward.client.accounting import epsilon_of, plan_noise_multiplier
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
 from fedward.common.code_identity import code_hash
-from fedward.common.config import RunConfig, load_site_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.protocol import KEY_ATTEMPT, KEY_LEDGER_HEADS, REPLY
+from fedward.common.run_config import RunConfig
+from fedward.common.site_config import load_site_config
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ from fedward.client.cli import register
 from fedward.client.ledger import LEDGER_FILE, Ledger
 from fedward.client.site_check import CheckResult, check_superlink, run_checks
 from fedward.client.withdrawal import WITHDRAWALS_FILE
-from fedward.common.config import load_site_config
 from fedward.common.datasets.bundled import write_site_files
+from fedward.common.site_config import load_site_config
 from tests.tls import make_tls
 
 

@@ -26,10 +26,11 @@ from fedward.client.cli import register
 from fedward.client.ledger import LEDGER_FILE, Ledger
 from fedward.client.site_console import SiteCommandError
 from fedward.common.code_identity import code_hash
-from fedward.common.config import SiteConfig, load_run_config, load_site_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.datasource import load_table
 from fedward.common.errors import ConfigError, PolicyError
+from fedward.common.run_config import load_run_config
+from fedward.common.site_config import SiteConfig, load_site_config
 from tests.conftest import make_context, wire_config
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")

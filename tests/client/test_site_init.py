@@ -16,9 +16,9 @@ from fedward.client.cli import register
 from fedward.client.site_check import run_checks
 from fedward.client.site_init import REVIEW_NOTE
 from fedward.common.cli import app as fedward_root
-from fedward.common.config import SiteConfig, load_site_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.datasource import load_table
+from fedward.common.site_config import SiteConfig, load_site_config
 
 
 def fedward_site(*args: str | Path, input: str | None = None) -> Result:

@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedward.client.budget import SiteBudget
 from fedward.client.ledger import LEDGER_FILE, Ledger
 from fedward.client.site_metrics import metrics_registry
-from fedward.common.config import SiteConfig, load_site_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.datasource import load_table
+from fedward.common.site_config import SiteConfig, load_site_config
 from tests.e2e.processes import free_port
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")

@@ -16,8 +16,8 @@ from fedward.client.training import (
     predict_scores,
     train_local,
 )
-from fedward.common.config import ModelConfig, TrainingConfig
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 
 N, D = 400, 6

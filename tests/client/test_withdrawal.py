@@ -23,10 +23,11 @@ from fedward.client.withdrawal import (
     read_withdrawals,
     record_withdrawal,
 )
-from fedward.common.config import RunConfig, load_site_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.errors import PolicyError
 from fedward.common.protocol import KEY_PARENT_RUN, KEY_SPLIT, REPLY
+from fedward.common.run_config import RunConfig
+from fedward.common.site_config import load_site_config
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
 RUN = RunConfig(rounds=2, evaluation={"bootstrap": 20})

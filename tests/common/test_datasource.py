@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedward.common import datasource
-from fedward.common.config import load_schema
+from fedward.common.config_files import load_schema
 from fedward.common.datasource import (
     _as_text,
     _is_missing,

@@ -13,17 +13,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # The three packages of fedward and the folders that hold them (pyproject.toml's package-dir).
 PACKAGE_DIRS = {"fedward.common": "common", "fedward.server": "server", "fedward.client": "client"}
 
-# Cycles other engineers of issue 21 are removing; the lead deletes each entry once it is gone. A
-# listed cycle (or a smaller cycle among its modules) is tolerated, nothing else.
-KNOWN_CYCLES = [
-    # splits-b: server/cli.py <-> server/run_cli.py.
-    frozenset({"fedward.server.cli", "fedward.server.run_cli"}),
-    # reports: audit_report's ROC figure imports card_plots, which imports audit_report.
-    frozenset({"fedward.server.audit_report", "fedward.server.card_plots"}),
-    # coordinator / flower: simulate imports both apps; app imports simulate's federation-size stop.
-    frozenset({"fedward.server.app", "fedward.server.secagg_app", "fedward.server.simulate"}),
-]
-
 
 def module_files() -> dict[str, Path]:
     """Every fedward module and its file, generated gRPC code included."""
@@ -112,13 +101,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 
 def test_no_import_cycles_between_fedward_modules() -> None:
-    found = [c for c in cycles(import_graph()) if not any(c <= known for known in KNOWN_CYCLES)]
+    found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
-
-
-# The site-level DP arithmetic moved to the coordinator; common keeps a re-export for
-# server/strategies.py until the coordinator engineer imports it from fedward.server.central_dp.
-KNOWN_RE_EXPORTS = {"fedward.common.central_dp"}
 
 
 def test_common_imports_neither_role() -> None:
@@ -126,6 +110,6 @@ def test_common_imports_neither_role() -> None:
     crossing = {
         module: sorted(n for n in imported if not n.startswith("fedward.common."))
         for module, imported in graph.items()
-        if module.startswith("fedward.common.") and module not in KNOWN_RE_EXPORTS
+        if module.startswith("fedward.common.")
     }
     assert not {module: names for module, names in crossing.items() if names}

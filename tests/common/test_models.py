@@ -6,8 +6,8 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from fedward.common.config import ModelConfig
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import ModelConfig
 from fedward.common.models import build_model, select_device, set_deterministic
 
 CONFIGS = [

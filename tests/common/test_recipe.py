@@ -8,15 +8,17 @@ import pandas as pd
 import pytest
 from flwr.serverapp.strategy import FedAdagrad, FedYogi
 
-from fedward.common.config import RunConfig, StrategyConfig
 from fedward.common.preprocessing import (
     SharedTransform,
     site_aggregates,
     transform_from_aggregates,
 )
+from fedward.common.run_config import RunConfig
 from fedward.common.run_plan import run_model_space
 from fedward.common.schema import DataSchema
-from fedward.common.schema_inference import infer_schema, merge_schemas, summarise_numeric
+from fedward.common.schema_inference import infer_schema, summarise_numeric
+from fedward.common.schema_merge import merge_schemas
+from fedward.common.strategy_config import StrategyConfig
 from fedward.server.checkpoint import restore_strategy, strategy_state
 from fedward.server.strategies import build_strategy
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fedward.common.cli import app as fedward_root
-from fedward.common.config import load_schema
+from fedward.common.config_files import load_schema
 from fedward.common.datasource import load_table, table_from_frame
 from fedward.common.numeric_summary import impossible_values
 from fedward.common.schema_inference import infer_schema

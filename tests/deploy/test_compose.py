@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fedward.common.config import load_site_config
+from fedward.common.site_config import load_site_config
 from tests.deploy.compose_file import exposed_ports, interpolate, mounts, normalised
 from tests.deploy.conftest import REPO, SITES
 

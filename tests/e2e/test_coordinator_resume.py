@@ -30,10 +30,11 @@ import pytest
 from fedward.client.accounting import epsilon_of
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
-from fedward.common.config import load_run_config
 from fedward.common.datasets.bundled import write_site_files
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import load_run_config
+from fedward.server.app import coordinate
 from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
+from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.e2e.followed_run import (
     REPO,
     SITES,

@@ -22,7 +22,6 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message
 
 from fedward.client.app import app, site_egress
-from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import (
     ARRAYS_RECORD,
@@ -33,7 +32,9 @@ from fedward.common.egress import (
 )
 from fedward.common.flower_compat import message_from_wire, wire_objects
 from fedward.common.protocol import MSG_AUDIT, MSG_BASELINES, MSG_PROFILE
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.hostile.canaries import CANARIES, plant
 from tests.server.loopback import Exchange, LoopbackGrid, server_context
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fedward.client.he_predict import preprocess
-from fedward.common.config import RunConfig
 from fedward.common.preprocessing import SharedTransform
+from fedward.common.run_config import RunConfig
 from tests.e2e.processes import BIN, ProcessGroup, flower_env, free_port, wait_for_port
 from tests.server.he_support import heart_disease_test_rows
 from tests.tls import TLS

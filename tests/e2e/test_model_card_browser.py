@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.model_card import CARD_HTML, write_card
 from tests.e2e.conftest import FinishedRun
 from tests.server.loopback import LoopbackGrid, server_context

@@ -39,9 +39,10 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.config import RunConfig
 from fedward.common.protocol import ARRAYS, CONFIG, KEY_RUN, REPLY, STATUS_OK
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.simulate import load_client_app
 
 pytestmark = pytest.mark.slow

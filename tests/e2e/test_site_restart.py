@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from fedward.common.config import load_site_config
 from fedward.common.datasets.bundled import write_site_files
+from fedward.common.site_config import load_site_config
 from tests.e2e.processes import (
     ProcessGroup,
     flower_env,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fedward.common.config import load_run_config, load_site_config
 from fedward.common.errors import ConfigError
+from fedward.common.run_config import load_run_config
+from fedward.common.site_config import load_site_config
 
 
 def _nested_arrays(depth: int) -> bytes:

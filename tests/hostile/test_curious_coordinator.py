@@ -22,7 +22,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import FEDWARD_RECORD, REASON_SOURCE, guard_for
 from fedward.common.protocol import (
@@ -37,6 +36,7 @@ from fedward.common.protocol import (
     MSG_BASELINES,
     MSG_PROFILE,
 )
+from fedward.common.run_config import RunConfig
 from fedward.common.site_messages import SiteMessage
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 from tests.hostile.canaries import (

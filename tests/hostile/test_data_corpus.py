@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedward.common.config import load_schema
+from fedward.common.config_files import load_schema
 from fedward.common.datasource import load_table
 from fedward.common.errors import ConfigError, SiteDataError
 from fedward.common.schema import DataSchema

@@ -16,8 +16,8 @@ from flwr.app import RecordDict
 
 from fedward.client.app import app
 from fedward.client.ledger import LEDGER_FILE, Ledger, LedgerError
-from fedward.common.config import RunConfig
 from fedward.common.protocol import REPLY
+from fedward.common.run_config import RunConfig
 from tests.conftest import append_releases, initial_arrays, make_context, make_message, wire_config
 
 

@@ -17,7 +17,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
 from fedward.common.protocol import (
     ARRAYS,
     CONFIG,
@@ -32,6 +31,7 @@ from fedward.common.protocol import (
     METRICS,
     REPLY,
 )
+from fedward.common.run_config import RunConfig
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
@@ -495,7 +495,7 @@ PREPROCESSING_REPLY_CASES = [
 
 
 def test_a_well_formed_preprocessing_reply_needs_no_metrics(tracker: SiteTracking) -> None:
-    (kept,) = tracker._classify(0, [_ok_preprocessing_reply(11, "a")], "preprocessing")
+    (kept,) = tracker.classify(0, [_ok_preprocessing_reply(11, "a")], "preprocessing")
     assert {s["node_id"]: s for s in tracker.site_summary()}[11]["status"] != "failed"
     assert kept.content.config_records[REPLY]["site"] == "a"
 
@@ -506,7 +506,7 @@ def test_garbage_preprocessing_reply_fails_that_site_only(
 ) -> None:
     garbage = _ok_preprocessing_reply(13, "st-garbage")
     edit(garbage)
-    kept = tracker._classify(0, [_ok_preprocessing_reply(11, "a"), garbage], "preprocessing")
+    kept = tracker.classify(0, [_ok_preprocessing_reply(11, "a"), garbage], "preprocessing")
     assert [m.metadata.src_node_id for m in kept] == [11]
     failed = {s["node_id"]: s for s in tracker.site_summary()}[13]
     assert failed["status"] == "failed" and says in failed["reason"]

@@ -18,9 +18,10 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedward.common.config import RunConfig, load_run_config, load_schema
+from fedward.common.config_files import load_schema
 from fedward.common.datasource import load_table
 from fedward.common.errors import ConfigError, SiteDataError
+from fedward.common.run_config import RunConfig, load_run_config
 from fedward.common.schema import DataSchema
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"

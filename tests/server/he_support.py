@@ -8,8 +8,9 @@ import pandas as pd
 
 from fedward.client.app import app
 from fedward.client.site import _from_bundled, prepare
-from fedward.common.config import RunConfig, run_schema
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig, run_schema
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.server.loopback import LoopbackGrid, server_context
 
 
@@ -46,7 +47,8 @@ def heart_disease_test_rows(run: RunConfig) -> dict[str, pd.DataFrame]:
 
 def released_logistic(folder: Path) -> Path:
     """Train with the audit on, then sign off and export: the path a real model takes."""
-    from fedward.server.release import release, sign_off
+    from fedward.server.release import release
+    from fedward.server.release_signoff import sign_off
 
     run = RunConfig(
         rounds=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.app import Context, RecordDict
 
-from fedward.server.app import settings_from_context
+from fedward.server.coordinator_settings import settings_from_context
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,15 @@ from fedward.client.app import app
 from fedward.client.site_audit import record_latest
 from fedward.client.site_metrics import metrics_registry
 from fedward.common.audit_keys import PUBLIC_KEYS
-from fedward.common.config import AuditConfig, RunConfig, load_site_config
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.egress import EgressGuard, EgressPolicy
-from fedward.common.metrics import score_histogram
+from fedward.common.evaluation_config import AuditConfig
 from fedward.common.protocol import MSG_AUDIT, REPLY
 from fedward.common.reply_fields import REGISTRY
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.common.score_histograms import score_histogram
+from fedward.common.site_config import load_site_config
+from fedward.server.app import coordinate
 from fedward.server.audit_report import audit_report, render_html, render_markdown
 from fedward.server.audit_run import audit_run_folder
 from fedward.server.audit_verdict import (
@@ -35,6 +37,7 @@ from fedward.server.audit_verdict import (
     passed,
     tpr_interval,
 )
+from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 from tests.server.loopback import LoopbackGrid, server_context
 
@@ -261,7 +264,7 @@ def test_a_model_without_dp_never_passes_even_when_nothing_leaks(tmp_path: Path)
 def test_the_terminal_ends_with_the_no_dp_verdict_and_what_was_observed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedward.server.cli import _print_audit
+    from fedward.server.run_console import print_audit as _print_audit
 
     info = {**_info(0.91, 0.86, 0.95, claimed=None), **_canary(83, 98, 1.03, None)}
     (tmp_path / "audit.json").write_text(json.dumps(_verdict(info, epsilon=None)))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedward.common.config import AuditConfig
+from fedward.common.evaluation_config import AuditConfig
 from fedward.server import audit_verdict as av
 from fedward.server.audit_report import audit_report
 
@@ -116,7 +116,7 @@ def test_the_headline_puts_a_probable_bug_first_and_names_thresholds_exceeded() 
 def test_the_terminal_prints_a_dp_models_leaks_as_flags_and_the_sites_not_audited(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedward.server.cli import _print_audit
+    from fedward.server.run_console import print_audit as _print_audit
 
     leak = "a: canary attack: 23 of 26 guesses correct, ε lower bound 0.21 at 95% confidence"
     model = {

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
-from fedward.common.config import RunConfig
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
 from fedward.server.baselines_report import (
     REPORT_JSON,
     REPORT_MD,
@@ -23,6 +23,7 @@ from fedward.server.baselines_report import (
     verdict,
 )
 from fedward.server.cli import register
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.report_baselines_collect import families_from_reply
 from tests.server.loopback import LoopbackGrid, server_context
 

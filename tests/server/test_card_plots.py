@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from fedward.common.metrics import score_histogram
+from fedward.common.score_histograms import score_histogram
 from fedward.server.card_plots import (
     audit_roc_figure,
     dodge,

@@ -19,11 +19,15 @@ from flwr.serverapp.strategy import (
 from opacus.accountants import RDPAccountant
 
 from fedward.client.app import app
-from fedward.common.config import CentralDPConfig, RunConfig, StrategyConfig
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.errors import ConfigError
-from fedward.server.app import CoordinatorSettings, _build_strategy, coordinate
+from fedward.common.privacy_config import CentralDPConfig
+from fedward.common.run_config import RunConfig
+from fedward.common.strategy_config import StrategyConfig
+from fedward.server.app import coordinate
 from fedward.server.central_dp import adaptive_noise_multiplier
+from fedward.server.coordinator_settings import CoordinatorSettings
+from fedward.server.federation import build_run_strategy
 from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import CentralDPAccounting, build_strategy, sampled_sites
@@ -45,7 +49,7 @@ def _opacus_epsilon(noise: float, q: float, rounds: int, delta: float) -> float:
 
 def test_flowers_dp_wrapper_sits_between_site_tracking_and_the_strategy(tmp_path: Path) -> None:
     run = RunConfig(rounds=2, privacy={"central": {"enabled": True}})
-    strategy = _build_strategy(LoopbackGrid(app, 4), run)
+    strategy = build_run_strategy(LoopbackGrid(app, 4), run)
     folder = RunFolder.at(tmp_path / "run", run, run_id=1, engine="test")
     tracker = SiteTracking(strategy, folder=folder, histogram_bins=20, min_sites=2)
     # Outermost first: SiteTracking -> fedward's accounting -> Flower's DP wrapper -> FedAvg.
@@ -80,7 +84,7 @@ def test_flowers_argument_errors_name_the_run_config_section() -> None:
     # Flower's default count noise (sampled / 20 = 0.2) is too small for noise_multiplier 1.
     run = RunConfig(privacy={"central": {"enabled": True, "adaptive": True}})
     with pytest.raises(ConfigError, match=r"privacy\.central.*clipped_count_stddev"):
-        _build_strategy(LoopbackGrid(app, 4), run)
+        build_run_strategy(LoopbackGrid(app, 4), run)
 
 
 def test_the_message_api_coordinator_refuses_secure_aggregation(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from fedward.server.checkpoint import (
     write_checkpoint,
 )
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteRecord, SiteTracking
+from fedward.server.site_tracking import SiteTracking
+from fedward.server.tracking_book import SiteRecord
 
 
 def _tracker(tmp_path: Path, strategy: FedAvg | None = None) -> SiteTracking:

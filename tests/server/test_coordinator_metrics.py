@@ -20,10 +20,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
+from fedward.common.run_config import RunConfig
 from fedward.server import coordinator_metrics, run_folder
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.server.app import coordinate
 from fedward.server.coordinator_metrics import CoordinatorMetricsError, serve_metrics
+from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.e2e.processes import free_port
 from tests.server.he_support import train_run
 from tests.server.loopback import LoopbackGrid, server_context

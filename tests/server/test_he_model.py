@@ -11,11 +11,12 @@ import tenseal as ts
 import torch
 
 from fedward.client.he_predict import preprocess
-from fedward.common.config import ModelConfig, RunConfig
 from fedward.common.errors import FedwardError
 from fedward.common.he_context import new_secret_context
+from fedward.common.learning_config import ModelConfig
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
+from fedward.common.run_config import RunConfig
 from fedward.server.he_model import (
     HEModel,
     NotHECompatible,

@@ -436,7 +436,7 @@ def test_a_csv_is_streamed_in_batches_with_ids_rounding_and_threshold(
 
     import pandas as pd
 
-    from fedward.common.config import RunConfig
+    from fedward.common.run_config import RunConfig
     from tests.server.he_support import heart_disease_test_rows
 
     run = RunConfig.model_validate_json((he_runs["logistic"] / "run_config.json").read_text())

@@ -8,12 +8,13 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedward.common.config import RunConfig
 from fedward.common.flower_compat import set_task_identity
 from fedward.common.protocol import KEY_ATTEMPT, KEY_LEDGER_HEADS
+from fedward.common.run_config import RunConfig
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
-from fedward.server.site_tracking import SiteTracking, TooFewSites
+from fedward.server.site_tracking import SiteTracking
+from fedward.server.tracking_book import TooFewSites
 from tests.conftest import initial_arrays, make_message
 
 

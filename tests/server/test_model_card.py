@@ -16,10 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from fedward.client.app import app
-from fedward.common.config import AuditConfig, CardConfig, RunConfig
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.card_config import CardConfig
+from fedward.common.evaluation_config import AuditConfig
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
 from fedward.server.audit_report import audit_report
 from fedward.server.card_cli import card
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.model_card import (
     CARD_HTML,
     CARD_JSON,
@@ -32,7 +35,8 @@ from fedward.server.model_card import (
     render_markdown,
     write_card,
 )
-from fedward.server.release import release, sign_off
+from fedward.server.release import release
+from fedward.server.release_signoff import sign_off
 from fedward.server.report_card_files import RunNotFinished
 from fedward.server.report_card_sections import PRIVACY_SITE_KEYS
 from tests.server.loopback import LoopbackGrid, server_context

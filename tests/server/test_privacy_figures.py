@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedward.common.config import RunConfig
+from fedward.common.run_config import RunConfig
 from fedward.server.privacy_figures import epsilon_bound, model_epsilon, trained_rounds_text
 
 

@@ -16,10 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from fedward.client.app import app
-from fedward.common.config import ModelConfig, RunConfig
 from fedward.common.errors import FedwardError
+from fedward.common.learning_config import ModelConfig
 from fedward.common.models import build_model
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.release import ReleaseRefused, release
 from fedward.server.release_cli import release_app
 from fedward.server.release_files import (

@@ -22,9 +22,10 @@ from flwr.app import Message
 from fedward.client.accounting import epsilon_of
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
-from fedward.common.config import RunConfig
-from fedward.server.app import CoordinatorSettings, coordinate
+from fedward.common.run_config import RunConfig
+from fedward.server.app import coordinate
 from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
+from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.resume import LOCK_FILE, ResumeError, RunLock
 from fedward.server.run_cli import resolve_run_config, resume_run_config
 from tests.server.loopback import LoopbackGrid, server_context

@@ -13,7 +13,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
-from fedward.common.config import RunConfig
+from fedward.common.run_config import RunConfig
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import RunFolder
 from fedward.server.secagg_app import SecAggTracking

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from fedward.common.config import RunConfig
-from fedward.server.app import CoordinatorSettings
-from fedward.server.simulate import (
-    RUN_LOG_FILE,
+from fedward.common.run_config import RunConfig
+from fedward.server.coordinator_settings import CoordinatorSettings
+from fedward.server.federation_size import (
     FederationSizeError,
-    _output_to_run_log,
     federation_size_problem,
     stop_on_federation_size,
 )
+from fedward.server.simulate import RUN_LOG_FILE, _output_to_run_log
 
 LINE = 'flwr run . --stream --federation-config "num-supernodes=4"'
 
@@ -85,7 +84,8 @@ def test_site_output_goes_to_the_run_log_not_the_console(
 def test_site_warnings_are_listed_up_to_a_cap(tmp_path: Path) -> None:
     import json
 
-    from fedward.server.cli import MAX_WARNING_LINES, _site_warnings
+    from fedward.server.run_console import MAX_WARNING_LINES
+    from fedward.server.run_console import site_warning_lines as _site_warnings
 
     warnings = [f"site{i}: column age: 12 values lie outside the declared range" for i in range(11)]
     (tmp_path / "run_record.json").write_text(json.dumps({"warnings": warnings}))

@@ -21,9 +21,9 @@ from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from typer.testing import CliRunner
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
 from fedward.common.flower_compat import NodeInfo, set_task_identity
 from fedward.common.protocol import KEY_LEDGER_HEADS
+from fedward.common.run_config import RunConfig
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_cli import coordinator_app
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder

@@ -13,9 +13,9 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig
 from fedward.common.flower_compat import set_task_identity
 from fedward.common.protocol import KEY_SPLIT
+from fedward.common.run_config import RunConfig
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config

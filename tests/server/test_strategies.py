@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
-from fedward.common.config import StrategyConfig
+from fedward.common.strategy_config import StrategyConfig
 from fedward.server.strategies import build_strategy
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedward.common.config import RunConfig
+from fedward.common.run_config import RunConfig
 from fedward.server.ledger_heads import LedgerHeads
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.tracking_book import Panels, SiteBook

@@ -13,9 +13,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, Krum, Strategy
 
 from fedward.client.app import app
-from fedward.common.config import RunConfig, StrategyConfig, UpdateValidationConfig
 from fedward.common.flower_compat import set_task_identity
 from fedward.common.protocol import ARRAYS, METRICS, REPLY
+from fedward.common.run_config import RunConfig
+from fedward.common.strategy_config import StrategyConfig, UpdateValidationConfig
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import build_strategy
