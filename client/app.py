@@ -3,7 +3,7 @@
 The site decides. Before anything leaves, it checks that the run config and its own code are
 approved, that its privacy ledger is intact and has not been rolled back, and that the release fits
 its budget; the release is then committed to the ledger *before* the reply is built. Every reply
-passes the egress guard (``fedward.common.egress``). A site that cannot take part answers with a
+passes the egress guard (``fedward.client.egress``). A site that cannot take part answers with a
 structured refusal instead of crashing, so the coordinator can report it and go on.
 
 The site's pipeline, one module per stage: ``request`` (site resolution, ledger integrity and head,
@@ -21,6 +21,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedward.client.egress import EgressMod, SiteView
 from fedward.client.handlers_audit import audit
 from fedward.client.handlers_evaluation import baselines
 from fedward.client.handlers_evaluation import evaluate as evaluate_handler
@@ -29,7 +30,6 @@ from fedward.client.handlers_training import local_update, train
 from fedward.client.reply_encoding import failure, guarded
 from fedward.client.request import build_request
 from fedward.client.site import resolve_site
-from fedward.common.egress import EgressMod, SiteView
 from fedward.common.errors import MessageError
 from fedward.common.protocol import (
     CONFIG,

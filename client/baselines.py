@@ -46,7 +46,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from fedward.common import seeds
+from fedward.client import seeds
 from fedward.common.evaluation_config import BASELINE_FAMILIES
 from fedward.common.tuning import SEARCHES, Search, Space, sample_configurations
 
@@ -199,7 +199,7 @@ class _Unfit(Exception):
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A 32-bit seed from the run seed and names, in the baselines' own domain (the platform's
-    one derivation, ``fedward.common.seeds``)."""
+    one derivation, ``fedward.client.seeds``)."""
     return seeds.derive_seed(seed, *parts, domain="fedward-baselines")
 
 

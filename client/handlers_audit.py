@@ -12,12 +12,12 @@ from typing import Any
 from flwr.app import Context, Message
 
 from fedward.client.reply_encoding import SiteReply
+from fedward.client.reply_fields import AUDIT_MODELS, NON_DP_OUTPUTS
 from fedward.client.request import request_from_message, state_dir
+from fedward.client.seeds import derive_seed
 from fedward.common.errors import MessageError, PolicyError
 from fedward.common.protocol import CONFIG, KEY_AUDIT_MODEL, KEY_PARENT_RUN
-from fedward.common.reply_fields import AUDIT_MODELS, NON_DP_OUTPUTS
 from fedward.common.run_config import RunConfig
-from fedward.common.seeds import derive_seed
 
 
 def audit(msg: Message, context: Context) -> SiteReply:

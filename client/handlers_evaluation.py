@@ -15,7 +15,9 @@ import numpy as np
 from flwr.app import Context, Message
 
 from fedward.client.reply_encoding import SiteReply
+from fedward.client.reply_fields import NON_DP_OUTPUTS
 from fedward.client.request import Request, config_json, read_sealed_once, request_from_message
+from fedward.client.seeds import derive_seed
 from fedward.client.training import predict_scores
 from fedward.common.errors import MessageError, PolicyError, SiteDataError
 from fedward.common.evaluation_config import BASELINE_FAMILIES
@@ -30,9 +32,7 @@ from fedward.common.protocol import (
     KEY_BASELINES,
     KEY_SPLIT,
 )
-from fedward.common.reply_fields import NON_DP_OUTPUTS
 from fedward.common.score_histograms import score_histogram
-from fedward.common.seeds import derive_seed
 from fedward.common.site_messages import count_slot
 
 

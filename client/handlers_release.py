@@ -16,12 +16,12 @@ from flwr.app import Context, Message
 from fedward.client.privacy_transaction import commit_preprocessing_release, privacy_info
 from fedward.client.randomness import SystemNormal
 from fedward.client.reply_encoding import SiteReply
+from fedward.client.reply_fields import NON_DP_OUTPUTS
 from fedward.client.request import request_from_message
+from fedward.client.seeds import derive_seed
+from fedward.client.splits import SPLIT_NAMES
 from fedward.common.preprocessing import site_aggregates
 from fedward.common.protocol import KEY_PREPROCESSING_AGGREGATES
-from fedward.common.reply_fields import NON_DP_OUTPUTS
-from fedward.common.seeds import derive_seed
-from fedward.common.splits import SPLIT_NAMES
 
 
 def profile(msg: Message, context: Context) -> SiteReply:

@@ -20,13 +20,13 @@ from fedward.client.privacy_transaction import commit_training_round, privacy_in
 from fedward.client.randomness import SEEDED as SEEDED_RANDOMNESS
 from fedward.client.randomness import SYSTEM as SYSTEM_RANDOMNESS
 from fedward.client.reply_encoding import SiteReply
+from fedward.client.reply_fields import NON_DP_OUTPUTS
 from fedward.client.request import Request, request_from_message
+from fedward.client.seeds import derive_seed
 from fedward.client.training import DPSettings, train_local
 from fedward.common.errors import PolicyError
 from fedward.common.models import select_device
 from fedward.common.protocol import KEY_ATTEMPT
-from fedward.common.reply_fields import NON_DP_OUTPUTS
-from fedward.common.seeds import derive_seed
 
 
 def require_dp_compatible(model: torch.nn.Module, site: str) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from fedward.common.seeds import derive_seed
+from fedward.client.seeds import derive_seed
 
 Logits = Callable[[np.ndarray], np.ndarray]
 """A model's logits: features (n, d) -> one logit per row (n,)."""
@@ -42,7 +42,7 @@ MIN_VARIANCE = 1e-6
 
 def derive_audit_seed(seed: int, *parts: object) -> int:
     """A 32-bit seed from the audit seed and names, in the audit's own domain (the platform's
-    one derivation, ``fedward.common.seeds``)."""
+    one derivation, ``fedward.client.seeds``)."""
     return derive_seed(seed, *parts, domain="fedward-mia")
 
 

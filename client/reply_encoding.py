@@ -1,6 +1,6 @@
 """The site's one reply encoder: a handler's typed reply, or a refusal, as a Flower Message.
 
-The last stage of the site's pipeline, inside the egress guard (``fedward.common.egress``), which
+The last stage of the site's pipeline, inside the egress guard (``fedward.client.egress``), which
 checks every Message this encoder makes on its way out. Handlers return a ``SiteReply``; a
 handler that raises becomes a structured refusal: a templated sentence, never an exception's
 text, path or cell (the whole story stays in the site's own log).
@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
-from fedward.common.egress import REASON_SOURCE, WARNINGS_SOURCE, rules_from_message
+from fedward.client.egress import REASON_SOURCE, WARNINGS_SOURCE, rules_from_message
 from fedward.common.errors import FedwardError
 from fedward.common.protocol import ARRAYS, REPLY, STATUS_ERROR, STATUS_OK, STATUS_REFUSED
 from fedward.common.site_messages import ERROR_NAMES, SiteMessage, count_slot

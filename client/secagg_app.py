@@ -9,7 +9,7 @@ sees only the sum over the sites of a round.
 Nothing about the site's own rules changes. ``fit`` is the same ``build_request`` + ``training_reply``
 as the Message-API ClientApp (``fedward.client.app``): run-config and code approval, ledger
 integrity and head, budget planning, the ledger entry committed before training, DP-SGD. The reply
-passes the same egress guard (``fedward.common.egress``) before the mod masks it; ``evaluate`` is the
+passes the same egress guard (``fedward.client.egress``) before the mod masks it; ``evaluate`` is the
 Message-API handler itself, behind the same guard. What leaves in the clear, beside the masked model:
 the training-row count (SecAgg+'s weight), the scalar metrics returned here, and evaluation panels.
 
@@ -36,10 +36,10 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from fedward.client.app import evaluate, site_egress
+from fedward.client.egress import REFUSED_STATUS
 from fedward.client.handlers_training import training_reply
 from fedward.client.reply_encoding import encode_reply, failure
 from fedward.client.request import build_request
-from fedward.common.egress import REFUSED_STATUS
 from fedward.common.errors import FedwardError
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform

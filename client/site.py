@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from fedward.client.splits import SiteSplits, split_for_run
 from fedward.common.datasets.bundled import bundled_federation
 from fedward.common.datasource import LoadedTable, load_table, table_from_frame
 from fedward.common.errors import ConfigError, SiteDataError
 from fedward.common.run_config import RunConfig
 from fedward.common.schema import DataSchema
 from fedward.common.site_config import PolicyConfig, SiteConfig, load_site_config
-from fedward.common.splits import SiteSplits, split_for_run
 
 SITE_CONFIG_KEY = "site-config"  # --node-config "site-config='/etc/fedward/site.toml'"
 

@@ -26,6 +26,7 @@ import torch
 from fedward.client.accounting import epsilon_of
 from fedward.client.budget import RunPlan
 from fedward.client.mia import audit_site
+from fedward.client.seeds import shadow_round_seeds
 from fedward.client.training import DPSettings, predict_logits, train_local
 from fedward.common.evaluation_config import AuditConfig
 from fedward.common.models import build_model, select_device
@@ -58,6 +59,7 @@ class AuditMechanism:
             xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
             yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
             for r in range(run.rounds):
+                round_seed, noise_seed = shadow_round_seeds(seed, r)
                 dp = None
                 if self.plan is not None:
                     dp = DPSettings(
@@ -68,10 +70,10 @@ class AuditMechanism:
                         sample_rate=self.plan.sample_rate,
                         # These models never leave the site: seeding their noise only makes the
                         # audit repeatable.
-                        noise_seed=seed * 1009 + r,
+                        noise_seed=noise_seed,
                     )
                 train_local(
-                    model, xt, yt, cfg=run.training, dp=dp, seed=seed + r, device=select_device()
+                    model, xt, yt, cfg=run.training, dp=dp, seed=round_seed, device=select_device()
                 )
             return lambda rows: predict_logits(
                 model, torch.from_numpy(np.asarray(rows, np.float32))

@@ -119,7 +119,7 @@ def _data(site: SiteConfig, schema: DataSchema) -> tuple[list[CheckResult], Load
             detail + "".join(f"; warning: {w}" for w in table.warnings),
         )
     ]
-    from fedward.common.splits import split_for_run
+    from fedward.client.splits import split_for_run
 
     splits = SplitConfig()
     try:

@@ -54,6 +54,7 @@ from scipy.special import expit
 from torch import nn
 
 from fedward.client.randomness import SEEDED, SystemRandom, with_system_noise
+from fedward.client.seeds import noise_generator_seed
 from fedward.common.errors import FedwardError
 from fedward.common.learning_config import TrainingConfig
 
@@ -352,7 +353,7 @@ def _train_dp(
         sampler = torch.Generator(device="cpu")
         sampler.manual_seed(int(dp.noise_seed))
         noise_gen = torch.Generator(device=x.device)
-        noise_gen.manual_seed(int(dp.noise_seed) ^ 0x5DEECE66D)
+        noise_gen.manual_seed(noise_generator_seed(dp.noise_seed))
 
     # The loss is summed over the batch: the per-sample gradients are then the rows' own, and an
     # empty Poisson batch (possible, and it must still be a noisy step) gives a zero sum, not NaN.

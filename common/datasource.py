@@ -3,7 +3,7 @@
 A site's data is read once, at the site, and every problem is reported in words a hospital IT team
 can act on: the site, the file, the column, an example value and its row. Nothing here is derived
 across sites; row-count and class minimums are checked when the table is split
-(:mod:`fedward.common.splits`).
+(:mod:`fedward.client.splits`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ seeds' "ten tips" motivate reporting several complementary metrics rather than o
 A second model scored on the same rows is compared by the paired bootstrap of their AUROC
 difference (``paired_auroc_difference``). What a site releases for pooled figures is its score
 histogram (``fedward.common.score_histograms``); the coordinator's pooled panel is in
-``fedward.common.pooled_metrics``; what both panels share is in
+``fedward.server.pooled_metrics``; what both panels share is in
 ``fedward.common.metric_conventions``.
 """
 

@@ -47,22 +47,9 @@ FAST_PATH="${FEDWARD_FAST_PATH:-1}"
 SHORTCUTS="${FEDWARD_FLOWER_SHORTCUTS:-1}"
 
 say() { echo "fedward-site: $*" >&2; }
-fail() {
-  say "error: $*"
-  exit 2
-}
-
-# A file the processes need: present, a file (Docker mounts an empty folder when a bind-mounted file
-# is missing on the host) and readable by this user.
-need_file() { # PATH WHAT
-  if [ ! -e "$1" ]; then
-    fail "$2 $1 does not exist; mount it (see docs/deployment.md)"
-  elif [ -d "$1" ]; then
-    fail "$2 $1 is a folder, not a file: the file was missing on the host when the container started"
-  elif [ ! -r "$1" ]; then
-    fail "$2 $1 is not readable by uid $(id -u) (owner uid $(stat -c %u "$1"), mode $(stat -c %a "$1")); make it owned by uid $(id -u), or rebuild the images with FEDWARD_UID=$(stat -c %u "$1")"
-  fi
-}
+# fail and need_file, shared with the other entrypoint.
+# shellcheck source=deploy/entrypoint-lib.sh
+source "$(dirname "$0")/entrypoint-lib.sh"
 
 demo_data() { # DATASET: the bundled hospital named by the site config, into its data path
   python - "$SITE_CONFIG" "$1" <<'PY'
@@ -71,7 +58,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedward.common.config import load_site_config
+from fedward.common.site_config import load_site_config
 from fedward.common.datasets.bundled import write_site_files
 
 site = load_site_config(sys.argv[1])
@@ -107,7 +94,7 @@ fedward config check "$SITE_CONFIG" --kind site >&2 || fail "site config $SITE_C
 # after a crash release the node its predecessor left online (docs/deployment.md, "Restarts").
 if [ "$FAST_PATH" = 1 ] && [ "$INSECURE" != 1 ] && [ -z "${FEDWARD_NODE_ID_FILE+set}" ]; then
   FEDWARD_NODE_ID_FILE="$(python -c 'import sys
-from fedward.common.config import load_site_config
+from fedward.common.site_config import load_site_config
 print(load_site_config(sys.argv[1]).state_path / ".supernode-node-id")' "$SITE_CONFIG")" || FEDWARD_NODE_ID_FILE=""
   export FEDWARD_NODE_ID_FILE
 fi

@@ -27,11 +27,11 @@ from fedward.common.audit_keys import (
     fpr_label,
 )
 from fedward.common.evaluation_config import AuditConfig
-from fedward.common.pooled_metrics import pooled_panel
 from fedward.common.protocol import STATUS_OK
 from fedward.common.score_histograms import CoarseHistogram
 from fedward.server import audit_verdict as av
 from fedward.server.card_plots import audit_roc_figure, png
+from fedward.server.pooled_metrics import pooled_panel
 from fedward.server.report_audit_rows import (
     ATTACK_NAMES,
     CANARY_HEADER,

@@ -19,7 +19,6 @@ from typing import Any
 
 from scipy.stats import norm
 
-from fedward.common.pooled_metrics import pooled_panel
 from fedward.common.protocol import (
     FEDERATED_LOGISTIC,
     STATUS_OK,
@@ -29,6 +28,7 @@ from fedward.common.run_plan import LABEL_SHUFFLE
 from fedward.common.score_histograms import CoarseHistogram
 from fedward.server.companions import LOSO_PREFIX, Companion, TuningSearch
 from fedward.server.federation import FederationResult, describe_model
+from fedward.server.pooled_metrics import pooled_panel
 from fedward.server.report_baselines_collect import FAMILY_NAMES
 from fedward.server.report_baselines_markdown import render_markdown
 from fedward.server.report_format import fmt_fixed, signed

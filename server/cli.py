@@ -18,11 +18,11 @@ from rich.table import Table
 from fedward.common.config_files import validate_config
 from fedward.common.run_config import RunConfig, load_run_config
 from fedward.server.exit_codes import closing_line, exit_code, read_record
+from fedward.server.report_format import console_auroc, console_cell, difference
 from fedward.server.run_console import (
     console,
     epsilon_lines,
     final_table,
-    fmt_cell,
     left_out_lines,
     print_audit,
     privacy_modes,
@@ -382,20 +382,6 @@ def _read_report(run_dir: Path, name: str, how: str) -> dict[str, Any]:
     return data
 
 
-def _ci_text(panel: dict[str, Any] | None) -> str:
-    if not panel or panel.get("auroc") is None:
-        return "–"
-    if panel.get("auroc_lo") is None:
-        return fmt_cell(panel["auroc"])
-    return f"{panel['auroc']:.3f} [{panel['auroc_lo']:.3f}–{panel['auroc_hi']:.3f}]"
-
-
-def _diff_text(diff: dict[str, Any] | None) -> str:
-    if not diff or diff.get("difference") is None:
-        return "–"
-    return f"{diff['difference']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
-
-
 @report_app.command("baselines")
 def report_baselines(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
@@ -421,7 +407,7 @@ def report_baselines(
     table.add_row(
         f"run model: {rm['description']}",
         "federated",
-        _ci_text((rm.get("test") or {}).get("pooled")),
+        console_auroc((rm.get("test") or {}).get("pooled")),
         "",
         "",
         f"{rm['train_seconds']:.1f} s",
@@ -432,9 +418,9 @@ def report_baselines(
         table.add_row(
             sec["name"] + (" ⁺" if sec.get("memorises_rows") else ""),
             "federated" if "federated" in sec["where"] else "local",
-            _ci_text(sec.get("pooled")),
-            _diff_text(sec.get("difference")),
-            fmt_cell(sec.get("mean_tune_auroc")),
+            console_auroc(sec.get("pooled")),
+            difference(sec.get("difference")),
+            console_cell(sec.get("mean_tune_auroc")),
             "–" if seconds is None else f"{seconds:.1f} s",
         )
     budget = report["budget"]

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedward.common.card_config import CardConfig
-from fedward.common.pooled_metrics import n_weighted, pooled_coverage
 from fedward.server.companions import LOSO_PREFIX
+from fedward.server.pooled_metrics import n_weighted, pooled_coverage
 from fedward.server.privacy_figures import trained_rounds_text
 from fedward.server.release_files import SIGNOFFS_FILE
 from fedward.server.release_signoff import signoff_signature_problem

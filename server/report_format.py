@@ -1,5 +1,5 @@
-"""Number formatting for every report (model card, audit, baselines): one place, so that a figure
-reads the same in each report and a change of style is made once.
+"""Number formatting for every report (model card, audit, baselines) and the terminal's tables:
+one place, so that a figure reads the same in each report and a change of style is made once.
 
 Missing figures print as an en dash, never as "None" or "nan"; intervals print as
 ``value [lo, hi]``; differences carry their sign.
@@ -86,3 +86,23 @@ def difference(d: Mapping[str, Any] | None, *, finite_only: bool = False) -> str
     if not (present(d.get("lo")) and present(d.get("hi"))):
         return signed(float(d["difference"]))
     return f"{signed(float(d['difference']))} [{signed(float(d['lo']))}, {signed(float(d['hi']))}]"
+
+
+def console_cell(v: Any, digits: int = 3) -> str:
+    """A terminal table cell: – for a figure not sent, ∞ for an unbounded ε, else ``digits`` decimals."""
+    if v is None:
+        return MISSING
+    if isinstance(v, float) and v.is_integer() and digits == 0:
+        return str(int(v))
+    if isinstance(v, float):
+        return "∞" if v == float("inf") else f"{v:.{digits}f}"
+    return str(v)
+
+
+def console_auroc(panel: Mapping[str, Any] | None) -> str:
+    """A panel's AUROC with its interval as the terminal prints it, ``value [lo–hi]``."""
+    if not panel or panel.get("auroc") is None:
+        return MISSING
+    if panel.get("auroc_lo") is None:
+        return console_cell(panel["auroc"])
+    return f"{panel['auroc']:.3f} [{panel['auroc_lo']:.3f}–{panel['auroc_hi']:.3f}]"

@@ -16,21 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fedward.server.report_format import console_cell
+
 if TYPE_CHECKING:
     from fedward.server.simulate import ProgressState
 
 console = Console()
-
-
-def fmt_cell(v: Any, digits: int = 3) -> str:
-    """A table cell: – for a figure not sent, ∞ for an unbounded ε, else ``digits`` decimals."""
-    if v is None:
-        return "–"
-    if isinstance(v, float) and v.is_integer() and digits == 0:
-        return str(int(v))
-    if isinstance(v, float):
-        return "∞" if v == float("inf") else f"{v:.{digits}f}"
-    return str(v)
 
 
 def progress_view(state: ProgressState, title: str) -> Group:
@@ -43,14 +34,14 @@ def progress_view(state: ProgressState, title: str) -> Group:
         table.add_row(
             name,
             str(s.get("status", "…")),
-            fmt_cell(s.get("epsilon"), 2),
-            fmt_cell(s.get("loss")),
-            fmt_cell(s.get("auroc")),
-            fmt_cell(s.get("accuracy")),
+            console_cell(s.get("epsilon"), 2),
+            console_cell(s.get("loss")),
+            console_cell(s.get("auroc")),
+            console_cell(s.get("accuracy")),
         )
     parts: list[Any] = [head, table]
     if state.pooled:
-        parts.append(Text(f"pooled tune AUROC {fmt_cell(state.pooled.get('auroc'))}"))
+        parts.append(Text(f"pooled tune AUROC {console_cell(state.pooled.get('auroc'))}"))
     if state.phase:
         parts.append(Text(state.phase, style="dim"))
     return Group(*parts)
@@ -66,27 +57,29 @@ def final_table(run_dir: Path) -> Table:
     for col in ("site", "n", "acc", "AUROC [95% CI]", "AUPRC", "bal.acc", "Brier", "ε"):
         table.add_column(col, no_wrap=True)
     for name, panel in sorted(test["sites"].items()):
-        ci = f"{fmt_cell(panel.get('auroc'), 2)} [{fmt_cell(panel.get('auroc_lo'), 2)}–{fmt_cell(panel.get('auroc_hi'), 2)}]"
+        ci = f"{console_cell(panel.get('auroc'), 2)} [{console_cell(panel.get('auroc_lo'), 2)}–{console_cell(panel.get('auroc_hi'), 2)}]"
         table.add_row(
             name,
-            fmt_cell(panel.get("n"), 0),
-            fmt_cell(panel.get("accuracy"), 2),
+            console_cell(panel.get("n"), 0),
+            console_cell(panel.get("accuracy"), 2),
             ci,
-            fmt_cell(panel.get("auprc"), 2),
-            fmt_cell(panel.get("balanced_accuracy"), 2),
-            fmt_cell(panel.get("brier"), 2),
-            fmt_cell(eps.get(name, {}).get("epsilon_model", eps.get(name, {}).get("epsilon")), 2),
+            console_cell(panel.get("auprc"), 2),
+            console_cell(panel.get("balanced_accuracy"), 2),
+            console_cell(panel.get("brier"), 2),
+            console_cell(
+                eps.get(name, {}).get("epsilon_model", eps.get(name, {}).get("epsilon")), 2
+            ),
         )
     pooled = test.get("pooled") or {}
     omitted = pooled.get("omitted") or {}
     table.add_row(
         "pooled*" + ("†" if omitted or pooled.get("coverage") else ""),
-        fmt_cell(pooled.get("n"), 0),
-        fmt_cell(pooled.get("accuracy"), 2),
-        fmt_cell(pooled.get("auroc"), 2),
-        fmt_cell(pooled.get("auprc"), 2),
-        fmt_cell(pooled.get("balanced_accuracy"), 2),
-        fmt_cell(pooled.get("brier"), 2),
+        console_cell(pooled.get("n"), 0),
+        console_cell(pooled.get("accuracy"), 2),
+        console_cell(pooled.get("auroc"), 2),
+        console_cell(pooled.get("auprc"), 2),
+        console_cell(pooled.get("balanced_accuracy"), 2),
+        console_cell(pooled.get("brier"), 2),
         "",
         style="bold",
     )
@@ -113,7 +106,7 @@ _POOLED_LABELS = {
 
 def _pooled_caveats(pooled: dict[str, Any], histograms: dict[str, Any]) -> str:
     """† lines under the table: which sites the pooled row covers and each figure it leaves out."""
-    from fedward.common.pooled_metrics import pooled_coverage
+    from fedward.server.pooled_metrics import pooled_coverage
 
     lines = []
     if coverage := pooled_coverage(pooled, histograms):
@@ -159,7 +152,7 @@ def epsilon_lines(run_dir: Path) -> list[str]:
             lifetime = s.get("epsilon_lifetime")
             lines.append(
                 f"{escape(s['site'])} also spent: {spent} (not in the released model's ε); "
-                f"lifetime ε now {fmt_cell(lifetime, 2)}"
+                f"lifetime ε now {console_cell(lifetime, 2)}"
             )
     return lines
 
@@ -171,8 +164,8 @@ def privacy_modes(run_dir: Path) -> list[str]:
     central = summary.get("central_dp") or {}
     if central.get("enabled"):
         lines.append(
-            f"site-level central DP: ε={fmt_cell(central['epsilon'], 2)} planned, "
-            f"{fmt_cell(central['epsilon_as_run'], 2)} as run, at δ={central['delta']:.2g}, over "
+            f"site-level central DP: ε={console_cell(central['epsilon'], 2)} planned, "
+            f"{console_cell(central['epsilon_as_run'], 2)} as run, at δ={central['delta']:.2g}, over "
             f"{central['num_sites']} sites (the unit is a whole site)"
         )
         lines += [f"[yellow]{w}[/]" for w in central.get("warnings", [])]

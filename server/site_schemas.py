@@ -24,8 +24,8 @@ from pathlib import Path
 from fedward.common.errors import FedwardError
 from fedward.common.run_config import RunConfig, run_schema
 from fedward.common.schema import DataSchema
-from fedward.common.schema_diff import describe_differences
 from fedward.common.site_config import load_site_config
+from fedward.server.schema_diff import describe_differences
 
 SHOWN_DIFFERENCES = 5
 

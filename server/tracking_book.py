@@ -21,10 +21,10 @@ from typing import Any
 from flwr.common.logger import log
 
 from fedward.common.errors import FedwardError
-from fedward.common.pooled_metrics import pooled_panel
 from fedward.common.protocol import PRIVACY_FLOATS, STATUS_OK, STATUS_REFUSED
 from fedward.common.score_histograms import CoarseHistogram
 from fedward.server.ledger_heads import LedgerHeads
+from fedward.server.pooled_metrics import pooled_panel
 from fedward.server.run_folder import RunFolder
 
 STATUS_DROPPED = "dropped"

@@ -43,12 +43,12 @@ from fedward.client.accounting import default_delta, epsilon_of, plan_noise_mult
 from fedward.client.canaries import canary_audit, canary_sources, default_canary_count
 from fedward.client.canary_bound import one_run_epsilon_lower_bound
 from fedward.client.mia_attacks import TrainFn
+from fedward.client.splits import split_for_run
 from fedward.client.training import DPSettings, predict_logits, train_local
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
 from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.run_config import RunConfig
-from fedward.common.splits import split_for_run
 from tests.benchmarks.validate_mia import machine_info
 
 CONFIDENCE = 0.95

@@ -53,6 +53,7 @@ from rich.table import Table
 
 from fedward.client.accounting import default_delta, epsilon_of, plan_noise_multiplier
 from fedward.client.site import open_site, prepare
+from fedward.client.splits import SiteSplits, split_for_run
 from fedward.client.training import DPSettings, dp_steps, predict_scores, train_local
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
 from fedward.common.metrics import metric_panel
@@ -60,7 +61,6 @@ from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.privacy_config import PrivacyConfig
 from fedward.common.run_config import RunConfig, run_schema
-from fedward.common.splits import SiteSplits, split_for_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAIN_MODULE = "tests.benchmarks.plain_flower_opacus"

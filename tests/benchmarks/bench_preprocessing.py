@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from fedward.client.accounting import default_delta, gaussian_release_sigma
+from fedward.client.splits import split_for_run
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
 from fedward.common.preprocessing import site_aggregates, transform_from_aggregates
 from fedward.common.run_config import RunConfig
-from fedward.common.splits import split_for_run
 
 EPSILONS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 

@@ -11,9 +11,9 @@ from flwr.app import RecordDict
 
 from fedward.client.app import app
 from fedward.client.budget import SiteBudget
+from fedward.client.egress import EgressGuard, EgressPolicy
 from fedward.client.ledger import Ledger
 from fedward.client.privacy_transaction import plan_run
-from fedward.common.egress import EgressGuard, EgressPolicy
 from fedward.common.evaluation_config import BASELINE_FAMILIES
 from fedward.common.protocol import (
     ARRAYS_FEDERATED_LOGISTIC,
@@ -188,7 +188,7 @@ def test_a_real_site_enforces_tuning_trials_like_any_run(tmp_path: Path) -> None
 
 
 def test_every_family_has_wire_keys_on_the_allow_list() -> None:
-    from fedward.common.reply_fields import REGISTRY
+    from fedward.client.reply_fields import REGISTRY
 
     for family in BASELINE_FAMILIES:
         for suffix in ("auroc", "hist_pos_counts", "diff_auroc_lo", "params", "status"):

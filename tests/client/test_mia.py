@@ -24,6 +24,7 @@ from fedward.client.canary_bound import (
     one_run_epsilon_lower_bound,
     one_run_p_value,
 )
+from fedward.client.egress import EgressGuard, EgressPolicy
 from fedward.client.mia import (
     ATTACKS,
     PUBLIC_KEYS,
@@ -40,7 +41,6 @@ from fedward.client.mia_attacks import (
 )
 from fedward.client.mia_roc import auc_delong, clopper_pearson, roc_summary
 from fedward.client.training import DPSettings, predict_logits, train_local
-from fedward.common.egress import EgressGuard, EgressPolicy
 from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 from fedward.common.score_histograms import CoarseHistogram

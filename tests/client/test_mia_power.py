@@ -26,9 +26,9 @@ from fedward.client.canary_bound import (
     one_run_audit,
     one_run_epsilon_lower_bound,
 )
+from fedward.client.egress import EgressGuard, EgressPolicy
 from fedward.client.mia import audit_site
-from fedward.common.egress import EgressGuard, EgressPolicy
-from fedward.common.reply_fields import lookup
+from fedward.client.reply_fields import lookup
 
 SMALL_SITE_DELTA = 1e-3  # a heart-disease hospital's δ (1/(10 n) for about 120 rows)
 

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedward.client.app import app
+from fedward.client.egress import EgressGuard, EgressPolicy, EgressViolation
 from fedward.client.profile import site_profile, suppress
-from fedward.common.egress import EgressGuard, EgressPolicy, EgressViolation
 from fedward.common.protocol import MSG_PROFILE, REPLY
 from fedward.common.run_config import RunConfig, run_schema
 from tests.conftest import make_context, make_message, wire_config

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from fedward.client.splits import split_site
 from fedward.common.datasets.bundled import (
     BUNDLED,
     DIRICHLET_MIN_PER_CLASS,
@@ -22,7 +23,6 @@ from fedward.common.datasource import load_table, table_from_frame
 from fedward.common.errors import ConfigError
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.site_config import load_site_config
-from fedward.common.splits import split_site
 
 HEART_SHA256 = "574f2fa2b43012fa25fca4fcdb36bd7c6bccdd0af4242f6c0e4c8633c5a072ae"
 

@@ -18,8 +18,8 @@ from sklearn.metrics import (
 )
 
 from fedward.common.metrics import PANEL_KEYS, _auprc_rows, _auroc_rows, metric_panel
-from fedward.common.pooled_metrics import POOLED_KEYS, pooled_panel
 from fedward.common.score_histograms import CoarseHistogram, ScoreHistogram, score_histogram
+from fedward.server.pooled_metrics import POOLED_KEYS, pooled_panel
 
 
 def _scores(n: int, prevalence: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

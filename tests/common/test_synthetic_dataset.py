@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedward.client.splits import split_for_run
 from fedward.common.datasets.bundled import (
     DIRICHLET_MIN_PER_CLASS,
     MIN_SITE_ROWS,
@@ -19,7 +20,6 @@ from fedward.common.datasets.bundled import (
 from fedward.common.datasource import table_from_frame
 from fedward.common.learning_config import TaskConfig
 from fedward.common.run_config import RunConfig, run_schema
-from fedward.common.splits import split_for_run
 
 N_SITES = 100
 

@@ -22,14 +22,14 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message
 
 from fedward.client.app import app, site_egress
-from fedward.common.datasets.bundled import write_site_files
-from fedward.common.egress import (
+from fedward.client.egress import (
     ARRAYS_RECORD,
     FEDWARD_RECORD,
     REFUSED_STATUS,
     EgressViolation,
     guard_for,
 )
+from fedward.common.datasets.bundled import write_site_files
 from fedward.common.flower_compat import message_from_wire, wire_objects
 from fedward.common.protocol import MSG_AUDIT, MSG_BASELINES, MSG_PROFILE
 from fedward.common.run_config import RunConfig

@@ -22,8 +22,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
 from fedward.client.app import app
+from fedward.client.egress import FEDWARD_RECORD, REASON_SOURCE, guard_for
 from fedward.common.datasets.bundled import write_site_files
-from fedward.common.egress import FEDWARD_RECORD, REASON_SOURCE, guard_for
 from fedward.common.protocol import (
     KEY_AUDIT_MODEL,
     KEY_BASELINES,

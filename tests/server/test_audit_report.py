@@ -14,14 +14,14 @@ from prometheus_client import generate_latest
 from scipy import stats
 
 from fedward.client.app import app
+from fedward.client.egress import EgressGuard, EgressPolicy
+from fedward.client.reply_fields import REGISTRY
 from fedward.client.site_audit import record_latest
 from fedward.client.site_metrics import metrics_registry
 from fedward.common.audit_keys import PUBLIC_KEYS
 from fedward.common.datasets.bundled import write_site_files
-from fedward.common.egress import EgressGuard, EgressPolicy
 from fedward.common.evaluation_config import AuditConfig
 from fedward.common.protocol import MSG_AUDIT, REPLY
-from fedward.common.reply_fields import REGISTRY
 from fedward.common.run_config import RunConfig
 from fedward.common.score_histograms import score_histogram
 from fedward.common.site_config import load_site_config
@@ -111,7 +111,10 @@ def test_every_released_model_is_audited_at_every_site(audited_run: Path) -> Non
 def test_reports_are_written_for_people_and_machines(audited_run: Path) -> None:
     md = (audited_run / "audit.md").read_text()
     assert md.startswith("# Membership-inference audit") and "Verdict:" in md
-    assert "| site | canary guesses | correct | ε lower bound | minimum detectable leak (largest ε it could certify)" in md
+    assert (
+        "| site | canary guesses | correct | ε lower bound | minimum detectable leak (largest ε it could certify)"
+        in md
+    )
     assert "NO DP GUARANTEE" not in md
     html = (audited_run / "audit.html").read_text()
     assert (

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fedward.common.pooled_metrics import pooled_panel
 from fedward.common.score_histograms import score_histogram
+from fedward.server.pooled_metrics import pooled_panel
 from fedward.server.report_card_verdicts import federated_auroc_text as _federated_auroc_text
 from fedward.server.report_card_verdicts import pooled_omissions as _pooled_omissions
 from fedward.server.run_console import final_table as _final_table

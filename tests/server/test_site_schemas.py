@@ -15,9 +15,9 @@ import pytest
 from fedward.common.config_files import load_schema
 from fedward.common.datasets.bundled import bundled_schema
 from fedward.common.run_config import RunConfig
-from fedward.common.schema_diff import describe_differences
 from fedward.common.site_config import load_site_config
 from fedward.server.data_folder import DataFolderError, dataset_name, write_data_folder
+from fedward.server.schema_diff import describe_differences
 from fedward.server.site_schemas import SchemaMismatch, check_site_schemas
 
 

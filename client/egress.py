@@ -1,7 +1,7 @@
 """The one egress guard every reply a site sends passes through, errors included, as a Flower mod.
 
 DESIGN.md's one rule of data flow: only aggregates leave a site. `EgressMod` wraps the guard
-(``fedward.common.egress_guard``: every field a site may send is registered with its kind, and
+(``fedward.client.egress_guard``: every field a site may send is registered with its kind, and
 each value is checked by it) as a Flower client mod (see ``flwr.clientapp.mod``) and sits
 outermost: a reply that fails is replaced by a templated refusal, and an error reply's reason is
 checked the same way. The minimum cell size is the site's own (its policy, raised by the
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedward.common.egress_guard import (
+from fedward.client.egress_guard import (
     ARRAYS_RECORD,
     FEDWARD_RECORD,
     METRICS_RECORD,

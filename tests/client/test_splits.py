@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedward.client.splits import SPLIT_NAMES, SiteSplits, site_seed, split_site
 from fedward.common.errors import SiteDataError
-from fedward.common.splits import SPLIT_NAMES, SiteSplits, site_seed, split_site
 
 DEFAULTS = {"tune": 0.15, "test": 0.2, "audit": 0.0, "min_per_class": 2, "min_rows": 20}
 

@@ -1,7 +1,7 @@
 """The egress guard's rules: what a site's reply may hold, field by field.
 
 DESIGN.md's one rule of data flow: only aggregates leave a site. The guard is derived from one
-registry (``fedward.common.reply_fields``) in which every field a site may send declares its
+registry (``fedward.client.reply_fields``) in which every field a site may send declares its
 kind; a field that is not registered is refused whatever its name, and each value is checked by
 its kind: model arrays must have exactly the keys, shapes and dtypes of the model the
 coordinator sent; counts are 0 or at least the site's minimum cell size (as numbers, or as text
@@ -15,7 +15,7 @@ The minimum cell size is the site's own (its policy, raised by the SuperNode ope
 suppression is a disclosure-control heuristic, not differential privacy: the DP guarantee covers
 only the model updates and the DP-released preprocessing aggregates.
 
-The guard runs on every reply through ``fedward.common.egress``'s Flower mod, errors included.
+The guard runs on every reply through ``fedward.client.egress``'s Flower mod, errors included.
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedward.common import protocol
-from fedward.common.errors import FedwardError
-from fedward.common.protocol import KEY_SCHEMA
-from fedward.common.reply_fields import (
+from fedward.client.reply_fields import (
     ARRAYS_RECORD,
     FEDWARD_RECORD,
     METRICS_RECORD,
@@ -41,6 +38,9 @@ from fedward.common.reply_fields import (
     confusion_counts,
     implied_counts_ok,
 )
+from fedward.common import protocol
+from fedward.common.errors import FedwardError
+from fedward.common.protocol import KEY_SCHEMA
 from fedward.common.site_messages import (
     ERROR_NAMES,
     MessageRefused,

@@ -8,8 +8,13 @@ import sys
 
 import pytest
 
-from fedward.common.seeds import SPLIT_DOMAIN, derive_seed
-from fedward.common.splits import site_seed
+from fedward.client.seeds import (
+    SPLIT_DOMAIN,
+    derive_seed,
+    noise_generator_seed,
+    shadow_round_seeds,
+)
+from fedward.client.splits import site_seed
 
 # Values computed with the site's former `_seed_for` (client/app.py) before the refactoring.
 SITE_SEEDS = [
@@ -20,7 +25,7 @@ SITE_SEEDS = [
     ((42, "cleveland", "tune", "bootstrap"), 2408037270),
     ((42, "switzerland", "lr", "paired"), 4090263127),
 ]
-# Values computed with common/splits.py's former `site_seed`.
+# Values computed with client/splits.py's former `site_seed`.
 SPLIT_SEEDS = [
     ((42, "cleveland"), 621921898443998198),
     ((0, "hungary"), 4738078504876238668),
@@ -63,6 +68,13 @@ def test_seeds_fit_their_width() -> None:
 
 
 def test_seeds_are_the_same_in_another_process() -> None:
-    code = "from fedward.common.seeds import derive_seed; print(derive_seed(42, 'a', 1))"
+    code = "from fedward.client.seeds import derive_seed; print(derive_seed(42, 'a', 1))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == derive_seed(42, "a", 1)
+
+
+def test_the_sub_streams_keep_the_values_recorded_runs_used() -> None:
+    # A seeded DP-SGD run's noise generator, apart from its sampler; a shadow model's round seeds.
+    assert noise_generator_seed(7) == 7 ^ 0x5DEECE66D
+    assert noise_generator_seed(7) != 7
+    assert shadow_round_seeds(1000, 2) == (1002, 1009002)

@@ -19,7 +19,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedward.common.egress import (
+from fedward.client.egress import (
     REASON_SOURCE,
     REFUSED_STATUS,
     EgressGuard,
@@ -32,8 +32,8 @@ from fedward.common.egress import (
     expected_from_array_record,
     refusal_content,
 )
+from fedward.client.reply_fields import REGISTRY
 from fedward.common.metrics import metric_panel
-from fedward.common.reply_fields import REGISTRY
 from fedward.common.score_histograms import score_histogram
 from fedward.common.site_messages import SiteMessage
 

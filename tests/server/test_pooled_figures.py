@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from fedward.common.metrics import metric_panel
-from fedward.common.pooled_metrics import n_weighted, pooled_panel
 from fedward.common.score_histograms import CoarseHistogram, ScoreHistogram, score_histogram
+from fedward.server.pooled_metrics import n_weighted, pooled_panel
 
 
 def _site(n: int, prevalence: float, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

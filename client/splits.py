@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from fedward.client.seeds import SPLIT_DOMAIN, derive_seed
 from fedward.common.errors import SiteDataError
 from fedward.common.learning_config import SplitConfig
-from fedward.common.seeds import SPLIT_DOMAIN, derive_seed
 
 SPLIT_NAMES = ("train", "tune", "test", "audit")
 _GROUP_ATTEMPTS = 50
