@@ -113,3 +113,48 @@ def test_common_imports_neither_role() -> None:
         if module.startswith("fedward.common.")
     }
     assert not {module: names for module, names in crossing.items() if names}
+
+
+def roles_using(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """For each fedward.common module, the roles ("client", "server") that import it, directly or
+    through other common modules."""
+    users: dict[str, set[str]] = {m: set() for m in graph if m.startswith("fedward.common.")}
+    for module, imported in graph.items():
+        role = module.split(".")[1]
+        for name in imported:
+            if name in users and role != "common":
+                users[name].add(role)
+    changed = True
+    while changed:
+        changed = False
+        for module, imported in graph.items():
+            if module not in users:
+                continue
+            for name in imported:
+                if name in users and not users[module] <= users[name]:
+                    users[name] |= users[module]
+                    changed = True
+    return users
+
+
+def test_common_holds_only_what_both_roles_use() -> None:
+    # The package itself (fedward.common.datasets/__init__) holds nothing of its own.
+    one_role = {
+        module: sorted(roles)
+        for module, roles in roles_using(import_graph()).items()
+        if roles != {"client", "server"} and module != "fedward.common.datasets"
+    }
+    assert not one_role, f"one-role modules in fedward.common (move them to that role): {one_role}"
+
+
+def test_the_role_check_sees_a_one_role_module() -> None:
+    graph = {
+        "fedward.client.a": {"fedward.common.x", "fedward.common.y"},
+        "fedward.server.b": {"fedward.common.y"},
+        "fedward.common.x": set(),
+        "fedward.common.y": {"fedward.common.z"},
+        "fedward.common.z": set(),
+    }
+    users = roles_using(graph)
+    assert users["fedward.common.x"] == {"client"}
+    assert users["fedward.common.z"] == {"client", "server"}
