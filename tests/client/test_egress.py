@@ -11,6 +11,7 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    ConfigRecordValues,
     Context,
     Error,
     Message,
@@ -218,7 +219,9 @@ def test_every_registered_field_declares_a_kind() -> None:
 def test_a_count_sent_as_text_is_still_a_count() -> None:
     content = _legit_content()
     content["metrics"] = MetricRecord({"num-examples": 120})
-    content["fedward"]["n_train"] = "3"
+    fedward = content["fedward"]
+    assert isinstance(fedward, ConfigRecord)
+    fedward["n_train"] = "3"
     assert _violation(content).rule == "small"
 
 
@@ -247,7 +250,9 @@ def test_accuracy_with_balanced_accuracy_solving_a_small_confusion_cell_is_refus
     # n=100, 30 positives: TP=25 FN=5 TN=60 FP=10 -> accuracy 0.85, balanced (25/30+60/70)/2
     bal = (25 / 30 + 60 / 70) / 2
     content = _legit_content(test_n=100, test_prevalence=0.3, test_accuracy=0.85)
-    content["fedward"]["test_balanced_accuracy"] = bal
+    fedward = content["fedward"]
+    assert isinstance(fedward, ConfigRecord)
+    fedward["test_balanced_accuracy"] = bal
     assert _violation(content).rule == "implied"
 
 
@@ -308,7 +313,11 @@ def test_reason_that_differs_from_its_template_is_refused() -> None:
 
 def test_a_small_count_in_a_message_slot_is_refused() -> None:
     message = SiteMessage("warn-out-of-range", {"column": "age", "count": 2})
-    record = {"site": SITE, "warnings": [message.text], "warnings_source": [message.to_json()]}
+    record: dict[str, ConfigRecordValues] = {
+        "site": SITE,
+        "warnings": [message.text],
+        "warnings_source": [message.to_json()],
+    }
     assert _violation(RecordDict({"fedward": ConfigRecord(record)})).rule == "template"
 
 

@@ -4,6 +4,7 @@ reported, REVIEW notes kept; and the merge of the sites' reviewed schemas by dec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from fedward.common.schema_merge import merge_schemas
 from fedward.common.schema_toml import REVIEW_NOTE, SchemaInferenceError, parse_schema_toml
 
 
-def _frame(**columns: list[object]) -> pd.DataFrame:
+def _frame(**columns: Sequence[object]) -> pd.DataFrame:
     """A table as read from a CSV: every cell text, empty cells NaN."""
     return pd.DataFrame(
         {k: [np.nan if v is None else str(v) for v in vals] for k, vals in columns.items()}
@@ -182,7 +183,7 @@ def test_reviewed_schemas_merge_by_declared_names_into_unions() -> None:
         '[[features]]\nname = "age"\nkind = "numeric"\nmin = 0\nmax = 100\nimpute = 60\n'
         '[[features]]\nname = "smoker"\nkind = "categorical"\ncategories = ["No ", "former"]\n'
     )
-    merged = merge_schemas({"a.toml": a, "b.toml": b})  # type: ignore[dict-item]
+    merged = merge_schemas({"a.toml": a, "b.toml": b})
 
     age = merged.schema.feature("age")
     assert (age.min, age.max, age.impute) == (0, 100, 55)
@@ -200,7 +201,7 @@ def test_schemas_with_different_labels_do_not_merge() -> None:
         "<test>",
     )
     with pytest.raises(SchemaInferenceError, match="label"):
-        merge_schemas({"a": a, "b": b})  # type: ignore[dict-item]
+        merge_schemas({"a": a, "b": b})
 
 
 # ---- the command ------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
 from fedward.client.app import app
@@ -89,8 +89,17 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 RUN = RunConfig(rounds=2, evaluation={"bootstrap": 10}, audit={"reference_models": 2})
 
 
-def _content(run: RunConfig, state: Path, *, arrays: bool = True, **extra: object) -> RecordDict:
-    content = RecordDict({"config": wire_config(run, state_dir=str(state), **extra)})
+def _content(
+    run: RunConfig,
+    state: Path,
+    *,
+    arrays: bool = True,
+    run_id: str = "run-1",
+    extra: Mapping[str, ConfigRecordValues] | None = None,
+) -> RecordDict:
+    config = wire_config(run, state_dir=str(state), run_id=run_id)
+    config.update(extra or {})  # extra fields go last, as wire_config(**extra) puts them
+    content = RecordDict({"config": config})
     if arrays:
         content["arrays"] = initial_arrays(run)
     return content
@@ -107,7 +116,9 @@ def _wire_bytes(reply: Message) -> bytes:
 def _assert_nothing_leaks(reply: Message, asked: Message, fed: Federation) -> dict[str, object]:
     wire = _wire_bytes(reply)
     if reply.has_error():
-        info: dict[str, object] = json.loads(reply.error.reason)
+        reason = reply.error.reason
+        assert reason is not None
+        info: dict[str, object] = json.loads(reason)
     else:
         info = dict(reply.content[FEDWARD_RECORD])
     for canary in CANARIES:
@@ -312,8 +323,8 @@ def test_weights_that_isolate_rows_give_only_coarse_histograms(
 def test_unknown_fields_in_the_request_change_nothing_that_leaves(
     federation: Federation, tmp_path: Path
 ) -> None:
-    extra = {"fedward.dump-rows": "all", "fedward.debug": 1}
-    content = _content(RUN, tmp_path, run_id="unknown-fields", **extra)
+    extra: dict[str, ConfigRecordValues] = {"fedward.dump-rows": "all", "fedward.debug": 1}
+    content = _content(RUN, tmp_path, run_id="unknown-fields", extra=extra)
     info = _attempt(federation, federation.open_site, content)
     assert info["status"] == "ok" and not any("dump" in k for k in info)
 

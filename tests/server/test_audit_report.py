@@ -178,7 +178,7 @@ def test_the_audit_switched_off_is_refused(tmp_path: Path) -> None:
 
 
 def _info(
-    auc: float, lo: float, hi: float, *, lb: float = 0.0, claimed: float = 1.0
+    auc: float, lo: float, hi: float, *, lb: float = 0.0, claimed: float | None = 1.0
 ) -> dict[str, Any]:
     return {
         "status": "ok",

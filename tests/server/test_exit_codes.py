@@ -157,7 +157,7 @@ def test_fedward_run_exits_with_the_runs_code_and_says_what_to_do_last(
     from fedward.server.run_cli import _report
 
     folder = _folder(tmp_path, events, rec)
-    assert _report(folder, _Launched()) == code  # type: ignore[arg-type]
+    assert _report(folder, _Launched()) == code
     out = " ".join(capsys.readouterr().out.split())
     assert said in out
     last = out.rsplit("run folder: ", 1)[1]

@@ -49,7 +49,7 @@ def test_keygen_writes_a_0600_private_key_and_a_public_key(tmp_path: Path) -> No
     private = load_private_key(key_path)
     assert fingerprint(private.public_key()) == fingerprint(public)
     loaded = serialization.load_pem_public_key(pub_path.read_bytes())
-    assert public_key_b64(loaded) == public_key_b64(public)  # type: ignore[arg-type]
+    assert public_key_b64(loaded) == public_key_b64(public)
 
 
 def test_keygen_never_overwrites_a_key(tmp_path: Path) -> None:

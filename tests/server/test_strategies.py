@@ -30,7 +30,7 @@ from fedward.server.strategies import build_strategy
     ],
 )
 def test_each_strategy_name_builds_flowers_class(name: str, cls: type) -> None:
-    strategy = build_strategy(StrategyConfig(name=name, min_sites=3))  # type: ignore[arg-type]
+    strategy = build_strategy(StrategyConfig(name=name, min_sites=3))
     assert type(strategy) is cls
     assert strategy.min_train_nodes == 3  # type: ignore[attr-defined]
 
@@ -44,4 +44,4 @@ def test_krum_carries_the_assumed_number_of_hostile_sites() -> None:
 
 def test_fedprox_carries_the_configured_proximal_term() -> None:
     strategy = build_strategy(StrategyConfig(name="fedprox", proximal_mu=0.3))
-    assert strategy.proximal_mu == 0.3  # type: ignore[attr-defined]
+    assert strategy.proximal_mu == 0.3
