@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from fedward.client.accounting import (
     EPSILON_TOLERANCE,
+    AccountantName,
     default_delta,
     epsilon_of,
     gaussian_release_sigma,
@@ -134,7 +135,7 @@ class SiteBudget:
         site: str,
         dataset: str,
         n_rows: int,
-        accountant: str = "rdp",
+        accountant: AccountantName = "rdp",
         simulated: bool = False,
     ) -> None:
         self.ledger = ledger

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
@@ -173,14 +173,15 @@ def _schema_columns(text: str) -> set[str]:
     return out
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
+    """An int or float that is not a bool (a TypeGuard: a True answer narrows ``value``)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _as_count(value: object) -> float | None:
     """A number, or text that reads as one: a count sent as text is still a count."""
     if is_number(value):
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     if isinstance(value, str):
         try:
             return float(value.strip())
@@ -409,9 +410,9 @@ class EgressGuard:
             counts += shown
             fraction = feature.get("missing_fraction")
             if is_number(n_train):
-                size = float(n_train)  # type: ignore[arg-type]
+                size = float(n_train)
                 if is_number(fraction):
-                    n_missing = round(float(fraction) * size)  # type: ignore[arg-type]
+                    n_missing = round(float(fraction) * size)
                     counts += [n_missing, size - n_missing]
                     if len(shown) >= len(cats) - 1:
                         # all categories shown, or one hidden: the rest is recovered by subtraction

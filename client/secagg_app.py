@@ -24,7 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -145,9 +145,11 @@ class SecAggSiteClient(NumPyClient):
         refusal = _refused(reply)
         if refusal is not None:
             raise refusal
-        info = dict(reply.content[REPLY])
-        metrics = dict(reply.content[METRICS])
-        arrays = reply.content[ARRAYS]
+        # The reply's records are heterogeneous field maps (encode_reply): REPLY a ConfigRecord,
+        # METRICS a MetricRecord, ARRAYS an ArrayRecord; their values are read dynamically.
+        info: dict[str, Any] = dict(reply.content[REPLY])
+        metrics: dict[str, Any] = dict(reply.content[METRICS])
+        arrays = cast(ArrayRecord, reply.content[ARRAYS])
         out = [arrays[key].numpy() for key in weights]
         scalars: dict[str, Any] = {
             key: float(value)
@@ -173,8 +175,8 @@ class SecAggSiteClient(NumPyClient):
         refusal = _refused(reply)
         if refusal is not None:
             raise refusal
-        info = dict(reply.content[REPLY])
-        panel = dict(reply.content[METRICS])
+        info: dict[str, Any] = dict(reply.content[REPLY])
+        panel: dict[str, Any] = dict(reply.content[METRICS])
         n = int(float(panel.pop("num-examples")))
         metrics: dict[str, Any] = {k: float(v) for k, v in panel.items()}
         metrics["site"] = str(info["site"])

@@ -31,7 +31,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedward.client.ledger import Ledger
 from fedward.common.config_files import load_schema, validate_config
-from fedward.common.datasource import read_raw
+from fedward.common.datasource import Format, read_raw
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.schema import DataSchema
 from fedward.common.schema_inference import (
@@ -353,7 +353,10 @@ def _columns(opts: InitOptions) -> list[str]:
 
 def _read(opts: InitOptions) -> pd.DataFrame:
     assert opts.data is not None
-    fmt = opts.data_format if opts.data_format in ("csv", "parquet") else "auto"
+    # Only "csv" or "parquet" passes the test, so the cast to the reader's Format is exact.
+    fmt: Format = (
+        cast(Format, opts.data_format) if opts.data_format in ("csv", "parquet") else "auto"
+    )
     return read_raw(opts.data, site=opts.name or "new site", fmt=fmt)
 
 

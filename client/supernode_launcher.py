@@ -405,7 +405,8 @@ def install_activation_retry(wait_s: float, node_id_file: Path | None = None) ->
         return response
 
     activate_node._fedward_retry = True  # type: ignore[attr-defined]
-    FleetHttpClient.ActivateNode = activate_node
+    # The class is looked up at run time (typed only as ``type``); ActivateNode was found above.
+    FleetHttpClient.ActivateNode = activate_node  # type: ignore[attr-defined]
     return True
 
 

@@ -163,7 +163,8 @@ def _numeric_lines(
     if summary.skewed:
         lines.append('transform = "log"')
         note += "; skewed (long upper tail): enters the model on a log scale"
-    missing_values: list[Scalar] = sorted({t for t in tokens}, key=str.casefold)
+    missing_tokens = sorted({t for t in tokens}, key=str.casefold)
+    missing_values: list[Scalar] = list(missing_tokens)
     if summary.impossible:
         shown = sorted(summary.impossible)
         n_far = sum(summary.impossible.values())

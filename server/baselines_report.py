@@ -205,7 +205,8 @@ def baselines_report(
 ) -> dict[str, Any]:
     conf = run.evaluation.confidence
     bins = run.evaluation.histogram_bins
-    families = {
+    # Keyed by family name: the run's BaselineFamily names and the federated baseline's.
+    families: dict[str, dict[str, Any]] = {
         f: _family_section(f, site_suites, bins, conf)
         for f in run.baselines.families
         if site_suites

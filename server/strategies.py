@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -50,9 +50,19 @@ CentralDPWrapper = (
 )
 
 
+class _Sampling(TypedDict):
+    """The sampling keywords every Flower strategy takes, with their types."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+
 def flower_strategy(cfg: StrategyConfig) -> Strategy:
     """The Flower strategy the run config names, with fedward's sampling settings."""
-    common = {
+    common: _Sampling = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": 1.0,
         "min_train_nodes": cfg.min_sites,
