@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
+from fedward.common.evaluation_config import EvaluationConfig
 from fedward.common.models import build_model
 from fedward.common.preprocessing import SharedTransform
 from fedward.common.protocol import (
@@ -105,7 +106,7 @@ def initial_arrays(run: RunConfig) -> ArrayRecord:
 
 @pytest.fixture
 def heart_run() -> RunConfig:
-    return RunConfig(rounds=3, evaluation={"bootstrap": 50})
+    return RunConfig(rounds=3, evaluation=EvaluationConfig(bootstrap=50))
 
 
 # ---- encrypted inference: trained models, made once per session and only when asked for ----

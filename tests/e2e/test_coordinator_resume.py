@@ -51,7 +51,7 @@ from tests.e2e.processes import (
     free_port,
     start_insecure_federation,
 )
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 pytestmark = pytest.mark.slow
 ROUNDS, KILLED_IN = 6, 3
@@ -223,7 +223,7 @@ def test_final_metrics_are_within_noise_of_an_uninterrupted_run(resumed: dict[st
             run_dir=str(resumed["tmp"] / f"reference-{i}"),
             coordinator_state_dir=str(resumed["tmp"] / f"reference-coordinator-{i}"),
         )
-        reference = coordinate(grid, server_context(), settings).path
+        reference = coordinate(as_grid(grid), server_context(), settings).path
         refs.append(json.loads((reference / "metrics.json").read_text())["test"]["pooled"]["auroc"])
     got = json.loads((resumed["run_dir"] / "metrics.json").read_text())["test"]["pooled"]["auroc"]
     mean, sd = statistics.mean(refs), statistics.stdev(refs)

@@ -30,13 +30,21 @@ from fedward.client.egress import (
     guard_for,
 )
 from fedward.common.datasets.bundled import write_site_files
+from fedward.common.evaluation_config import (
+    AuditConfig,
+    BaselinesConfig,
+    ControlsConfig,
+    EvaluationConfig,
+    TuningConfig,
+)
 from fedward.common.flower_compat import message_from_wire, wire_objects
+from fedward.common.learning_config import ModelConfig, PreprocessingConfig
 from fedward.common.protocol import MSG_AUDIT, MSG_BASELINES, MSG_PROFILE
 from fedward.common.run_config import RunConfig
 from fedward.server.app import coordinate
 from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.hostile.canaries import CANARIES, plant
-from tests.server.loopback import Exchange, LoopbackGrid, server_context
+from tests.server.loopback import Exchange, LoopbackGrid, as_grid, server_context
 
 pytestmark = pytest.mark.slow
 
@@ -85,13 +93,15 @@ class Federation:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     run = RunConfig(
         rounds=2,
-        model={"kind": "mlp", "hidden": [8]},
-        preprocessing={"source": "dp-aggregates"},
-        evaluation={"bootstrap": 20},
-        baselines={"families": ["naive_bayes", "logistic_regression"], "pooled_reference": False},
-        tuning={"budget": 1},
-        controls={"label_shuffle": True},
-        audit={"reference_models": 2},
+        model=ModelConfig(kind="mlp", hidden=[8]),
+        preprocessing=PreprocessingConfig(source="dp-aggregates"),
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(
+            families=["naive_bayes", "logistic_regression"], pooled_reference=False
+        ),
+        tuning=TuningConfig(budget=1),
+        controls=ControlsConfig(label_shuffle=True),
+        audit=AuditConfig(reference_models=2),
     )
     capture = CapturingApp()
     root = tmp_path_factory.mktemp("egress")
@@ -109,7 +119,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     grid = LoopbackGrid(capture, 4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(site_egress, "guard", capture.before_the_guard)
-        path = coordinate(grid, server_context(), settings).path
+        path = coordinate(as_grid(grid), server_context(), settings).path
     # One guard call per message, in order: else the capture no longer sees the site's replies.
     assert len(capture.made) == len(capture.asked) == len(grid.wire)
     sent = [

@@ -21,12 +21,18 @@ from typing import Any
 import pytest
 
 from fedward.client.app import app
+from fedward.common.evaluation_config import (
+    AuditConfig,
+    BaselinesConfig,
+    EvaluationConfig,
+    TuningConfig,
+)
 from fedward.common.run_config import RunConfig
 from fedward.server.app import coordinate
 from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.model_card import CARD_HTML, write_card
 from tests.e2e.conftest import FinishedRun
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 pytestmark = pytest.mark.slow
 
@@ -64,14 +70,14 @@ def card_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _browser_or_skip()  # before the federation: no browser, no run to render
     run = RunConfig(
         rounds=2,
-        evaluation={"bootstrap": 20},
-        baselines={"families": ["naive_bayes"]},
-        tuning={"budget": 1},
-        audit={"reference_models": 2},
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(families=["naive_bayes"]),
+        tuning=TuningConfig(budget=1),
+        audit=AuditConfig(reference_models=2),
     )
     root = tmp_path_factory.mktemp("card-browser")
     settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
-    folder = coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    folder = coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
     write_card(folder)
     return folder / CARD_HTML
 

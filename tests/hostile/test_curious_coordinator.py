@@ -24,6 +24,7 @@ from flwr.common.serde import message_to_proto
 from fedward.client.app import app
 from fedward.client.egress import FEDWARD_RECORD, REASON_SOURCE, guard_for
 from fedward.common.datasets.bundled import write_site_files
+from fedward.common.evaluation_config import AuditConfig, EvaluationConfig
 from fedward.common.protocol import (
     KEY_AUDIT_MODEL,
     KEY_BASELINES,
@@ -86,7 +87,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     return Federation(configs[0], configs[1], headerless, latin1, ragged, root)
 
 
-RUN = RunConfig(rounds=2, evaluation={"bootstrap": 10}, audit={"reference_models": 2})
+RUN = RunConfig(
+    rounds=2, evaluation=EvaluationConfig(bootstrap=10), audit=AuditConfig(reference_models=2)
+)
 
 
 def _content(

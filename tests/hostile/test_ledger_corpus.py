@@ -16,6 +16,7 @@ from flwr.app import RecordDict
 
 from fedward.client.app import app
 from fedward.client.ledger import LEDGER_FILE, Ledger, LedgerError
+from fedward.common.evaluation_config import EvaluationConfig
 from fedward.common.protocol import REPLY
 from fedward.common.run_config import RunConfig
 from tests.conftest import append_releases, initial_arrays, make_context, make_message, wire_config
@@ -143,7 +144,7 @@ def test_a_state_folder_that_is_a_file_is_refused(tmp_path: Path) -> None:
 def test_a_site_with_a_deleted_ledger_row_refuses_to_train_and_keeps_its_history(
     tmp_path: Path,
 ) -> None:
-    run = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    run = RunConfig(rounds=2, evaluation=EvaluationConfig(bootstrap=20))
     state = tmp_path / "sim-state"
     ledger = Ledger(state / "cleveland")
     _spend(ledger, dataset="cleveland")

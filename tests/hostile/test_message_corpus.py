@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 
 from fedward.client.app import app
+from fedward.common.evaluation_config import EvaluationConfig
 from fedward.common.protocol import (
     ARRAYS,
     CONFIG,
@@ -36,7 +37,7 @@ from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
-RUN = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+RUN = RunConfig(rounds=2, evaluation=EvaluationConfig(bootstrap=20))
 NODE = {"partition-id": 0, "num-partitions": 4}
 
 Edit = Callable[[RecordDict], None]

@@ -8,20 +8,26 @@ import pandas as pd
 
 from fedward.client.app import app
 from fedward.client.site import _from_bundled, prepare
+from fedward.common.evaluation_config import AuditConfig, BaselinesConfig, EvaluationConfig
+from fedward.common.learning_config import ModelConfig
 from fedward.common.run_config import RunConfig, run_schema
 from fedward.server.app import coordinate
 from fedward.server.coordinator_settings import CoordinatorSettings
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 
 def he_run_config(kind: str, rounds: int = 4) -> RunConfig:
-    model = {"kind": "logistic"} if kind == "logistic" else {"kind": "mlp", "hidden": [16]}
+    model = (
+        ModelConfig(kind="logistic", he_compatible=True)
+        if kind == "logistic"
+        else ModelConfig(kind="mlp", hidden=[16], he_compatible=True)
+    )
     return RunConfig(
         rounds=rounds,
-        model={**model, "he_compatible": True},
-        evaluation={"bootstrap": 20},
-        baselines={"enabled": False},
-        audit={"enabled": False},
+        model=model,
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(enabled=False),
+        audit=AuditConfig(enabled=False),
     )
 
 
@@ -30,7 +36,7 @@ def train_run(kind: str, folder: Path, rounds: int = 4) -> Path:
     settings = CoordinatorSettings(
         run=he_run_config(kind, rounds), run_dir=str(folder), engine="simulation"
     )
-    return coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    return coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
 
 
 def heart_disease_test_rows(run: RunConfig) -> dict[str, pd.DataFrame]:
@@ -52,12 +58,12 @@ def released_logistic(folder: Path) -> Path:
 
     run = RunConfig(
         rounds=4,
-        model={"kind": "logistic", "he_compatible": True},
-        evaluation={"bootstrap": 20},
-        baselines={"enabled": False},
-        audit={"reference_models": 2},
+        model=ModelConfig(kind="logistic", he_compatible=True),
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(enabled=False),
+        audit=AuditConfig(reference_models=2),
     )
     settings = CoordinatorSettings(run=run, run_dir=str(folder / "run"), engine="simulation")
-    path = coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    path = coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
     sign_off(path, by="Dr. Ada Byron", role="privacy officer", note="read the card")
     return release(path, folder / "releases", by="release manager")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
 
 from fedward.common.flower_compat import (
     message_from_wire,
@@ -82,6 +83,14 @@ class LoopbackGrid:
                 message_from_wire(reply.object_id, reply_objects, reply.metadata.message_id)
             )
         return replies
+
+
+def as_grid(stand_in: object) -> Grid:
+    """A test's stand-in Grid (this LoopbackGrid, or a smaller one of a test's own) typed as Flower's.
+
+    Flower's Grid is an abstract class; a stand-in implements only what the coordinator calls.
+    """
+    return cast(Grid, stand_in)
 
 
 def server_context(run_id: int = 1) -> Context:

@@ -20,7 +20,13 @@ from fedward.client.site_audit import record_latest
 from fedward.client.site_metrics import metrics_registry
 from fedward.common.audit_keys import PUBLIC_KEYS
 from fedward.common.datasets.bundled import write_site_files
-from fedward.common.evaluation_config import AuditConfig
+from fedward.common.evaluation_config import (
+    AuditConfig,
+    BaselinesConfig,
+    EvaluationConfig,
+    TuningConfig,
+)
+from fedward.common.learning_config import ModelConfig
 from fedward.common.protocol import MSG_AUDIT, REPLY
 from fedward.common.run_config import RunConfig
 from fedward.common.score_histograms import score_histogram
@@ -39,7 +45,7 @@ from fedward.server.audit_verdict import (
 )
 from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
 
@@ -48,15 +54,15 @@ SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
 def audited_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = RunConfig(
         rounds=3,
-        model={"kind": "mlp", "hidden": [16]},
-        evaluation={"bootstrap": 20},
-        baselines={"families": ["naive_bayes"], "pooled_reference": False},
-        tuning={"budget": 1},
-        audit={"reference_models": 2},
+        model=ModelConfig(kind="mlp", hidden=[16]),
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(families=["naive_bayes"], pooled_reference=False),
+        tuning=TuningConfig(budget=1),
+        audit=AuditConfig(reference_models=2),
     )
     root = tmp_path_factory.mktemp("audit")
     settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
-    return coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    return coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
 
 
 def _json(path: Path) -> Any:
@@ -127,7 +133,7 @@ def test_reports_are_written_for_people_and_machines(audited_run: Path) -> None:
 def test_a_finished_run_can_be_audited_again(audited_run: Path) -> None:
     first = _json(audited_run / "audit.json")
     (audited_run / "audit.json").unlink()
-    report = audit_run_folder(LoopbackGrid(app, 4), server_context(), audited_run)
+    report = audit_run_folder(as_grid(LoopbackGrid(app, 4)), server_context(), audited_run)
     again = _json(audited_run / "audit.json")
     assert set(again["models"]) == set(first["models"]) and report["verdict"] == again["verdict"]
     assert set(again["models"]["run"]["sites"]) == SITES
@@ -135,11 +141,13 @@ def test_a_finished_run_can_be_audited_again(audited_run: Path) -> None:
 
 def test_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"run_config\.json"):
-        audit_run_folder(LoopbackGrid(app, 4), server_context(), tmp_path)
+        audit_run_folder(as_grid(LoopbackGrid(app, 4)), server_context(), tmp_path)
 
 
 def test_an_audit_reply_passes_the_egress_guard_and_holds_no_row_data(tmp_path: Path) -> None:
-    run = RunConfig(rounds=1, evaluation={"bootstrap": 20}, audit={"reference_models": 2})
+    run = RunConfig(
+        rounds=1, evaluation=EvaluationConfig(bootstrap=20), audit=AuditConfig(reference_models=2)
+    )
     ctx = make_context({"partition-id": 0, "num-partitions": 4})
     state = str(tmp_path / "state")
     train = RecordDict({"arrays": initial_arrays(run), "config": wire_config(run, state_dir=state)})
@@ -162,7 +170,7 @@ def test_an_audit_reply_passes_the_egress_guard_and_holds_no_row_data(tmp_path: 
 
 
 def test_the_audit_switched_off_is_refused(tmp_path: Path) -> None:
-    run = RunConfig(rounds=1, audit={"enabled": False})
+    run = RunConfig(rounds=1, audit=AuditConfig(enabled=False))
     content = RecordDict(
         {"arrays": initial_arrays(run), "config": wire_config(run, state_dir=str(tmp_path))}
     )
@@ -171,7 +179,8 @@ def test_the_audit_switched_off_is_refused(tmp_path: Path) -> None:
             make_message(content, MSG_AUDIT), make_context({"partition-id": 0, "num-partitions": 4})
         ).content[REPLY]
     )
-    assert info["status"] == "refused" and "switched off" in info["reason"]
+    assert info["status"] == "refused"
+    assert isinstance(info["reason"], str) and "switched off" in info["reason"]
 
 
 # ---- verdicts -----------------------------------------------------------------------------------

@@ -33,7 +33,13 @@ def test_an_interval_touching_chance_is_no_leak() -> None:
 
 
 def test_without_dp_nothing_passes_and_a_leak_is_named() -> None:
-    common = {"attacks": True, "supported": True, "failures": [], "warnings": [], "flags": []}
+    common: dict[str, Any] = {
+        "attacks": True,
+        "supported": True,
+        "failures": [],
+        "warnings": [],
+        "flags": [],
+    }
     assert av.site_verdict(dp=False, leaks=[], **common) == av.FAIL_NO_DP
     assert av.site_verdict(dp=False, leaks=["x"], **common) == av.FAIL_NO_DP_LEAK
     assert av.site_verdict(dp=True, leaks=["x"], **common) == av.PASS_WITH_LEAK_FLAG

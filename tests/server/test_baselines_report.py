@@ -13,6 +13,13 @@ from typer.testing import CliRunner
 
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
+from fedward.common.evaluation_config import (
+    BaselinesConfig,
+    ControlsConfig,
+    EvaluationConfig,
+    TuningConfig,
+)
+from fedward.common.learning_config import ModelConfig
 from fedward.common.run_config import RunConfig
 from fedward.server.app import coordinate
 from fedward.server.baselines_report import (
@@ -25,7 +32,7 @@ from fedward.server.baselines_report import (
 from fedward.server.cli import register
 from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.report_baselines_collect import families_from_reply
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
 
@@ -35,15 +42,15 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLP run with everything on: tuning, the federated logistic baseline, both controls."""
     run = RunConfig(
         rounds=2,
-        model={"kind": "mlp", "hidden": [16]},
-        evaluation={"bootstrap": 30},
-        baselines={"families": ["logistic_regression", "knn", "naive_bayes"]},
-        tuning={"budget": 2, "deep": True, "deep_rounds": 1},
-        controls={"label_shuffle": True, "leave_one_site_out": True},
+        model=ModelConfig(kind="mlp", hidden=[16]),
+        evaluation=EvaluationConfig(bootstrap=30),
+        baselines=BaselinesConfig(families=["logistic_regression", "knn", "naive_bayes"]),
+        tuning=TuningConfig(budget=2, deep=True, deep_rounds=1),
+        controls=ControlsConfig(label_shuffle=True, leave_one_site_out=True),
     )
     root = tmp_path_factory.mktemp("baselines")
     settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
-    return coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    return coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
 
 
 def build_app() -> typer.Typer:
@@ -160,7 +167,7 @@ def test_report_command_names_the_missing_file(tmp_path: Path) -> None:
 
 
 def test_combined_difference_is_the_row_weighted_mean_with_independent_site_errors() -> None:
-    per_site = {
+    per_site: dict[str, dict[str, float | None]] = {
         "a": {"difference": 0.10, "se": 0.02},
         "b": {"difference": -0.05, "se": 0.04},
         "c": {"difference": None, "se": None},

@@ -21,7 +21,8 @@ from opacus.accountants import RDPAccountant
 from fedward.client.app import app
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.errors import ConfigError
-from fedward.common.privacy_config import CentralDPConfig
+from fedward.common.evaluation_config import BaselinesConfig, EvaluationConfig
+from fedward.common.privacy_config import CentralDPConfig, PrivacyConfig
 from fedward.common.run_config import RunConfig
 from fedward.common.strategy_config import StrategyConfig
 from fedward.server.app import coordinate
@@ -32,7 +33,7 @@ from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import CentralDPAccounting, build_strategy, sampled_sites
 from tests.conftest import make_message
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 CENTRAL = CentralDPConfig(enabled=True, noise_multiplier=1.0, clipping_norm=1.0)
 
@@ -48,8 +49,8 @@ def _opacus_epsilon(noise: float, q: float, rounds: int, delta: float) -> float:
 
 
 def test_flowers_dp_wrapper_sits_between_site_tracking_and_the_strategy(tmp_path: Path) -> None:
-    run = RunConfig(rounds=2, privacy={"central": {"enabled": True}})
-    strategy = build_run_strategy(LoopbackGrid(app, 4), run)
+    run = RunConfig(rounds=2, privacy=PrivacyConfig(central=CentralDPConfig(enabled=True)))
+    strategy = build_run_strategy(as_grid(LoopbackGrid(app, 4)), run)
     folder = RunFolder.at(tmp_path / "run", run, run_id=1, engine="test")
     tracker = SiteTracking(strategy, folder=folder, histogram_bins=20, min_sites=2)
     # Outermost first: SiteTracking -> fedward's accounting -> Flower's DP wrapper -> FedAvg.
@@ -82,16 +83,16 @@ def test_without_central_dp_the_strategy_is_flowers_alone() -> None:
 
 def test_flowers_argument_errors_name_the_run_config_section() -> None:
     # Flower's default count noise (sampled / 20 = 0.2) is too small for noise_multiplier 1.
-    run = RunConfig(privacy={"central": {"enabled": True, "adaptive": True}})
+    run = RunConfig(privacy=PrivacyConfig(central=CentralDPConfig(enabled=True, adaptive=True)))
     with pytest.raises(ConfigError, match=r"privacy\.central.*clipped_count_stddev"):
-        build_run_strategy(LoopbackGrid(app, 4), run)
+        build_run_strategy(as_grid(LoopbackGrid(app, 4)), run)
 
 
 def test_the_message_api_coordinator_refuses_secure_aggregation(tmp_path: Path) -> None:
-    run = RunConfig(strategy={"secure_aggregation": True})
+    run = RunConfig(strategy=StrategyConfig(secure_aggregation=True))
     settings = CoordinatorSettings(run=run, output_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="never runs SecAgg"):
-        coordinate(LoopbackGrid(app, 4), server_context(), settings)
+        coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings)
     assert not list(tmp_path.iterdir())  # refused before any run folder exists
 
 
@@ -115,7 +116,7 @@ def _accounting(noise: float, sampled: int, num_sites: int) -> CentralDPAccounti
 def _configure(strategy: CentralDPAccounting, nodes: list[int]) -> None:
     grid = LoopbackGrid(app, len(nodes))
     start = ArrayRecord({"w": torch.zeros(3)})
-    list(strategy.configure_train(1, start, ConfigRecord(), grid))
+    list(strategy.configure_train(1, start, ConfigRecord(), as_grid(grid)))
 
 
 def test_every_site_weighs_the_same_in_the_noised_mean() -> None:
@@ -183,12 +184,12 @@ def _summary(folder: RunFolder) -> dict[str, Any]:
 def test_a_central_dp_run_completes_and_records_the_site_level_epsilon(tmp_path: Path) -> None:
     run = RunConfig(
         rounds=2,
-        evaluation={"bootstrap": 20},
-        privacy={"central": {"enabled": True, "noise_multiplier": 1.0}},
-        baselines={"enabled": False},
+        evaluation=EvaluationConfig(bootstrap=20),
+        privacy=PrivacyConfig(central=CentralDPConfig(enabled=True, noise_multiplier=1.0)),
+        baselines=BaselinesConfig(enabled=False),
     )
     settings = CoordinatorSettings(run=run, run_dir=str(tmp_path / "run"), engine="simulation")
-    folder = coordinate(LoopbackGrid(app, 4), server_context(), settings)
+    folder = coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings)
     central = _summary(folder)["central_dp"]
     assert central["enabled"] and central["num_sites"] == 4
     assert central["sites_sampled_per_round"] == 4 and central["sample_rate"] == 1.0
@@ -210,9 +211,9 @@ def test_a_refusing_site_makes_the_run_pay_more_than_planned(tmp_path: Path) -> 
     va.write_text("\n".join(lines) + "\n")
     run = RunConfig(
         rounds=2,
-        evaluation={"bootstrap": 0},
-        privacy={"central": {"enabled": True}},
-        baselines={"enabled": False},
+        evaluation=EvaluationConfig(bootstrap=0),
+        privacy=PrivacyConfig(central=CentralDPConfig(enabled=True)),
+        baselines=BaselinesConfig(enabled=False),
     )
     settings = CoordinatorSettings(
         run=run,
@@ -220,7 +221,7 @@ def test_a_refusing_site_makes_the_run_pay_more_than_planned(tmp_path: Path) -> 
         engine="simulation",
         sim_site_configs=[str(p) for p in configs],
     )
-    folder = coordinate(LoopbackGrid(app, 4), server_context(), settings)
+    folder = coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings)
     central = _summary(folder)["central_dp"]
     assert [r["sites_in_mean"] for r in central["releases"]] == [3, 3]
     assert [r["effective_noise_multiplier"] for r in central["releases"]] == [0.75, 0.75]

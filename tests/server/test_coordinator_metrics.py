@@ -20,6 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedward.client.app import app
+from fedward.common.evaluation_config import AuditConfig, BaselinesConfig, EvaluationConfig
+from fedward.common.learning_config import ModelConfig
 from fedward.common.run_config import RunConfig
 from fedward.server import coordinator_metrics, run_folder
 from fedward.server.app import coordinate
@@ -27,7 +29,7 @@ from fedward.server.coordinator_metrics import CoordinatorMetricsError, serve_me
 from fedward.server.coordinator_settings import CoordinatorSettings
 from tests.e2e.processes import free_port
 from tests.server.he_support import train_run
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
 P = "fedward_coordinator_"
@@ -88,15 +90,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_run("logistic", root / "plain-run", rounds=3)
     audited = RunConfig(
         rounds=2,
-        model={"kind": "logistic"},
-        evaluation={"bootstrap": 20},
-        baselines={"enabled": False},
-        audit={"reference_models": 2},
+        model=ModelConfig(kind="logistic"),
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(enabled=False),
+        audit=AuditConfig(reference_models=2),
     )
     settings = CoordinatorSettings(
         run=audited, run_dir=str(root / "audited-run"), engine="simulation"
     )
-    coordinate(LoopbackGrid(app, 4), server_context(), settings)
+    coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings)
     (root / "coordinator-state").mkdir()
     (root / "coordinator-state" / "ledger_heads.json").write_text("{}")
     (root / "notes.txt").write_text("not a run")

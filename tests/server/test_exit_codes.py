@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -16,6 +16,9 @@ from fedward.server.exit_codes import (
     exit_code,
     read_record,
 )
+
+if TYPE_CHECKING:
+    from fedward.server.flwr_process import FlwrRun
 
 SITES = ["cleveland", "hungary", "switzerland", "va-long-beach"]
 
@@ -157,7 +160,7 @@ def test_fedward_run_exits_with_the_runs_code_and_says_what_to_do_last(
     from fedward.server.run_cli import _report
 
     folder = _folder(tmp_path, events, rec)
-    assert _report(folder, _Launched()) == code
+    assert _report(folder, cast("FlwrRun", _Launched())) == code
     out = " ".join(capsys.readouterr().out.split())
     assert said in out
     last = out.rsplit("run folder: ", 1)[1]

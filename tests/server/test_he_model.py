@@ -131,8 +131,8 @@ def test_he_compatible_configs_train_square_mlps_and_refuse_the_rest() -> None:
         ModelConfig(kind="mlp", hidden=[4, 4, 4, 4], he_compatible=True)
     # Off by default and left out of the hash while off: earlier approvals keep their hash.
     plain = RunConfig().config_hash()
-    assert RunConfig(model={"he_compatible": False}).config_hash() == plain
-    assert RunConfig(model={"he_compatible": True}).config_hash() != plain
+    assert RunConfig(model=ModelConfig(he_compatible=False)).config_hash() == plain
+    assert RunConfig(model=ModelConfig(he_compatible=True)).config_hash() != plain
 
 
 def test_a_release_is_served_only_when_it_verifies(he_release: Path, tmp_path: Path) -> None:

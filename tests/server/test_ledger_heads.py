@@ -16,6 +16,7 @@ from fedward.server.run_folder import RunFolder
 from fedward.server.site_tracking import SiteTracking
 from fedward.server.tracking_book import TooFewSites
 from tests.conftest import initial_arrays, make_message
+from tests.server.loopback import as_grid
 
 
 def test_heads_persist_and_must_only_grow(tmp_path: Path) -> None:
@@ -80,8 +81,8 @@ def test_each_round_attempt_gets_its_own_id_and_the_known_heads(tracker: SiteTra
     tracker.aggregate_train(1, [_ok_reply(1, "a", 4, "x" * 64), _ok_reply(2, "b", 4, "y" * 64)])
     cfg1, cfg2 = ConfigRecord(), ConfigRecord()
     arrays = initial_arrays(RunConfig())
-    tracker.configure_train(2, arrays, cfg1, Nodes([1, 2]))
-    tracker.configure_train(2, arrays, cfg2, Nodes([1, 2]))
+    tracker.configure_train(2, arrays, cfg1, as_grid(Nodes([1, 2])))
+    tracker.configure_train(2, arrays, cfg2, as_grid(Nodes([1, 2])))
     assert cfg1[KEY_ATTEMPT] != cfg2[KEY_ATTEMPT]
     assert '"a": [4' in str(cfg1[KEY_LEDGER_HEADS])
 
@@ -89,4 +90,6 @@ def test_each_round_attempt_gets_its_own_id_and_the_known_heads(tracker: SiteTra
 def test_run_stops_cleanly_when_too_few_sites_remain(tracker: SiteTracking) -> None:
     tracker.excluded.update({2, 3})
     with pytest.raises(TooFewSites, match="only 1 site"):
-        tracker.configure_train(3, initial_arrays(RunConfig()), ConfigRecord(), Nodes([1, 2, 3]))
+        tracker.configure_train(
+            3, initial_arrays(RunConfig()), ConfigRecord(), as_grid(Nodes([1, 2, 3]))
+        )

@@ -17,7 +17,12 @@ from typer.testing import CliRunner
 
 from fedward.client.app import app
 from fedward.common.card_config import CardConfig
-from fedward.common.evaluation_config import AuditConfig
+from fedward.common.evaluation_config import (
+    AuditConfig,
+    BaselinesConfig,
+    EvaluationConfig,
+    TuningConfig,
+)
 from fedward.common.run_config import RunConfig
 from fedward.server.app import coordinate
 from fedward.server.audit_report import audit_report
@@ -39,7 +44,7 @@ from fedward.server.release import release
 from fedward.server.release_signoff import sign_off
 from fedward.server.report_card_files import RunNotFinished
 from fedward.server.report_card_sections import PRIVACY_SITE_KEYS
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
 
@@ -48,14 +53,14 @@ SITES = {"cleveland", "hungary", "switzerland", "va-long-beach"}
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = RunConfig(
         rounds=2,
-        evaluation={"bootstrap": 20},
-        baselines={"families": ["naive_bayes"]},
-        tuning={"budget": 1},
-        audit={"reference_models": 2},
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(families=["naive_bayes"]),
+        tuning=TuningConfig(budget=1),
+        audit=AuditConfig(reference_models=2),
     )
     root = tmp_path_factory.mktemp("card")
     settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
-    folder = coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    folder = coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
     write_card(folder)
     return folder
 

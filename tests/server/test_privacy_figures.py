@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedward.common.privacy_config import PrivacyConfig
 from fedward.common.run_config import RunConfig
 from fedward.server.privacy_figures import epsilon_bound, model_epsilon, trained_rounds_text
 
@@ -38,7 +39,7 @@ def test_a_dropped_site_gets_its_last_figure_as_a_lower_bound_and_the_target_as_
         trained_rounds=[1, 2, 3, 4, 5, 6],
         dropouts=[{"round": 7, "phase": "train"}],
     )
-    bound = epsilon_bound(RunConfig(privacy={"target_epsilon": 2.0}), dropped)
+    bound = epsilon_bound(RunConfig(privacy=PrivacyConfig(target_epsilon=2.0)), dropped)
     assert bound is not None
     assert (bound["at_least"], bound["at_most"]) == (0.6, 2.0)
     assert "trained rounds 1–6, then stopped answering in round 7 (train)" in bound["reason"]
@@ -53,7 +54,9 @@ def test_a_failed_site_is_a_range_too_and_a_site_without_any_figure_starts_at_ze
 
 
 def test_no_range_without_dp_or_for_a_refusal() -> None:
-    assert epsilon_bound(RunConfig(privacy={"dp": False}), _site(status="dropped")) is None
+    assert (
+        epsilon_bound(RunConfig(privacy=PrivacyConfig(dp=False)), _site(status="dropped")) is None
+    )
     assert epsilon_bound(RunConfig(), _site(status="refused")) is None
 
 

@@ -17,6 +17,12 @@ from typer.testing import CliRunner
 
 from fedward.client.app import app
 from fedward.common.errors import FedwardError
+from fedward.common.evaluation_config import (
+    AuditConfig,
+    BaselinesConfig,
+    EvaluationConfig,
+    TuningConfig,
+)
 from fedward.common.learning_config import ModelConfig
 from fedward.common.models import build_model
 from fedward.common.run_config import RunConfig
@@ -45,7 +51,7 @@ from fedward.server.release_signing import (
 )
 from fedward.server.release_signoff import sign_off
 from fedward.server.release_verify import verify_release, verify_release_report
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 # A consumer loads the release with torch.jit.load, deprecated (not removed) in torch 2.13.
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated")
@@ -96,15 +102,15 @@ def write_card(run_dir: Path) -> None:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = RunConfig(
         rounds=2,
-        model={"kind": "mlp", "hidden": [16]},
-        evaluation={"bootstrap": 20},
-        baselines={"families": ["naive_bayes"], "pooled_reference": False},
-        tuning={"budget": 1},
-        audit={"reference_models": 2},
+        model=ModelConfig(kind="mlp", hidden=[16]),
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(families=["naive_bayes"], pooled_reference=False),
+        tuning=TuningConfig(budget=1),
+        audit=AuditConfig(reference_models=2),
     )
     root = tmp_path_factory.mktemp("release")
     settings = CoordinatorSettings(run=run, run_dir=str(root / "run"), engine="simulation")
-    path = coordinate(LoopbackGrid(app, 4), server_context(), settings).path
+    path = coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings).path
     write_card(path)
     return path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from typer.testing import CliRunner
 
 from fedward.common.errors import FedwardError
@@ -49,6 +49,7 @@ def test_keygen_writes_a_0600_private_key_and_a_public_key(tmp_path: Path) -> No
     private = load_private_key(key_path)
     assert fingerprint(private.public_key()) == fingerprint(public)
     loaded = serialization.load_pem_public_key(pub_path.read_bytes())
+    assert isinstance(loaded, Ed25519PublicKey)
     assert public_key_b64(loaded) == public_key_b64(public)
 
 

@@ -22,13 +22,15 @@ from flwr.app import Message
 from fedward.client.accounting import epsilon_of
 from fedward.client.app import app
 from fedward.client.ledger import Ledger
+from fedward.common.evaluation_config import AuditConfig, BaselinesConfig, EvaluationConfig
+from fedward.common.learning_config import ModelConfig
 from fedward.common.run_config import RunConfig
 from fedward.server.app import coordinate
 from fedward.server.coordinator_audit import AUDIT_FILE, CoordinatorAudit
 from fedward.server.coordinator_settings import CoordinatorSettings
 from fedward.server.resume import LOCK_FILE, ResumeError, RunLock
 from fedward.server.run_cli import resolve_run_config, resume_run_config
-from tests.server.loopback import LoopbackGrid, server_context
+from tests.server.loopback import LoopbackGrid, as_grid, server_context
 
 SITES = ("cleveland", "hungary", "switzerland", "va-long-beach")
 ROUNDS, KILLED_IN = 4, 3
@@ -59,10 +61,10 @@ def _run_config() -> RunConfig:
     return RunConfig(
         name="resume",
         rounds=ROUNDS,
-        model={"kind": "logistic"},
-        evaluation={"bootstrap": 20},
-        baselines={"enabled": False},
-        audit={"enabled": False},
+        model=ModelConfig(kind="logistic"),
+        evaluation=EvaluationConfig(bootstrap=20),
+        baselines=BaselinesConfig(enabled=False),
+        audit=AuditConfig(enabled=False),
     )
 
 
@@ -85,15 +87,15 @@ def _events(run_dir: Path) -> list[dict[str, Any]]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An uninterrupted run, and the same run killed in round 3 and resumed."""
     root = tmp_path_factory.mktemp("resume")
-    coordinate(LoopbackGrid(app, 4), server_context(), _settings(root, "reference"))
+    coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), _settings(root, "reference"))
     crashed = _settings(root, "crashed")
     with pytest.raises(CoordinatorKilled):
-        coordinate(DyingGrid(app, 4), server_context(run_id=11), crashed)
+        coordinate(as_grid(DyingGrid(app, 4)), server_context(run_id=11), crashed)
     run_dir = Path(crashed.run_dir or "")
     (run_dir / "checkpoints" / ".state-0003.pt.x1y2.tmp").write_bytes(b"torn")
     shutil.copytree(root / "crashed", root / "crashed-copy")  # still unfinished, for refusals
     coordinate(
-        LoopbackGrid(app, 4, run_id=12),
+        as_grid(LoopbackGrid(app, 4, run_id=12)),
         server_context(run_id=12),
         _settings(root, "crashed", resume=True),
     )
@@ -174,13 +176,13 @@ def test_a_resume_with_another_run_config_is_refused(runs: dict[str, Path]) -> N
     settings = _settings(runs["unfinished"].parent, "crashed-copy", resume=True)
     settings.run = settings.run.model_copy(update={"rounds": ROUNDS + 2})
     with pytest.raises(ResumeError, match=r"config hash .* was started with"):
-        coordinate(LoopbackGrid(app, 4), server_context(), settings)
+        coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings)
 
 
 def test_a_finished_run_is_not_resumed(runs: dict[str, Path]) -> None:
     with pytest.raises(ResumeError, match="already finished"):
         coordinate(
-            LoopbackGrid(app, 4),
+            as_grid(LoopbackGrid(app, 4)),
             server_context(),
             _settings(runs["resumed"].parent, "crashed", resume=True),
         )
@@ -197,7 +199,7 @@ def test_a_run_folder_without_a_checkpoint_is_refused(tmp_path: Path) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "manifest.json").write_text(json.dumps({"config_hash": "x"}))
     with pytest.raises(ResumeError, match="has no checkpoint"):
-        coordinate(LoopbackGrid(app, 4), server_context(), settings)
+        coordinate(as_grid(LoopbackGrid(app, 4)), server_context(), settings)
 
 
 def test_a_run_a_live_coordinator_holds_is_refused(tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from fedward.server.flwr_process import FlwrRun
 from fedward.server.run_cli import _report, resume_hint
 
 
@@ -33,7 +35,7 @@ def test_a_run_whose_coordinator_died_after_a_checkpoint_prints_the_resume_comma
     folder = _unfinished(tmp_path, checkpoints=2)
     app = tmp_path / "my app"
 
-    code = _report(folder, _Launched(), resume=(app, "fedward"))
+    code = _report(folder, cast(FlwrRun, _Launched()), resume=(app, "fedward"))
 
     assert code == 1
     said = " ".join(capsys.readouterr().err.split())

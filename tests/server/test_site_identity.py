@@ -30,6 +30,7 @@ from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_registry import SiteRegistry, SiteRegistryError, key_fingerprint
 from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
+from tests.server.loopback import as_grid
 
 SITES = ("cleveland", "hungary", "switzerland")
 
@@ -131,7 +132,7 @@ def test_a_reply_claiming_another_sites_name_is_refused_and_named(
     tracker = _tracker(tmp_path, registry, heads)
     grid = KeyedGrid({11: keys["cleveland"][1], 12: keys["hungary"][1], 13: keys["switzerland"][1]})
     run = RunConfig(rounds=2)
-    tracker.configure_train(1, initial_arrays(run), ConfigRecord(), grid)
+    tracker.configure_train(1, initial_arrays(run), ConfigRecord(), as_grid(grid))
     # Node 13 holds switzerland's key, but its site config says it is cleveland (partition 0).
     replies = [_reply(tmp_path, 0, 11), _reply(tmp_path, 1, 12), _reply(tmp_path, 0, 13)]
     arrays, _ = tracker.aggregate_train(1, replies)
@@ -166,7 +167,9 @@ def test_each_site_receives_only_its_own_ledger_head_and_an_unknown_key_nothing(
             14: keys["intruder"][1],
         }
     )
-    sent = list(tracker.configure_train(1, initial_arrays(RunConfig()), ConfigRecord(), grid))
+    sent = list(
+        tracker.configure_train(1, initial_arrays(RunConfig()), ConfigRecord(), as_grid(grid))
+    )
     got = {
         m.metadata.dst_node_id: json.loads(str(m.content["config"][KEY_LEDGER_HEADS])) for m in sent
     }
@@ -188,7 +191,7 @@ def test_without_a_register_a_site_is_the_name_it_reports_and_every_head_is_sent
             1,
             initial_arrays(RunConfig()),
             ConfigRecord(),
-            KeyedGrid({11: b"", 12: b""}),
+            as_grid(KeyedGrid({11: b"", 12: b""})),
         )
     )
     assert all(
@@ -241,7 +244,7 @@ def test_one_off_requests_are_filed_by_key_too(
         {11: keys["cleveland"][1], 13: keys["switzerland"][1], 14: keys["intruder"][1]}
     )
     messages = [make_message(RecordDict(), "query", dst_node_id=n) for n in (11, 13, 14)]
-    out = tracker.ask(grid, messages, "baselines", timeout=5)
+    out = tracker.ask(as_grid(grid), messages, "baselines", timeout=5)
     assert grid.asked == [11, 13]
     assert out["cleveland"]["status"] == "ok"
     assert out["switzerland"]["status"] == "refused"

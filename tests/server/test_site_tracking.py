@@ -19,6 +19,7 @@ from fedward.common.run_config import RunConfig
 from fedward.server.run_folder import PROGRESS_FILE, RunFolder
 from fedward.server.site_tracking import SiteTracking
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
+from tests.server.loopback import as_grid
 
 STATE: dict[str, Path] = {}
 
@@ -106,7 +107,7 @@ def test_excluded_sites_get_no_more_messages(tracker: SiteTracking) -> None:
     tracker.aggregate_train(1, [_refusal(13)])
     msgs = list(
         tracker.configure_train(
-            2, initial_arrays(RunConfig()), ConfigRecord(), LoopbackGrid([11, 12, 13])
+            2, initial_arrays(RunConfig()), ConfigRecord(), as_grid(LoopbackGrid([11, 12, 13]))
         )
     )
     assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12]
@@ -116,7 +117,9 @@ def test_pooled_tune_metrics_come_from_histograms(tracker: SiteTracking) -> None
     run = RunConfig(rounds=2)
     replies = [_site_reply(run, p, 20 + p, "evaluate", **{KEY_SPLIT: "tune"}) for p in range(4)]
     pooled = tracker.aggregate_evaluate(1, replies)
-    assert pooled is not None and 0.0 <= pooled["auroc"] <= 1.0
+    assert pooled is not None
+    auroc = pooled["auroc"]
+    assert isinstance(auroc, (int, float)) and 0.0 <= auroc <= 1.0
     entry = tracker.history["tune"][-1]
     assert set(entry["sites"]) == {"cleveland", "hungary", "switzerland", "va-long-beach"}
     records = [r.content.config_records["fedward"] for r in replies]
@@ -147,7 +150,9 @@ def test_a_site_that_never_answers_is_recorded_as_dropped_and_reclaimed_when_bac
     set_task_identity(1)  # what the ServerApp runtime sets before any strategy runs
     run = RunConfig(rounds=2)
     sent = list(
-        tracker.configure_train(1, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 12, 13]))
+        tracker.configure_train(
+            1, initial_arrays(run), ConfigRecord(), as_grid(LoopbackGrid([11, 12, 13]))
+        )
     )
     assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12, 13]
     ok = [_site_reply(run, 0, 11), _site_reply(run, 1, 12)]
@@ -167,13 +172,13 @@ def test_a_site_that_never_answers_is_recorded_as_dropped_and_reclaimed_when_bac
     assert any(e["event"] == "site-dropped" and e["round"] == 1 for e in events)
 
     # No reply at all (the round's timeout passed): the same record.
-    tracker.configure_train(2, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 12]))
+    tracker.configure_train(2, initial_arrays(run), ConfigRecord(), as_grid(LoopbackGrid([11, 12])))
     tracker.aggregate_train(2, [_site_reply(run, 0, 11, server_round=2)])
     assert tracker.sites[12].status == "dropped"
     assert "no reply before the round's timeout" in (tracker.sites[12].reason or "")
 
     # Hungary comes back under a new node id: its record (and its dropout history) moves with it.
-    tracker.configure_train(3, initial_arrays(run), ConfigRecord(), LoopbackGrid([11, 21]))
+    tracker.configure_train(3, initial_arrays(run), ConfigRecord(), as_grid(LoopbackGrid([11, 21])))
     tracker.aggregate_train(
         3, [_site_reply(run, 0, 11, server_round=3), _site_reply(run, 1, 21, server_round=3)]
     )

@@ -22,6 +22,7 @@ from fedward.server.site_tracking import SiteTracking
 from fedward.server.strategies import build_strategy
 from fedward.server.update_validation import UpdateValidator, update_norm
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
+from tests.server.loopback import as_grid
 
 RUN = RunConfig(rounds=2)
 GLOBAL = initial_arrays(RUN)  # the heart-disease logistic model: '0.weight' (1, d), '0.bias' (1,)
@@ -194,7 +195,7 @@ def _tracker(tmp_path: Path, inner: Strategy | None = None, **validation: Any) -
 
 
 def _send_round(tracker: SiteTracking, nodes: list[int]) -> None:
-    list(tracker.configure_train(1, GLOBAL, ConfigRecord(), LoopbackGrid(nodes)))
+    list(tracker.configure_train(1, GLOBAL, ConfigRecord(), as_grid(LoopbackGrid(nodes))))
 
 
 def _real_site_reply(tmp_path: Path, partition: int, node: int) -> Message:
