@@ -74,6 +74,7 @@ class Site:
 
 def load_site(name: str, run: RunConfig) -> Site:
     """Members (training split) and non-members (audit split), as the ClientApp splits them."""
+    kwargs: dict[str, Any]
     if name == "synthetic-5000":
         dataset, site, kwargs = "synthetic", "site-1", {"n_sites": 8, "partition": "iid"}
         schema = bundled_federation(dataset, n_sites=8, partition="iid", seed=run.seed).schema

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from flwr.app import ConfigRecord, Context, Message
@@ -74,6 +74,7 @@ from flwr.proto.message_pb2 import (
     PushObjectResponse,
 )
 from flwr.proto.node_pb2 import Node
+from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
@@ -110,15 +111,17 @@ RUN_ID = (1 << 63) + 7
 
 def run_config(rounds: int, *, secure_aggregation: bool) -> RunConfig:
     """The benchmark's run: DP on, nothing but the rounds (baselines, audit, tuning off)."""
-    return RunConfig(
-        name="communication",
-        rounds=rounds,
-        task={"dataset": "digits", "partition": "iid", "n_sites": N_SITES},
-        model={"kind": "mlp", "hidden": HIDDEN},
-        baselines={"enabled": False},
-        audit={"enabled": False},
-        evaluation={"bootstrap": 20},
-        strategy={"secure_aggregation": secure_aggregation},
+    return RunConfig.model_validate(
+        {
+            "name": "communication",
+            "rounds": rounds,
+            "task": {"dataset": "digits", "partition": "iid", "n_sites": N_SITES},
+            "model": {"kind": "mlp", "hidden": HIDDEN},
+            "baselines": {"enabled": False},
+            "audit": {"enabled": False},
+            "evaluation": {"bootstrap": 20},
+            "strategy": {"secure_aggregation": secure_aggregation},
+        }
     )
 
 
@@ -408,12 +411,13 @@ def federate(mode: str, rounds: int, tmp: Path) -> tuple[list[Exchange], dict[st
     settings = CoordinatorSettings(run=run, run_dir=str(tmp / mode), engine="simulation")
     folder: RunFolder
     with quiet_flower():
+        # The loopback grids implement only what the coordinator calls of Flower's abstract Grid.
         if secure:
             folder = coordinate_secagg(
-                LegacyLoopbackGrid(wire, N_SITES), server_context(), settings
+                cast(Grid, LegacyLoopbackGrid(wire, N_SITES)), server_context(), settings
             )
         else:
-            folder = coordinate(LoopbackGrid(wire, N_SITES), server_context(), settings)
+            folder = coordinate(cast(Grid, LoopbackGrid(wire, N_SITES)), server_context(), settings)
     record = json.loads((folder.path / "run_record.json").read_text(encoding="utf-8"))
     if record["status"] != "finished" or len(record["participating"]) != N_SITES:
         raise RuntimeError(

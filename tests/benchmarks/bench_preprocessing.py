@@ -21,8 +21,14 @@ import pandas as pd
 from fedward.client.accounting import default_delta, gaussian_release_sigma
 from fedward.client.splits import split_for_run
 from fedward.common.datasets.bundled import bundled_federation, load_bundled_site
-from fedward.common.preprocessing import site_aggregates, transform_from_aggregates
+from fedward.common.preprocessing import (
+    NumericColumn,
+    SharedTransform,
+    site_aggregates,
+    transform_from_aggregates,
+)
 from fedward.common.run_config import RunConfig
+from fedward.common.schema import FeatureSpec
 
 EPSILONS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -39,6 +45,17 @@ def training_frames(run: RunConfig) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def numeric_columns(transform: SharedTransform) -> dict[str, NumericColumn]:
+    """The transform's numeric columns by name (the only ones compared here)."""
+    return {c.name: c for c in transform.columns if isinstance(c, NumericColumn)}
+
+
+def declared_width(spec: FeatureSpec) -> tuple[float, float, float]:
+    """A numeric feature's declared min, max and their difference (a numeric feature has both)."""
+    assert spec.min is not None and spec.max is not None
+    return spec.min, spec.max, spec.max - spec.min
+
+
 def measure(draws: int, seed: int = 42) -> dict[str, Any]:
     run = RunConfig(seed=seed)
     fed = bundled_federation("heart-disease", n_sites=None, partition="natural", seed=seed)
@@ -52,14 +69,15 @@ def measure(draws: int, seed: int = 42) -> dict[str, Any]:
         ],
     )
     numeric = [s for s in schema.used_features if s.kind == "numeric"]
-    exact_cols = {c.name: c for c in exact.columns}
+    exact_cols = numeric_columns(exact)
+    declared = {s.name: declared_width(s) for s in numeric}
     rows: list[dict[str, Any]] = []
     declared_center = {
-        s.name: abs((s.min + s.max) / 2 - exact_cols[s.name].center) / (s.max - s.min)
-        for s in numeric
+        name: abs((lo + hi) / 2 - exact_cols[name].center) / width
+        for name, (lo, hi, width) in declared.items()
     }
     declared_impute = {
-        s.name: abs(float(s.impute) - exact_cols[s.name].center) / (s.max - s.min)
+        s.name: abs(float(s.impute) - exact_cols[s.name].center) / declared[s.name][2]
         for s in numeric
         if s.impute is not None
     }
@@ -71,9 +89,9 @@ def measure(draws: int, seed: int = 42) -> dict[str, Any]:
             for frame in frames.values():
                 sigma = gaussian_release_sigma(eps, default_delta(len(frame)), "rdp")
                 aggs.append(site_aggregates(frame, schema, noise_multiplier=sigma, rng=rng))
-            cols = {c.name: c for c in transform_from_aggregates(schema, aggs).columns}
+            cols = numeric_columns(transform_from_aggregates(schema, aggs))
             for s in numeric:
-                width = s.max - s.min
+                width = declared[s.name][2]
                 mean_err.append(abs(cols[s.name].center - exact_cols[s.name].center) / width)
                 sd_err.append(abs(cols[s.name].scale - exact_cols[s.name].scale) / width)
         rows.append(

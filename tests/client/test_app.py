@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_epsilon_is_cumulative_and_noise_is_planned_once(heart_run: RunConfig) -
 
 def test_site_policy_refuses_non_dp_training(tmp_path: Path) -> None:
     configs = write_site_files("heart-disease", tmp_path, seed=0)
-    run = RunConfig(rounds=1, privacy={"dp": False})
+    run = RunConfig.model_validate({"rounds": 1, "privacy": {"dp": False}})
     reply = _train(run, make_context({"site-config": str(configs[0])}))
     info = dict(reply.content[REPLY])
     assert info["status"] == "refused"
@@ -178,7 +179,9 @@ def test_switzerland_prevalence_is_suppressed_under_the_minimum_cell(heart_run: 
 
 
 def test_dp_preprocessing_release_is_accounted_with_training() -> None:
-    run = RunConfig(rounds=2, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})
+    run = RunConfig.model_validate(
+        {"rounds": 2, "preprocessing": {"source": "dp-aggregates", "epsilon_share": 0.2}}
+    )
     ctx = make_context(BUNDLED_NODE)
     query = app(
         make_message(RecordDict({"config": wire_config(run, state_dir=STATE["dir"])}), "query"), ctx
@@ -187,7 +190,7 @@ def test_dp_preprocessing_release_is_accounted_with_training() -> None:
     assert info["status"] == "ok"
     aggregates = json.loads(str(info["preprocessing_aggregates"]))
     assert "num:age" in aggregates
-    eps_pre = float(info["epsilon"])
+    eps_pre = float(cast(float, info["epsilon"]))
     assert 0 < eps_pre <= run.privacy.target_epsilon * 0.2 + 0.01
     eps = 0.0
     for rnd in (1, 2):

@@ -69,7 +69,7 @@ def _train(run: RunConfig, ctx, state: Path, *, run_id: str, purpose: str = PURP
 
 
 def test_baseline_reply_carries_only_metrics_and_passes_the_egress_guard(tmp_path: Path) -> None:
-    run = RunConfig(rounds=2, evaluation={"bootstrap": 50})
+    run = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 50}})
     lr = initial_arrays(run)
     reply = _baselines(
         run,
@@ -103,7 +103,7 @@ def test_baseline_reply_carries_only_metrics_and_passes_the_egress_guard(tmp_pat
 
 
 def test_sealed_test_split_is_read_once_by_the_baselines(tmp_path: Path) -> None:
-    run = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    run = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 20}})
     ctx = make_context(NODE)
     assert _baselines(run, ctx, tmp_path).content[REPLY]["status"] == "ok"
     again = dict(_baselines(run, ctx, tmp_path).content[REPLY])
@@ -112,14 +112,14 @@ def test_sealed_test_split_is_read_once_by_the_baselines(tmp_path: Path) -> None
 
 
 def test_unknown_family_is_refused_by_name(tmp_path: Path) -> None:
-    run = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    run = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 20}})
     reply = _baselines(run, make_context(NODE), tmp_path, families=("deep_forest",))
     info = dict(reply.content[REPLY])
     assert info["status"] == "refused" and "unknown baseline family" in info["reason"]
 
 
 def test_label_shuffle_trains_on_permuted_labels(tmp_path: Path) -> None:
-    plain = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    plain = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 20}})
     shuffled = RunConfig.model_validate(
         {**plain.model_dump(mode="json"), "training": {"shuffle_labels": True}}
     )
@@ -146,7 +146,9 @@ def test_simulated_tuning_trials_are_recorded_but_not_held_against_the_budget(
     tmp_path: Path,
 ) -> None:
     # Tuning trials at ε=6 each until together they are over the lifetime budget of 10.
-    run = RunConfig(rounds=1, privacy={"target_epsilon": 6.0}, evaluation={"bootstrap": 20})
+    run = RunConfig.model_validate(
+        {"rounds": 1, "privacy": {"target_epsilon": 6.0}, "evaluation": {"bootstrap": 20}}
+    )
     ctx = make_context(NODE)
     budget = _budget(tmp_path, simulated=True)
     for k in range(1, 7):
@@ -168,7 +170,7 @@ def test_simulated_tuning_trials_are_recorded_but_not_held_against_the_budget(
 
 
 def test_a_real_site_enforces_tuning_trials_like_any_run(tmp_path: Path) -> None:
-    run = RunConfig(rounds=1, privacy={"target_epsilon": 6.0})
+    run = RunConfig.model_validate({"rounds": 1, "privacy": {"target_epsilon": 6.0}})
     budget = _budget(tmp_path, simulated=False)
     plan = plan_run(budget, run, run_id="t1", n_train=180, config_hash="h", purpose=PURPOSE_TUNING)
     spend = (plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
@@ -198,7 +200,7 @@ def test_every_family_has_wire_keys_on_the_allow_list() -> None:
 
 
 def test_arrays_record_is_not_needed_for_the_suite_weights(tmp_path: Path) -> None:
-    run = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    run = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 20}})
     content = RecordDict(
         {
             "config": wire_config(
@@ -208,18 +210,23 @@ def test_arrays_record_is_not_needed_for_the_suite_weights(tmp_path: Path) -> No
             )
         }
     )
-    info = dict(app(make_message(content, MSG_BASELINES), make_context(NODE)).content[REPLY])
+    reply = app(make_message(content, MSG_BASELINES), make_context(NODE))
+    info: dict[str, Any] = dict(reply.content[REPLY])
     assert info["status"] == "refused" and "no weights sent" in info["reason"]
 
 
 def test_a_baselines_request_beyond_the_run_config_is_refused(tmp_path: Path) -> None:
-    off = RunConfig(rounds=2, baselines={"enabled": False})
+    off = RunConfig.model_validate({"rounds": 2, "baselines": {"enabled": False}})
     info = dict(_baselines(off, make_context(NODE), tmp_path / "a").content[REPLY])
     assert info["status"] == "refused" and "switched off" in info["reason"]
-    small = RunConfig(rounds=2, tuning={"budget": 1}, evaluation={"bootstrap": 20})
+    small = RunConfig.model_validate(
+        {"rounds": 2, "tuning": {"budget": 1}, "evaluation": {"bootstrap": 20}}
+    )
     info = dict(_baselines(small, make_context(NODE), tmp_path / "b", budget=5).content[REPLY])
     assert info["status"] == "refused" and "exceeds the run config" in info["reason"]
-    only_lr = RunConfig(rounds=2, baselines={"families": ["logistic_regression"]})
+    only_lr = RunConfig.model_validate(
+        {"rounds": 2, "baselines": {"families": ["logistic_regression"]}}
+    )
     info = dict(
         _baselines(only_lr, make_context(NODE), tmp_path / "c", families=("knn",)).content[REPLY]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -219,7 +220,7 @@ def test_results_are_deterministic_for_a_seed(separable: Splits) -> None:
         ({"search": "bayes"}, "search"),
     ],
 )
-def test_wrong_arguments_raise(separable: Splits, kwargs: dict[str, object], match: str) -> None:
+def test_wrong_arguments_raise(separable: Splits, kwargs: dict[str, Any], match: str) -> None:
     x_tr, y_tr, x_tu, y_tu, x_te, _ = separable
     with pytest.raises(ValueError, match=match):
         run_suite(x_tr, y_tr, x_tu, y_tu, x_te, seed=0, **kwargs)

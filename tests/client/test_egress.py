@@ -289,7 +289,7 @@ def test_templated_reason_naming_a_header_cell_is_refused() -> None:
     message = SiteMessage(
         "column-missing", {"site": SITE, "what": "label column", "column": "MRN-884213"}
     )
-    record = {
+    record: dict[str, ConfigRecordValues] = {
         "site": SITE,
         "status": "refused",
         "reason": message.text,
@@ -303,7 +303,7 @@ def test_templated_reason_naming_a_header_cell_is_refused() -> None:
 
 def test_reason_that_differs_from_its_template_is_refused() -> None:
     message = SiteMessage("data-invalid", {"site": SITE})
-    record = {
+    record: dict[str, ConfigRecordValues] = {
         "site": SITE,
         "reason": message.text + " (MRN-884213)",
         REASON_SOURCE: message.to_json(),
@@ -428,5 +428,6 @@ def test_mod_replaces_a_free_text_error_reason_with_a_templated_one() -> None:
     msg = _incoming()
     error = Error(code=0, reason="handler failed on patient MRN-884213")
     reply = egress_mod(msg, _context(), lambda m, _c: Message(error, reply_to=m))
-    assert reply.has_error() and "MRN-884213" not in reply.error.reason
+    assert reply.has_error() and reply.error.reason is not None
+    assert "MRN-884213" not in reply.error.reason
     assert "unexpected Exception" in reply.error.reason

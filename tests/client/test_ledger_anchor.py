@@ -187,7 +187,7 @@ def test_a_simulated_site_trains_with_a_key_and_refuses_once_its_ledger_is_trunc
     from fedward.common.run_config import RunConfig
     from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
-    run = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+    run = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 20}})
     root = tmp_path / "sim-state"
 
     def train(server_round: int) -> dict[str, object]:

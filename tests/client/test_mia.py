@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -326,9 +327,9 @@ def _audit(
     members: tuple[np.ndarray, np.ndarray],
     nonmembers: tuple[np.ndarray, np.ndarray],
     train_fn: TrainFn = _linear_train_fn,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> SiteAudit:
-    options: dict[str, object] = {"epsilon_claimed": 1.0, "delta": DELTA, "seed": 0}
+    options: dict[str, Any] = {"epsilon_claimed": 1.0, "delta": DELTA, "seed": 0}
     options.update(kwargs)
     return audit_site(_fixed_logits, train_fn, *members, *nonmembers, **options)
 
@@ -390,6 +391,7 @@ def test_counts_below_the_minimum_cell_are_never_written_out() -> None:
     assert public["mia_n_nonmembers"] is None and public["mia_n_members"] == 300
     notes = public["mia_notes"]
     assert isinstance(notes, list)
+    notes = cast(list[str], notes)  # the notes are sentences
     assert any("this site has fewer than 10" in n for n in notes)
     assert not any(" 8" in n or "8." in n for n in notes)
     assert public["mia_loss_hist_neg_counts"] == []  # the class is suppressed, not shown small

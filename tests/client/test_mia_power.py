@@ -5,6 +5,7 @@ training rows, and the bound stays exact."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def test_synthetic_canaries_give_a_memorising_model_more_to_certify() -> None:
         table = {tuple(r): 2 * int(v) - 1 for r, v in zip(x, y, strict=True)}
         return lambda rows: np.array([10.0 * table.get(tuple(r), 0) for r in rows])
 
-    kwargs = {"delta": SMALL_SITE_DELTA, "seed": 0}
+    kwargs: dict[str, Any] = {"delta": SMALL_SITE_DELTA, "seed": 0}
     earlier = canary_audit(
         memorise,
         xm,

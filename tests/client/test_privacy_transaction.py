@@ -138,7 +138,7 @@ def test_a_transaction_that_fails_leaves_no_entry(tmp_path: Path) -> None:
 
 def test_entries_appended_in_one_transaction_chain_and_anchor(tmp_path: Path) -> None:
     budget = _budget(tmp_path, SiteBudget)
-    run = RunConfig(rounds=2, privacy={"target_epsilon": 2.0})
+    run = RunConfig.model_validate({"rounds": 2, "privacy": {"target_epsilon": 2.0}})
     with budget.ledger.transaction():
         plan = plan_run(budget, run, run_id="r", n_train=200, config_hash="h")
         # Inside the transaction the plan it just wrote is read back.

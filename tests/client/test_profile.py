@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,13 +84,15 @@ def test_the_profile_reply_passes_the_guard_and_a_small_count_would_not(tmp_path
     reply = app(
         make_message(content, MSG_PROFILE), make_context({"partition-id": 2, "num-partitions": 4})
     )
-    info = dict(reply.content[REPLY])
+    info: dict[str, Any] = dict(reply.content[REPLY])
     assert info["status"] == "ok", info
     guard = EgressGuard(EgressPolicy(min_cell_size=10))
     guard.check(reply.content, site="switzerland")
     profile = json.loads(info["training_profile"])
     assert profile["n_rows"] >= 100
     profile["features"]["sex"]["categories"]["female"] = 3
-    reply.content[REPLY]["training_profile"] = json.dumps(profile)
+    record = reply.content[REPLY]
+    assert isinstance(record, ConfigRecord)
+    record["training_profile"] = json.dumps(profile)
     with pytest.raises(EgressViolation, match="training_profile"):
         guard.check(reply.content, site="switzerland")

@@ -148,7 +148,9 @@ def test_the_preprocessing_release_draws_from_the_os_at_a_real_site(
 ) -> None:
     """The Gaussian release of the preprocessing aggregates: os.urandom at a real site (every
     aggregate's noise through SystemNormal), seeded in a simulation; its ledger note says which."""
-    run = RunConfig(rounds=1, preprocessing={"source": "dp-aggregates", "epsilon_share": 0.2})
+    run = RunConfig.model_validate(
+        {"rounds": 1, "preprocessing": {"source": "dp-aggregates", "epsilon_share": 0.2}}
+    )
 
     def query(node_config: dict[str, Any], state: Path) -> None:
         content = RecordDict({"config": wire_config(run, state_dir=str(state))})

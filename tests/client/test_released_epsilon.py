@@ -17,7 +17,9 @@ from fedward.common.run_config import RunConfig
 from fedward.common.run_plan import search_epsilon, tuned_run, tuning_trials
 from tests.client.test_site_budget import _ledger, _site, _train
 
-PARENT = RunConfig(rounds=2, tuning={"deep": True, "budget": 3, "deep_rounds": 2})
+PARENT = RunConfig.model_validate(
+    {"rounds": 2, "tuning": {"deep": True, "budget": 3, "deep_rounds": 2}}
+)
 
 
 def _search(cfg: Path, parent: RunConfig, runs: list[str]) -> list[dict[str, Any]]:

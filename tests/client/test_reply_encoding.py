@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 
@@ -36,7 +37,7 @@ def test_a_handler_that_raises_answers_with_a_refusal() -> None:
     def handler(msg: Message, context: Context) -> SiteReply:
         raise PolicyError("cleveland", "not today").publicly("policy-refused", policy="test")
 
-    record = dict(guarded(handler)(_msg(), make_context({})).content[REPLY])
+    record: dict[str, Any] = dict(guarded(handler)(_msg(), make_context({})).content[REPLY])
     assert record["status"] == "refused" and record["site"] == "cleveland"
     assert record["error_kind"] == "PolicyError" and "not today" not in record["reason"]
 

@@ -21,7 +21,7 @@ NODE = {"partition-id": 1, "num-partitions": 4}  # hungary
 @pytest.fixture
 def run() -> RunConfig:
     """Four rounds: the plan reserves a fifth for one retried round."""
-    return RunConfig(rounds=4, evaluation={"bootstrap": 50})
+    return RunConfig.model_validate({"rounds": 4, "evaluation": {"bootstrap": 50}})
 
 
 def _train(run: RunConfig, state: Path, server_round: int, attempt: str) -> dict:

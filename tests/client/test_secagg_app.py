@@ -80,6 +80,7 @@ def test_a_refusal_leaves_as_an_error_reply_with_the_structured_reason() -> None
 
     reply = refusal_as_error(msg, make_context(NODE, node_id=7), refuse)
     assert reply.has_error()
+    assert reply.error.reason is not None
     info = json.loads(reply.error.reason)
     assert info["site"] == "st-mary" and info["status"] == "refused" and info["node_id"] == 7
     assert "without DP" in info["reason"]
@@ -92,6 +93,7 @@ def test_an_unexpected_error_leaves_only_its_type() -> None:
         raise ValueError("row 17 has age 203")  # could quote data: must not leave
 
     reply = refusal_as_error(msg, make_context(NODE, node_id=7), crash)
+    assert reply.error.reason is not None
     info = json.loads(reply.error.reason)
     assert info["status"] == "error" and "203" not in reply.error.reason
 

@@ -41,7 +41,9 @@ DOMAIN_SEEDS = [
 
 
 @pytest.mark.parametrize(("parts", "expected"), SITE_SEEDS)
-def test_site_seeds_keep_their_values(parts: tuple[object, ...], expected: int) -> None:
+def test_site_seeds_keep_their_values(
+    parts: tuple[int, *tuple[object, ...]], expected: int
+) -> None:
     assert derive_seed(*parts) == expected
 
 
@@ -53,7 +55,7 @@ def test_split_seeds_keep_their_values(parts: tuple[int, str], expected: int) ->
 
 @pytest.mark.parametrize(("domain", "parts", "expected"), DOMAIN_SEEDS)
 def test_domain_seeds_keep_their_values(
-    domain: str, parts: tuple[object, ...], expected: int
+    domain: str, parts: tuple[int, *tuple[object, ...]], expected: int
 ) -> None:
     assert derive_seed(*parts, domain=domain) == expected
 

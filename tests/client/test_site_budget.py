@@ -87,7 +87,7 @@ def test_three_runs_never_exceed_the_lifetime_budget(tmp_path: Path, max_sigma: 
 
 def test_coordinator_can_only_ask_for_less(tmp_path: Path) -> None:
     cfg = _site(tmp_path, "max_epsilon_per_run = 0.5\n")
-    run = RunConfig(rounds=2, privacy={"target_epsilon": 5.0})
+    run = RunConfig.model_validate({"rounds": 2, "privacy": {"target_epsilon": 5.0}})
     replies = _run_through(cfg, run, "greedy")
     assert all(r["status"] == "ok" for r in replies)
     assert replies[-1]["epsilon"] <= 0.5
@@ -95,7 +95,7 @@ def test_coordinator_can_only_ask_for_less(tmp_path: Path) -> None:
 
 def test_killed_site_process_keeps_its_spend(tmp_path: Path) -> None:
     cfg = _site(tmp_path)
-    run = RunConfig(rounds=3, training={"local_epochs": 20, "batch_size": 2})
+    run = RunConfig.model_validate({"rounds": 3, "training": {"local_epochs": 20, "batch_size": 2}})
     script = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
@@ -202,11 +202,13 @@ def test_approving_a_run_config_covers_exactly_the_federations_it_asks_for(
 
     cfg = _site(tmp_path)
     cfg.write_text(cfg.read_text().replace("auto_approve = true", "auto_approve = false"))
-    parent = RunConfig(
-        rounds=1,
-        model={"kind": "mlp"},
-        tuning={"deep": True, "budget": 2},
-        controls={"label_shuffle": True},
+    parent = RunConfig.model_validate(
+        {
+            "rounds": 1,
+            "model": {"kind": "mlp"},
+            "tuning": {"deep": True, "budget": 2},
+            "controls": {"label_shuffle": True},
+        }
     )
     ledger = _ledger(cfg)
     ledger.approve("run-config", parent.config_hash(), by="dr-who")
@@ -220,7 +222,9 @@ def test_approving_a_run_config_covers_exactly_the_federations_it_asks_for(
         reply = _train(cfg, child, run_id=f"c{k}", rnd=1, **wire)
         assert reply["status"] == "ok", (name, reply)
     # A config the parent does not ask for is refused, approval or not.
-    other = RunConfig(rounds=1, model={"kind": "mlp"}, training={"learning_rate": 0.123})
+    other = RunConfig.model_validate(
+        {"rounds": 1, "model": {"kind": "mlp"}, "training": {"learning_rate": 0.123}}
+    )
     refused = _train(cfg, other, run_id="x", rnd=1, **wire)
     assert refused["status"] == "refused" and "not one of the federations" in refused["reason"]
     # Without the parent's approval, its companions are not approved either.

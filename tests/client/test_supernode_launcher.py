@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,7 +257,7 @@ def test_a_key_no_longer_tied_to_its_node_is_not_waited_for(
     from fedward.client import supernode_launcher as launcher
     from fedward.common.flower_compat import fleet_http_client
 
-    FleetHttpClient = fleet_http_client()
+    FleetHttpClient: Any = fleet_http_client()  # a class whose methods the test patches
     assert FleetHttpClient is not None
 
     record = tmp_path / ".supernode-node-id"

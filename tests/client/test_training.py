@@ -174,8 +174,11 @@ def test_dp_update_is_the_mean_of_clipped_gradients_over_the_expected_batch(
             ref(x[i : i + 1])[:, 0], y[i : i + 1]
         )
         loss.backward()
-        grads = [p.grad.detach().clone() for p in ref.parameters()]
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+        grads = []
+        for p in ref.parameters():
+            assert p.grad is not None
+            grads.append(p.grad.detach().clone())
+        norm = torch.sqrt(sum(((g**2).sum() for g in grads), torch.zeros(())))
         for t, g in zip(total, grads, strict=True):
             t += g * min(1.0, clip / (float(norm) + 1e-6))
     expected = torch.cat(

@@ -30,7 +30,7 @@ from fedward.common.run_config import RunConfig
 from fedward.common.site_config import load_site_config
 from tests.conftest import initial_arrays, make_context, make_message, wire_config
 
-RUN = RunConfig(rounds=2, evaluation={"bootstrap": 20})
+RUN = RunConfig.model_validate({"rounds": 2, "evaluation": {"bootstrap": 20}})
 
 
 def fedward_site(*args: str | Path) -> Result:
@@ -55,7 +55,7 @@ def _message(run: RunConfig, run_id: str, **extra: Any) -> RecordDict:
 def _send(site_toml: Path, run_id: str, kind: str = "train", **extra: Any) -> dict[str, object]:
     ctx = make_context({"site-config": str(site_toml)})
     reply = app(make_message(_message(RUN, run_id, **extra), kind), ctx)
-    info = dict(reply.content[REPLY])
+    info: dict[str, Any] = dict(reply.content[REPLY])
     info["has_arrays"] = "arrays" in reply.content
     info["has_metrics"] = "metrics" in reply.content
     return info
@@ -127,7 +127,7 @@ def test_a_config_hash_withdrawal_refuses_every_run_of_that_config_and_its_compa
     for run_id in ("run-a", "run-b"):
         with pytest.raises(PolicyError, match="withdrew from run config"):
             _request(site_toml, RUN, run_id)
-    companion = RunConfig(rounds=2, model={"kind": "mlp"})
+    companion = RunConfig.model_validate({"rounds": 2, "model": {"kind": "mlp"}})
     with pytest.raises(PolicyError, match="withdrew"):
         _request(site_toml, companion, "run-a-x", **{KEY_PARENT_RUN: RUN.to_json()})
     _request(site_toml, RunConfig(rounds=3), "run-c")  # another config is still served

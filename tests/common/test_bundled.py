@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from fedward.common.site_config import load_site_config
 HEART_SHA256 = "574f2fa2b43012fa25fca4fcdb36bd7c6bccdd0af4242f6c0e4c8633c5a072ae"
 
 
-def _labels(name: str, **kw: object) -> dict[str, np.ndarray]:
+def _labels(name: str, **kw: Any) -> dict[str, np.ndarray]:
     fed = bundled_federation(name, **kw)
     return {s: table_from_frame(f, fed.schema, site=s).labels for s, f in fed.sites.items()}
 

@@ -24,6 +24,6 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
     path = tmp_path / "register.json"
     atomic_write_bytes(path, b"old")
     with pytest.raises(TypeError):
-        atomic_write_bytes(path, "not bytes")
+        atomic_write_bytes(path, "not bytes")  # type: ignore[arg-type]  # a str is refused
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["register.json"]

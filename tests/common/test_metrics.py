@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, ConfigRecordValues
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import (
@@ -30,8 +31,8 @@ def _scores(n: int, prevalence: float, shift: float, seed: int) -> tuple[np.ndar
     return y, 1.0 / (1.0 + np.exp(-logits))
 
 
-def _panel(y: np.ndarray, s: np.ndarray, **kw: object) -> dict[str, float | None]:
-    args: dict[str, object] = {"n_bootstrap": 100, "confidence": 0.95, "seed": 0}
+def _panel(y: np.ndarray, s: np.ndarray, **kw: Any) -> dict[str, float | None]:
+    args: dict[str, Any] = {"n_bootstrap": 100, "confidence": 0.95, "seed": 0}
     args.update(kw)
     return metric_panel(y, s, **args)
 
@@ -238,7 +239,8 @@ def test_coarsened_counts_are_zero_or_at_least_min_cell(counts: list[int], min_c
 
 def test_coarse_histogram_round_trips_through_a_flower_config_record() -> None:
     c = ScoreHistogram(6, (0, 11, 0, 3, 9, 0), (2, 1, 0, 0, 0, 0)).coarsen(10)
-    record = ConfigRecord(c.to_record())
+    values: dict[str, ConfigRecordValues] = dict(c.to_record())
+    record = ConfigRecord(values)
     assert CoarseHistogram.from_record(record) == c
 
 

@@ -35,6 +35,7 @@ def test_a_clearly_better_scorer_has_a_positive_difference_and_interval() -> Non
     out = paired_auroc_difference(y, good, noise, n_bootstrap=400, confidence=0.95, seed=1)
     expected = roc_auc_score(y, good) - roc_auc_score(y, noise)
     assert out["difference"] == pytest.approx(expected)
+    assert out["difference"] is not None
     assert out["difference"] > 0.3
     assert out["lo"] is not None and out["lo"] > 0.0
     assert out["hi"] is not None and out["hi"] >= out["difference"] >= out["lo"]
@@ -45,6 +46,7 @@ def test_swapping_the_scorers_negates_the_difference_and_its_interval() -> None:
     a, b = _scorer(y, 1.5, 6), _scorer(y, 1.0, 7)
     ab = paired_auroc_difference(y, a, b, n_bootstrap=200, confidence=0.9, seed=3)
     ba = paired_auroc_difference(y, b, a, n_bootstrap=200, confidence=0.9, seed=3)
+    assert ab["difference"] is not None and ab["hi"] is not None
     assert ba["difference"] == pytest.approx(-ab["difference"])
     assert ba["lo"] == pytest.approx(-ab["hi"])
     assert ba["se"] == pytest.approx(ab["se"])
@@ -57,6 +59,8 @@ def test_pairing_gives_a_narrower_interval_than_two_separate_ones() -> None:
     b = np.clip(a + np.random.default_rng(10).normal(0.0, 0.02, y.size), 0.0, 1.0)
     pa = metric_panel(y, a, n_bootstrap=300, confidence=0.95, seed=0)
     paired = paired_auroc_difference(y, a, b, n_bootstrap=300, confidence=0.95, seed=0)
+    assert pa["auroc_hi"] is not None and pa["auroc_lo"] is not None
+    assert paired["hi"] is not None and paired["lo"] is not None
     width_alone = pa["auroc_hi"] - pa["auroc_lo"]
     assert paired["hi"] - paired["lo"] < width_alone / 3
 

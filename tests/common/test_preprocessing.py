@@ -12,6 +12,7 @@ import fedward.common.preprocessing as preprocessing
 from fedward.common.datasets.bundled import bundled_federation
 from fedward.common.datasource import table_from_frame
 from fedward.common.preprocessing import (
+    NumericColumn,
     SharedTransform,
     aggregate_sensitivity,
     site_aggregates,
@@ -148,6 +149,7 @@ def test_pooled_aggregates_give_pooled_mean_sd_and_mode() -> None:
     b = site_aggregates(_frame().iloc[2:], SCHEMA, noise_multiplier=0.0, rng=rng)
     tf = transform_from_aggregates(SCHEMA, [a, b])
     age = tf.columns[0]
+    assert isinstance(age, NumericColumn)
     clipped = np.array([20.0, 50.0, 80.0, 80.0])
     assert age.center == pytest.approx(clipped.mean())
     assert age.scale == pytest.approx(clipped.std())
@@ -156,9 +158,14 @@ def test_pooled_aggregates_give_pooled_mean_sd_and_mode() -> None:
 
 
 def test_noisy_aggregates_are_clamped_to_valid_values() -> None:
-    bad = {"num:age": [10.0, -50.0, -5.0], "num:chol": [-3.0, 1.0, 1.0], "cat:cp": [-1, -2, -3]}
+    bad: dict[str, list[float]] = {
+        "num:age": [10.0, -50.0, -5.0],
+        "num:chol": [-3.0, 1.0, 1.0],
+        "cat:cp": [-1, -2, -3],
+    }
     tf = transform_from_aggregates(SCHEMA, [bad])
     age, chol, cp = tf.columns
+    assert isinstance(age, NumericColumn)
     assert age.center == 20.0 and age.scale == pytest.approx(0.02 * 60)  # mean 0, SD floored
     assert chol == SharedTransform.from_schema(SCHEMA).columns[1]  # count <= 0: declared
     assert cp.impute == "b"  # no positive count: the declared impute

@@ -9,6 +9,7 @@ import pytest
 from flwr.serverapp.strategy import FedAdagrad, FedYogi
 
 from fedward.common.preprocessing import (
+    NumericColumn,
     SharedTransform,
     site_aggregates,
     transform_from_aggregates,
@@ -80,6 +81,7 @@ def test_dp_aggregates_fit_a_log_column_on_the_log_scale() -> None:
     z = fitted.transform(frame)[:, 0]
     assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1.0) < 0.05
     col = fitted.columns[0]
+    assert isinstance(col, NumericColumn)
     assert col.log and 0 < col.impute < 300  # the imputation is stated in the column's own units
 
 
@@ -124,6 +126,7 @@ def test_search_tunes_the_server_rate_only_for_fedopt_runs() -> None:
 def test_fedopt_moments_survive_a_restart(name: str) -> None:
     cfg = StrategyConfig.model_validate({"name": name})
     before = build_strategy(cfg)
+    assert isinstance(before, (FedAdagrad, FedYogi))
     before.m_t = {"w": np.full((2, 2), 0.25, dtype=np.float32)}
     before.v_t = {"w": np.full((2, 2), 0.5, dtype=np.float32)}
     state, arrays = strategy_state(before)

@@ -18,6 +18,7 @@ from fedward.common.cli import app as fedward_root
 from fedward.common.config_files import load_schema
 from fedward.common.datasource import load_table, table_from_frame
 from fedward.common.numeric_summary import impossible_values
+from fedward.common.schema import DataSchema
 from fedward.common.schema_inference import infer_schema
 from fedward.common.schema_merge import merge_schemas
 from fedward.common.schema_toml import REVIEW_NOTE, SchemaInferenceError, parse_schema_toml
@@ -169,7 +170,7 @@ def test_a_label_missing_from_one_file_names_that_file() -> None:
 # ---- merging the sites' reviewed schemas ---------------------------------------------------
 
 
-def _schema(text: str) -> object:
+def _schema(text: str) -> DataSchema:
     return parse_schema_toml('name = "s"\n[label]\ncolumn = "y"\n' + text, "<test>")
 
 

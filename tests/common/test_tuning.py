@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import loguniform, randint
 
-from fedward.common.tuning import GRID_POINTS_PER_DISTRIBUTION, sample_configurations
+from fedward.common.tuning import GRID_POINTS_PER_DISTRIBUTION, Search, sample_configurations
 
 MIXED = {
     "C": loguniform(1e-3, 1e2),
@@ -34,7 +35,7 @@ def test_random_search_is_deterministic_for_a_seed() -> None:
 
 
 def test_random_search_over_a_small_grid_returns_the_whole_grid_quietly() -> None:
-    space = {"a": [1, 2, 3], "b": ["x", "y"]}
+    space: dict[str, Sequence[object]] = {"a": [1, 2, 3], "b": ["x", "y"]}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         configs = sample_configurations(space, 20, search="random", seed=0)
@@ -95,7 +96,8 @@ def test_values_are_plain_json_types() -> None:
 )
 def test_rejects_bad_arguments(space: dict[str, object], budget: int, search: str) -> None:
     with pytest.raises(ValueError):
-        sample_configurations(space, budget, search=search, seed=0)
+        # A wrong space or search name on purpose: each is refused at run time.
+        sample_configurations(space, budget, search=search, seed=0)  # type: ignore[arg-type]
 
 
 @settings(max_examples=60, deadline=None)
@@ -106,7 +108,7 @@ def test_rejects_bad_arguments(space: dict[str, object], budget: int, search: st
     seed=st.integers(0, 2**32 - 1),
 )
 def test_a_list_only_space_gives_the_budget_or_the_whole_grid_without_repeats(
-    sizes: list[int], budget: int, search: str, seed: int
+    sizes: list[int], budget: int, search: Search, seed: int
 ) -> None:
     space = {f"p{i}": list(range(n)) for i, n in enumerate(sizes)}
     configs = sample_configurations(space, budget, search=search, seed=seed)
