@@ -21,15 +21,12 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedward.client.egress_guard import (
     ARRAYS_RECORD,
     FEDWARD_RECORD,
-    METRICS_RECORD,
     REASON_SOURCE,
-    WARNINGS_SOURCE,
     EgressGuard,
     EgressPolicy,
     EgressViolation,
     SiteRules,
     expected_from_array_record,
-    guard_for,
     is_number,
     rules_from_message,
 )
@@ -147,25 +144,3 @@ class EgressMod:
 
 egress_mod = EgressMod()
 """The mod with no site config to read (minimum cell 10); the ClientApp builds its own."""
-
-
-__all__ = [
-    "ARRAYS_RECORD",
-    "FEDWARD_RECORD",
-    "METRICS_RECORD",
-    "REASON_SOURCE",
-    "REFUSED_STATUS",
-    "WARNINGS_SOURCE",
-    "EgressGuard",
-    "EgressMod",
-    "EgressPolicy",
-    "EgressViolation",
-    "SiteRules",
-    "SiteView",
-    "egress_mod",
-    "expected_from_array_record",
-    "guard_for",
-    "node_min_cell",
-    "refusal_content",
-    "rules_from_message",
-]

@@ -11,7 +11,7 @@ release is made: if the process dies afterwards, the spend still counts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fedward.client.budget import BudgetRefusal, Composition, RunPlan, SiteBudget
@@ -27,7 +27,8 @@ PRIVACY_UNIT = "record"  # sample-level DP-SGD: one row of one site's table
 
 @dataclass(frozen=True)
 class Release:
-    """One ledger entry (a spend, or a run's plan), as the site is about to commit it."""
+    """One ledger entry (a spend, or a run's plan), as the site is about to commit it; its fields
+    are ``Ledger.append``'s arguments."""
 
     dataset: str
     run_id: str
@@ -49,20 +50,7 @@ class Release:
 
 
 def _append(budget: SiteBudget, release: Release) -> LedgerEntry:
-    return budget.ledger.append(
-        dataset=release.dataset,
-        run_id=release.run_id,
-        round=release.round,
-        attempt=release.attempt,
-        kind=release.kind,
-        noise_multiplier=release.noise_multiplier,
-        sample_rate=release.sample_rate,
-        steps=release.steps,
-        delta=release.delta,
-        max_grad_norm=release.max_grad_norm,
-        config_hash=release.config_hash,
-        note=release.note,
-    )
+    return budget.ledger.append(**asdict(release))
 
 
 def plan_run(

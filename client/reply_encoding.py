@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
-from fedward.client.egress import REASON_SOURCE, WARNINGS_SOURCE, rules_from_message
+from fedward.client.egress_guard import REASON_SOURCE, WARNINGS_SOURCE, rules_from_message
 from fedward.common.errors import FedwardError
 from fedward.common.protocol import ARRAYS, REPLY, STATUS_ERROR, STATUS_OK, STATUS_REFUSED
 from fedward.common.site_messages import ERROR_NAMES, SiteMessage, count_slot

@@ -11,7 +11,7 @@ from flwr.app import RecordDict
 
 from fedward.client.app import app
 from fedward.client.budget import SiteBudget
-from fedward.client.egress import EgressGuard, EgressPolicy
+from fedward.client.egress_guard import EgressGuard, EgressPolicy
 from fedward.client.ledger import Ledger
 from fedward.client.privacy_transaction import plan_run
 from fedward.common.evaluation_config import BASELINE_FAMILIES

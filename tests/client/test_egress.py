@@ -20,18 +20,14 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedward.client.egress import (
+from fedward.client.egress import REFUSED_STATUS, EgressMod, SiteView, egress_mod, refusal_content
+from fedward.client.egress_guard import (
     REASON_SOURCE,
-    REFUSED_STATUS,
     EgressGuard,
-    EgressMod,
     EgressPolicy,
     EgressViolation,
     SiteRules,
-    SiteView,
-    egress_mod,
     expected_from_array_record,
-    refusal_content,
 )
 from fedward.client.reply_fields import REGISTRY
 from fedward.common.metrics import metric_panel

@@ -25,7 +25,7 @@ from fedward.client.canary_bound import (
     one_run_epsilon_lower_bound,
     one_run_p_value,
 )
-from fedward.client.egress import EgressGuard, EgressPolicy
+from fedward.client.egress_guard import EgressGuard, EgressPolicy
 from fedward.client.mia import (
     ATTACKS,
     PUBLIC_KEYS,

@@ -27,7 +27,7 @@ from fedward.client.canary_bound import (
     one_run_audit,
     one_run_epsilon_lower_bound,
 )
-from fedward.client.egress import EgressGuard, EgressPolicy
+from fedward.client.egress_guard import EgressGuard, EgressPolicy
 from fedward.client.mia import audit_site
 from fedward.client.reply_fields import lookup
 

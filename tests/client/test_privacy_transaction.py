@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -91,17 +92,7 @@ def test_a_check_and_a_separate_append_would_both_spend(tmp_path: Path) -> None:
 
     def apart(budget: SiteBudget, release: Release) -> LedgerEntry:
         budget.check_spend(release.run_id, release.delta, 10.0, release.spend)
-        return budget.ledger.append(
-            dataset=release.dataset,
-            run_id=release.run_id,
-            round=release.round,
-            attempt=release.attempt,
-            kind=release.kind,
-            noise_multiplier=release.noise_multiplier,
-            sample_rate=release.sample_rate,
-            steps=release.steps,
-            delta=release.delta,
-        )
+        return budget.ledger.append(**asdict(release))
 
     won, refused = _race(tmp_path, apart)
     assert len(won) == 2 and not refused

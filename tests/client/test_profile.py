@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedward.client.app import app
-from fedward.client.egress import EgressGuard, EgressPolicy, EgressViolation
+from fedward.client.egress_guard import EgressGuard, EgressPolicy, EgressViolation
 from fedward.client.profile import site_profile, suppress
 from fedward.common.protocol import MSG_PROFILE, REPLY
 from fedward.common.run_config import RunConfig, run_schema

@@ -22,13 +22,8 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message
 
 from fedward.client.app import app, site_egress
-from fedward.client.egress import (
-    ARRAYS_RECORD,
-    FEDWARD_RECORD,
-    REFUSED_STATUS,
-    EgressViolation,
-    guard_for,
-)
+from fedward.client.egress import REFUSED_STATUS
+from fedward.client.egress_guard import ARRAYS_RECORD, FEDWARD_RECORD, EgressViolation, guard_for
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.evaluation_config import (
     AuditConfig,

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, Rec
 from flwr.common.serde import message_to_proto
 
 from fedward.client.app import app
-from fedward.client.egress import FEDWARD_RECORD, REASON_SOURCE, guard_for
+from fedward.client.egress_guard import FEDWARD_RECORD, REASON_SOURCE, guard_for
 from fedward.common.datasets.bundled import write_site_files
 from fedward.common.evaluation_config import AuditConfig, EvaluationConfig
 from fedward.common.protocol import (

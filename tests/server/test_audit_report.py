@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 from scipy import stats
 
 from fedward.client.app import app
-from fedward.client.egress import EgressGuard, EgressPolicy
+from fedward.client.egress_guard import EgressGuard, EgressPolicy
 from fedward.client.reply_fields import REGISTRY
 from fedward.client.site_audit import record_latest
 from fedward.client.site_metrics import metrics_registry
