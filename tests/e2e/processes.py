@@ -91,20 +91,28 @@ def connection_home(tmp: Path, name: str, port: int) -> tuple[Path, dict[str, st
     return home, flower_env(home)
 
 
-def start_insecure_federation(
-    group: ProcessGroup,
-    tmp: Path,
-    env: dict[str, str],
-    port: int,
-    site_configs: list[Path],
-    supernode: list[str] | None = None,
+def start_superlink(
+    group: ProcessGroup, env: dict[str, str], port: int, tmp: Path, *, certs: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """A loopback SuperLink (state in ``tmp/superlink.db``) and one SuperNode per site config,
-    started as the site image starts them (the fast path) unless ``supernode`` says otherwise."""
+    """A loopback SuperLink with its state in ``tmp/superlink.db``, listening once this returns:
+    without TLS, or with ``certs``' CA, certificate and key and SuperNode authentication."""
+    security = (
+        ["--insecure"]
+        if certs is None
+        else [
+            "--ssl-ca-certfile",
+            str(certs / "ca.pem"),
+            "--ssl-certfile",
+            str(certs / "superlink.pem"),
+            "--ssl-keyfile",
+            str(certs / "superlink.key"),
+            "--enable-supernode-auth",
+        ]
+    )
     link = group.start(
         [
             str(BIN / "flower-superlink"),
-            "--insecure",
+            *security,
             "--disable-runtime-dependency-installation",
             "--host",
             "127.0.0.1",
@@ -117,6 +125,20 @@ def start_insecure_federation(
         log=tmp / "superlink.log",
     )
     wait_for_port(port)
+    return link
+
+
+def start_insecure_federation(
+    group: ProcessGroup,
+    tmp: Path,
+    env: dict[str, str],
+    port: int,
+    site_configs: list[Path],
+    supernode: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A loopback SuperLink (state in ``tmp/superlink.db``) and one SuperNode per site config,
+    started as the site image starts them (the fast path) unless ``supernode`` says otherwise."""
+    link = start_superlink(group, env, port, tmp)
     for i, cfg in enumerate(site_configs):
         start_supernode(group, env, port, cfg, log=tmp / f"supernode-{i}.log", supernode=supernode)
     return link

@@ -40,8 +40,8 @@ from tests.e2e.processes import (
     FAST_SUPERNODE,
     ProcessGroup,
     free_port,
+    start_superlink,
     tls_connection_home,
-    wait_for_port,
 )
 from tests.ledger_tampering import TAMPERINGS
 
@@ -164,28 +164,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     out = tmp / "runs"
     group = ProcessGroup()
     try:
-        group.start(
-            [
-                str(BIN / "flower-superlink"),
-                "--disable-runtime-dependency-installation",
-                "--ssl-ca-certfile",
-                str(certs / "ca.pem"),
-                "--ssl-certfile",
-                str(certs / "superlink.pem"),
-                "--ssl-keyfile",
-                str(certs / "superlink.key"),
-                "--enable-supernode-auth",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--database",
-                str(tmp / "superlink.db"),
-            ],
-            env=env,
-            log=tmp / "superlink.log",
-        )
-        wait_for_port(port)
+        start_superlink(group, env, port, tmp, certs=certs)
         _register(env, {n: certs / "keys" / f"{n}.pub" for n in KEYS}, out / "coordinator-state")
         for name in KEYS:
             _supernode(group, env, port, certs, name, configs[name], tmp / f"supernode-{name}.log")
