@@ -26,9 +26,8 @@ from fedward.client.handlers_audit import audit
 from fedward.client.handlers_evaluation import baselines
 from fedward.client.handlers_evaluation import evaluate as evaluate_handler
 from fedward.client.handlers_release import profile, query
-from fedward.client.handlers_training import local_update, train
+from fedward.client.handlers_training import train
 from fedward.client.reply_encoding import failure, guarded
-from fedward.client.request import build_request
 from fedward.client.site import resolve_site
 from fedward.common.errors import MessageError
 from fedward.common.protocol import (
@@ -44,9 +43,7 @@ from fedward.common.run_config import RunConfig
 __all__ = [
     "HANDLED_MESSAGE_TYPES",
     "app",
-    "build_request",
     "evaluate",
-    "local_update",
     "site_egress",
     "site_view",
 ]

@@ -48,36 +48,11 @@ from fedward.client.mia_attacks import (
 )
 from fedward.client.mia_roc import RocSummary, check_confidence, nonmembers_needed, roc_summary
 from fedward.common.audit_keys import (
-    ATTACK_SUFFIXES,
     ATTACKS,
-    CANARY_SUFFIXES,
     FPR_LEVELS,
     PUBLIC_KEYS,
-    PUBLIC_SUFFIXES,
-    SITE_SUFFIXES,
     fpr_label,
 )
-
-__all__ = [
-    "ATTACKS",
-    "ATTACK_SUFFIXES",
-    "CANARY_SUFFIXES",
-    "FPR_LEVELS",
-    "PUBLIC_KEYS",
-    "PUBLIC_SUFFIXES",
-    "SITE_SUFFIXES",
-    "AuditNote",
-    "CanaryAudit",
-    "Logits",
-    "RocSummary",
-    "SiteAudit",
-    "TrainFn",
-    "audit_site",
-    "public_keys",
-]
-"""The vocabulary (``ATTACKS`` ... ``PUBLIC_KEYS``) lives in ``fedward.common.audit_keys``, shared
-with the egress allow-list and the coordinator's report; it is re-exported here, as are the
-types a ``SiteAudit`` is made of and ``audit_site`` takes."""
 
 PublicValue = float | int | bool | str | list[int] | list[str] | None
 

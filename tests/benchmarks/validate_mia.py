@@ -39,8 +39,10 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 from fedward.client.accounting import epsilon_of, plan_noise_multiplier
-from fedward.client.mia import ATTACKS, SiteAudit, TrainFn, audit_site
+from fedward.client.mia import SiteAudit, audit_site
+from fedward.client.mia_attacks import TrainFn
 from fedward.client.training import DPSettings, predict_logits, train_local
+from fedward.common.audit_keys import ATTACKS
 from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 

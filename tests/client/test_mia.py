@@ -26,15 +26,9 @@ from fedward.client.canary_bound import (
     one_run_p_value,
 )
 from fedward.client.egress_guard import EgressGuard, EgressPolicy
-from fedward.client.mia import (
-    ATTACKS,
-    PUBLIC_KEYS,
-    SiteAudit,
-    TrainFn,
-    audit_site,
-    public_keys,
-)
+from fedward.client.mia import SiteAudit, audit_site, public_keys
 from fedward.client.mia_attacks import (
+    TrainFn,
     derive_audit_seed,
     lira_from_confidences,
     logit_confidence,
@@ -42,6 +36,7 @@ from fedward.client.mia_attacks import (
 )
 from fedward.client.mia_roc import auc_delong, clopper_pearson, roc_summary
 from fedward.client.training import DPSettings, predict_logits, train_local
+from fedward.common.audit_keys import ATTACKS, PUBLIC_KEYS
 from fedward.common.learning_config import ModelConfig, TrainingConfig
 from fedward.common.models import build_model
 from fedward.common.score_histograms import CoarseHistogram

@@ -20,10 +20,10 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from fedward.client.app import build_request
 from fedward.client.budget import SiteBudget
 from fedward.client.cli import register
 from fedward.client.ledger import LEDGER_FILE, Ledger
+from fedward.client.request import build_request
 from fedward.client.site_console import SiteCommandError
 from fedward.common.code_identity import code_hash
 from fedward.common.datasets.bundled import write_site_files

@@ -14,9 +14,10 @@ import typer
 from flwr.app import RecordDict
 from typer.testing import CliRunner, Result
 
-from fedward.client.app import app, build_request
+from fedward.client.app import app
 from fedward.client.cli import register
 from fedward.client.ledger import Ledger
+from fedward.client.request import build_request
 from fedward.client.withdrawal import (
     WITHDRAWALS_FILE,
     WithdrawalsError,
