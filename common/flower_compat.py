@@ -222,35 +222,6 @@ def deactivate_node_request(node_id: int) -> Any:
     return DeactivateNodeRequest(node_id=node_id)
 
 
-# ---- the simulation engine ---------------------------------------------------------------------
-
-
-def run_in_process_simulation(
-    server_app: Any,
-    client_app: Any,
-    num_supernodes: int,
-    backend_config: dict[str, Any],
-    verbose_logging: bool,
-) -> None:
-    """Flower's in-process simulation, ``flwr.simulation.run_simulation``.
-
-    Deprecated since Flower 1.42 for ``flwr run`` (CLI), which is not a drop-in: it ships the app
-    directory to a SuperLink as a FAB and runs it in a ``flwr-simulation`` process that loads the
-    apps by module reference, so neither a ServerApp built from ``fedward simulate``'s settings
-    nor the SecAgg+ app pair (one components pair per app package) can run through it, and each
-    run pays a SuperLink's start-up. Kept here so that its removal is noticed in one place.
-    """
-    from flwr.simulation import run_simulation
-
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=num_supernodes,
-        backend_config=backend_config,
-        verbose_logging=verbose_logging,
-    )
-
-
 # ---- the coordinator's SuperLink ----------------------------------------------------------------
 
 
@@ -416,7 +387,6 @@ __all__ = [
     "restore",
     "run_flower_supernode",
     "run_flwr_clientapp",
-    "run_in_process_simulation",
     "set_fedopt_moment",
     "set_message_id",
     "set_task_identity",

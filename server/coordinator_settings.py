@@ -7,12 +7,14 @@ coordinator keeps its state across runs (the sites' ledger heads, the audit log)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 
+from fedward.common.errors import ConfigError
 from fedward.common.run_config import RunConfig, load_run_config
 from fedward.server.run_folder import RunFolder
 
@@ -48,8 +50,11 @@ def settings_from_context(context: Context) -> CoordinatorSettings:
 def settings_from_run_config(rc: dict[str, Any]) -> CoordinatorSettings:
     """The settings a ServerApp launched with the app run-config values ``rc`` runs with
     (`fedward run --resume` checks a resume's config hash with it before launching)."""
-    path = str(rc.get("run-config", "") or "") or None
-    run = load_run_config(path)
+    inline = str(rc.get("run-config-json", "") or "")
+    if inline:
+        run = RunConfig.from_json(inline, source="the app's run-config-json")
+    else:
+        run = load_run_config(str(rc.get("run-config", "") or "") or None)
     updates: dict[str, Any] = {}
     if int(rc.get("rounds", -1)) > 0:
         updates["rounds"] = int(rc["rounds"])
@@ -68,16 +73,33 @@ def settings_from_run_config(rc: dict[str, Any]) -> CoordinatorSettings:
     data.update(updates)
     data["privacy"].update(privacy)
     run = RunConfig.model_validate(data)
-    sites = str(rc.get("sites", "") or "")
     return CoordinatorSettings(
         run=run,
         output_dir=str(rc.get("output-dir", "runs") or "runs"),
         run_dir=str(rc.get("run-dir", "") or "") or None,
         engine=str(rc.get("engine", "deployment") or "deployment"),
-        sim_site_configs=[s for s in sites.split(",") if s],
+        sim_site_configs=_site_configs(rc.get("sites", "")),
+        sim_state_dir=str(rc.get("sim-state-dir", "") or "") or None,
         resume=rc.get("resume") is True or str(rc.get("resume", "")).lower() == "true",
         launch=dict(rc),
     )
+
+
+def _site_configs(value: Any) -> list[str]:
+    """The ``sites`` value: a JSON list of site config paths (a path may hold a comma), or the
+    paths joined by commas as a person types them."""
+    text = str(value or "").strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            paths = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("the app's run config", "sites", f"not a JSON list: {exc}") from exc
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ConfigError("the app's run config", "sites", "not a list of paths")
+        return [p for p in paths if p]
+    return [p for p in text.split(",") if p]
 
 
 def sim_state_root(settings: CoordinatorSettings, folder: RunFolder) -> Path:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,16 @@ class FlwrRun:
     """`flwr run` as a child process whose output is kept (its last lines) and searched for the
     run id, so the live view owns the terminal while Flower streams the ServerApp's log."""
 
-    def __init__(self, cmd: list[str]) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        """``echo`` gets every line as it arrives (`fedward simulate` keeps them in its log)."""
         self.cmd = cmd
+        self.echo = echo
         self.lines: deque[str] = deque(maxlen=FLWR_LOG_LINES)
         self.run_id: str | None = None
         self.started = threading.Event()
@@ -70,7 +79,7 @@ class FlwrRun:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             # Unbuffered: the run id line must arrive now, not when Flower's buffer fills.
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
             text=True,
             errors="replace",
         )
@@ -81,6 +90,8 @@ class FlwrRun:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
+            if self.echo is not None:
+                self.echo(line)
             if self.run_id is None and (m := _STARTED_RUN.search(_ANSI.sub("", line))):
                 self.run_id = m.group(1)
                 self.started.set()

@@ -152,11 +152,3 @@ def test_a_wait_moved_into_another_function_is_refused(
 def test_shortcut_values_out_of_range_are_rejected(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         Shortcuts(**{field: value})
-
-
-def test_the_in_process_simulation_fedward_simulate_runs_on_is_still_there() -> None:
-    """Deprecated in Flower 1.42 (for `flwr run`); fedward simulate calls it with these arguments."""
-    from flwr.simulation import run_simulation
-
-    passed = {"server_app", "client_app", "num_supernodes", "backend_config", "verbose_logging"}
-    assert passed <= set(inspect.signature(run_simulation).parameters)

@@ -43,7 +43,6 @@ from fedward.common.protocol import ARRAYS, CONFIG, KEY_RUN, REPLY, STATUS_OK
 from fedward.common.run_config import RunConfig
 from fedward.server.app import coordinate
 from fedward.server.coordinator_settings import CoordinatorSettings
-from fedward.server.simulate import load_client_app
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +108,8 @@ def poisoning_mod(msg: Message, context: Context, call_next: Callable[..., Messa
 
 def hostile_client_app() -> ClientApp:
     """fedward's real ClientApp, every message type, with the poisoning mod around it."""
-    real = load_client_app()
+    from fedward.client.app import app as real
+
     hostile = ClientApp(mods=[poisoning_mod])
 
     def delegate(msg: Message, context: Context) -> Message:

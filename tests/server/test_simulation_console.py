@@ -1,5 +1,6 @@
-"""What a simulation puts on the console: the federation-size line for `flwr run .`, and the sites'
-Ray output routed to the run's log file instead of the terminal."""
+"""What a simulation puts on the console: the federation-size line for `flwr run .`, and the
+sites' warnings, capped. (That the sites' Ray output goes to the run's log file instead of the
+terminal is checked end to end, in tests/e2e/test_simulation.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from fedward.server.federation_size import (
     federation_size_problem,
     stop_on_federation_size,
 )
-from fedward.server.simulate import RUN_LOG_FILE, _output_to_run_log
 
 LINE = 'flwr run . --stream --federation-config "num-supernodes=4"'
 
@@ -52,33 +52,6 @@ def test_the_stop_is_one_line_without_a_traceback(caplog: pytest.LogCaptureFixtu
         record.exc_info = (type(exc), exc, exc.__traceback__)
     assert all(f.filter(record) for f in flwr_logger.filters if hasattr(f, "filter"))
     assert record.exc_info is None
-
-
-def test_site_output_goes_to_the_run_log_not_the_console(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import ray._private.worker as ray_worker
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-    init: dict[str, object] = {}
-    with _output_to_run_log(tmp_path, init):
-        assert ray_worker._worker_logs_enabled is False
-        dispatcher.emit(
-            {
-                "pid": 123,
-                "actor_name": "ClientAppActor",
-                "is_err": True,
-                "lines": ["Traceback (most recent call last):", "ValueError: refused"],
-            }
-        )
-        logging.getLogger("flwr").warning("site node 7 refused in train")
-    assert ray_worker._worker_logs_enabled is True
-    assert init == {}  # Ray's internals were there: the driver still receives the lines
-    text = (tmp_path / RUN_LOG_FILE).read_text()
-    assert "(ClientAppActor pid=123) Traceback (most recent call last):" in text
-    assert "site node 7 refused in train" in text
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err and "refused" not in out.out + out.err
 
 
 def test_site_warnings_are_listed_up_to_a_cap(tmp_path: Path) -> None:
