@@ -39,7 +39,10 @@ from fedward.server.flwr_process import FlwrRun, find_flwr, flwr_message
 LOOPBACK = "127.0.0.1"
 CONNECTION = "fedward-simulation"
 SUPERLINK_START_S = 60.0
-STOP_GRACE_S = 5.0
+# How long the SuperLink, SuperExec and the simulation process get to end on SIGTERM before they
+# are killed: by then the run has ended (or is being abandoned) and its outputs are written;
+# `flwr-simulation` takes about 2 s to end on its own after a finished run.
+STOP_GRACE_S = 1.0
 APP_TEMPLATE = "flower_app.toml.j2"
 
 
@@ -140,6 +143,8 @@ def engine_env(flwr_home: Path) -> dict[str, str]:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
+            # SuperExec looks for the submitted run every second by default.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
     )
     return env
@@ -155,25 +160,20 @@ def _healthy(address: str) -> bool:
 
 def stop_tree(proc: subprocess.Popen[Any]) -> None:
     """Stop ``proc`` and everything it started (SuperExec, the simulation process, Ray): Flower
-    starts them in sessions of their own, so a process group would miss them."""
+    starts them in sessions of their own, so a process group would miss them. All are asked at
+    once, then whatever is left after the grace period is killed."""
     try:
-        children = psutil.Process(proc.pid).children(recursive=True)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        children = []
-    if proc.poll() is None:
-        proc.terminate()  # the SuperLink stops its SuperExec on SIGTERM
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_GRACE_S)
-    for child in children:
+        tree = []
+    for member in reversed(tree):  # the deepest first: nothing is restarted on its way out
         with contextlib.suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=STOP_GRACE_S)
-    for child in alive:
+            member.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S)
+    for member in alive:
         with contextlib.suppress(psutil.Error):
-            child.kill()
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=STOP_GRACE_S)
+            member.kill()
+    proc.wait(timeout=10)
 
 
 @contextmanager
