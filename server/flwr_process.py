@@ -65,7 +65,7 @@ class FlwrRun:
         cmd: list[str],
         *,
         env: dict[str, str] | None = None,
-        echo: Callable[[str], None] | None = None,
+        echo: Callable[[str], object] | None = None,
     ) -> None:
         """``echo`` gets every line as it arrives (`fedward simulate` keeps them in its log)."""
         self.cmd = cmd

@@ -42,7 +42,7 @@ SUPERLINK_START_S = 60.0
 # How long the SuperLink, SuperExec and the simulation process get to end on SIGTERM before they
 # are killed: by then the run has ended (or is being abandoned) and its outputs are written;
 # `flwr-simulation` takes about 2 s to end on its own after a finished run.
-STOP_GRACE_S = 1.0
+STOP_GRACE_S = 0.5
 APP_TEMPLATE = "flower_app.toml.j2"
 
 
@@ -269,7 +269,7 @@ def run_app(
     n_sites: int,
     flwr_home: Path,
     output: IO[str] | None,
-    echo: Callable[[str], None],
+    echo: Callable[[str], object],
     verbose: bool,
 ) -> FinishedRun:
     """`flwr run APP_DIR` on a SuperLink of its own; returns once the run has ended."""

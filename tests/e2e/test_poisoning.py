@@ -1,7 +1,9 @@
-"""A hostile site in a real federation: Flower's simulation engine, the bundled heart-disease data
-in four sites, fedward's real ServerApp code and ClientApp, DP-SGD with Opacus (ε = 1).
+"""A hostile site in a real federation: Flower's simulation engine reached through `flwr run` (as
+`fedward simulate` reaches it), the bundled heart-disease data in four sites, fedward's real
+ServerApp code and ClientApp, DP-SGD with Opacus (ε = 1).
 
-The hostile site is fedward's own ClientApp with one test-only Flower client mod around it: the
+The hostile site (``poisoning_app/hostile.py``, a Flower app folder) is fedward's own ClientApp
+with one test-only Flower client mod around it: the
 site trains honestly, then the mod rewrites the model in its train reply, after the site's egress
 guard, as a compromised site could. Five federations share one simulation (Ray and its workers
 start once); the mod tells them apart by the run name in the run config every train message
@@ -29,143 +31,37 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
 
-from fedward.common.protocol import ARRAYS, CONFIG, KEY_RUN, REPLY, STATUS_OK
-from fedward.common.run_config import RunConfig
-from fedward.server.app import coordinate
-from fedward.server.coordinator_settings import CoordinatorSettings
+from fedward.server.simulation_engine import run_app
+from tests.e2e.poisoning_app.hostile import BROKEN_ROUNDS, HOSTILE, PLAN
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 8
-BROKEN_ROUNDS = 3
-FLIP = 4.0  # |update| x 4: inside the default absolute (100) and relative (10 x median) bounds
-HOSTILE = "site-2"
-Attack = Callable[[ArrayRecord, ArrayRecord], ArrayRecord]
-
-
-def _layers(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: np.array(v.numpy(), copy=True) for k, v in arrays.items()}
-
-
-def _record(layers: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in layers.items()})
-
-
-def nan_values(sent: ArrayRecord, trained: ArrayRecord) -> ArrayRecord:
-    layers = _layers(trained)
-    first = next(iter(layers))
-    layers[first].reshape(-1)[:3] = np.nan
-    return _record(layers)
-
-
-def scaled(factor: float) -> Attack:
-    """The site's own update times ``factor`` (negative: sign-flipped), added to the global model."""
-
-    def attack(sent: ArrayRecord, trained: ArrayRecord) -> ArrayRecord:
-        before, after = _layers(sent), _layers(trained)
-        return _record(
-            {k: (before[k] + factor * (after[k] - before[k])).astype(after[k].dtype) for k in after}
-        )
-
-    return attack
-
-
-# run name -> (strategy, validation on, {site: attack})
-PLAN: dict[str, tuple[str, bool, dict[str, Attack]]] = {
-    "broken": ("fedavg", True, {"switzerland": nan_values, "cleveland": scaled(100.0)}),
-    "clean-fedmedian": ("fedmedian", True, {}),
-    "poisoned-fedmedian": ("fedmedian", True, {HOSTILE: scaled(-FLIP)}),
-    "clean-fedavg": ("fedavg", True, {}),
-    "poisoned-fedavg": ("fedavg", False, {HOSTILE: scaled(-FLIP)}),
-}
-
-
-def poisoning_mod(msg: Message, context: Context, call_next: Callable[..., Message]) -> Message:
-    """Flower client mod: after the real ClientApp trained, rewrite the hostile site's model."""
-    reply = call_next(msg, context)
-    if msg.metadata.message_type != "train" or not reply.has_content():
-        return reply
-    info = reply.content.config_records.get(REPLY)
-    if info is None or info.get("status") != STATUS_OK:
-        return reply
-    run = json.loads(str(msg.content.config_records[CONFIG][KEY_RUN]))
-    attack = PLAN[run["name"]][2].get(str(info["site"]))
-    if attack is not None:
-        sent = msg.content.array_records[ARRAYS]
-        reply.content[ARRAYS] = attack(sent, reply.content.array_records[ARRAYS])
-    return reply
-
-
-def hostile_client_app() -> ClientApp:
-    """fedward's real ClientApp, every message type, with the poisoning mod around it."""
-    from fedward.client.app import app as real
-
-    hostile = ClientApp(mods=[poisoning_mod])
-
-    def delegate(msg: Message, context: Context) -> Message:
-        return real(msg, context)
-
-    hostile.train()(delegate)
-    hostile.evaluate()(delegate)
-    hostile.query()(delegate)
-    for message_type in ("evaluate.baselines", "evaluate.audit", "query.profile"):
-        category, action = message_type.split(".")
-        getattr(hostile, category)(action)(delegate)
-    return hostile
-
-
-def _settings(root: Path, name: str) -> CoordinatorSettings:
-    strategy, validate, _ = PLAN[name]
-    natural = name == "broken"
-    run = RunConfig.model_validate(
-        {
-            "name": name,
-            "rounds": BROKEN_ROUNDS if natural else ROUNDS,
-            "seed": 7,
-            "task": {} if natural else {"partition": "iid", "n_sites": 4},
-            "strategy": {"name": strategy, "validation": {"enabled": validate}},
-            "baselines": {"enabled": False},
-            "audit": {"enabled": False},
-        }
-    )
-    return CoordinatorSettings(
-        run=run, output_dir=str(root), run_dir=str(root / name), engine="simulation"
-    )
+APP = Path(__file__).resolve().parent / "poisoning_app"
 
 
 @pytest.fixture(scope="module")
 def federations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    from flwr.simulation import run_simulation
-
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    root = tmp_path_factory.mktemp("poisoning")
-    plans = {name: _settings(root, name) for name in PLAN}
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
-        for settings in plans.values():
-            coordinate(grid, context, settings)
-
-    run_simulation(
-        server_app=server,
-        client_app=hostile_client_app(),
-        num_supernodes=4,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
-        },
-    )
+    tmp = tmp_path_factory.mktemp("poisoning")
+    root = tmp / "runs"
+    app = shutil.copytree(APP, tmp / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    with (tmp / "simulation.log").open("w", encoding="utf-8") as log:
+        finished = run_app(
+            app,
+            {"output-dir": str(root)},
+            n_sites=4,
+            flwr_home=tmp / "flwr-home",
+            output=log,
+            echo=log.write,
+            verbose=False,
+        )
+    assert finished.status == "finished:completed", (finished, tmp / "simulation.log")
     out: dict[str, dict[str, Any]] = {}
     for name in PLAN:
         run_dir = root / name
