@@ -111,10 +111,13 @@ def simulate(
             "run config's privacy.central table. The unit is a whole site: needs many sites.",
         ),
     ] = False,
-    out: Annotated[Path, typer.Option(help="Folder that receives the run folder.")] = Path("runs"),
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="Folder that receives the run folder.")
+    ] = Path("runs"),
     state_dir: Annotated[
         Path | None,
         typer.Option(
+            file_okay=False,
             help="The simulated sites' state folders (their privacy ledgers). Default: a fresh one "
             "inside the run folder, so repeated simulations do not drain a budget by accident; give "
             "the same folder to several runs to see their budgets compose."

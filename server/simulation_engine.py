@@ -173,6 +173,7 @@ def stop_tree(proc: subprocess.Popen[Any]) -> None:
     for member in alive:
         with contextlib.suppress(psutil.Error):
             member.kill()
+    psutil.wait_procs(alive, timeout=STOP_GRACE_S)
     proc.wait(timeout=10)
 
 
