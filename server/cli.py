@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fedward.common.config_files import validate_config
 from fedward.common.run_config import RunConfig, load_run_config
-from fedward.server.exit_codes import closing_line, exit_code, read_record
+from fedward.server.exit_codes import EXIT_INTERRUPTED, closing_line, exit_code, read_record
 from fedward.server.report_format import console_auroc, console_cell, difference
 from fedward.server.run_console import (
     console,
@@ -120,7 +120,7 @@ def simulate(
             file_okay=False,
             help="The simulated sites' state folders (their privacy ledgers). Default: a fresh one "
             "inside the run folder, so repeated simulations do not drain a budget by accident; give "
-            "the same folder to several runs to see their budgets compose."
+            "the same folder to several runs to see their budgets compose.",
         ),
     ] = None,
     model: Annotated[
@@ -286,6 +286,14 @@ def simulate(
         )
         console.print(escape(closing_line(run_dir, None, logs=logs)), soft_wrap=True)
         raise typer.Exit(exit_code(None)) from None
+    except KeyboardInterrupt:
+        # The engine (SuperLink, SuperExec, the simulation process, Ray) has been stopped by now.
+        console.print(
+            f"[bold yellow]interrupted:[/] the simulation was stopped; what it wrote so far is in "
+            f"{escape(str(run_dir))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     console.print(final_table(run_dir))
     for line in left_out_lines(run_dir):
         console.print(f"[yellow]{line}[/]")

@@ -8,7 +8,8 @@ A script tells the outcomes apart by the code alone:
 - ``3``: the run stopped without a final model (too few sites could still take part);
 - ``4``: the run finished with a model, but some sites were left out (``run_record.json``,
   ``left_out``, says which and why);
-- ``130``: interrupted (Ctrl-C; `fedward run` detaches, the run goes on at the SuperLink).
+- ``130``: interrupted (Ctrl-C; `fedward run` detaches, the run goes on at the SuperLink;
+  `fedward simulate` stops the run and every process of its engine).
 """
 
 from __future__ import annotations
