@@ -110,8 +110,12 @@ def _kind(pid: int) -> str:
         return "gone"
     if "default_worker.py" in cmd:
         return "ray workers (site actors)"
+    if "flwr-simulation" in cmd:
+        return "flwr-simulation (coordinator)"
+    if "flower-superlink" in cmd or "flower-superexec" in cmd or "flwr run" in cmd:
+        return "superlink, superexec, flwr run"
     if "fedward" in cmd and "simulate" in cmd:
-        return "simulate (coordinator)"
+        return "simulate (command)"
     return "ray services"
 
 

@@ -3,7 +3,8 @@
 `fedward simulate` as a person runs it, on the four bundled heart-disease hospitals: a model
 deliberately overfit without DP (the membership audit must fail it) and the default DP model (the
 audit must pass it). The audit-verdict tests and the browser test both read these run folders,
-so each federation is paid for once.
+and the lifetime-budget test runs a second federation on the DP run's site state, so each
+federation is paid for once.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FinishedRun:
     dir: Path
     returncode: int
     raw_stdout: str  # with the terminal's colour codes
+    state: Path | None = None  # the sites' state folder (--state-dir), where one was given
 
     @property
     def stdout(self) -> str:
@@ -59,17 +61,19 @@ class FinishedRun:
         return " ".join(self.stdout.split())
 
 
-def _simulate(tmp: Path, extra: list[str]) -> FinishedRun:
+def _simulate(tmp: Path, extra: list[str], state: Path | None = None) -> FinishedRun:
     out = tmp / "runs"
     args = [str(BIN / "fedward"), "simulate", "--no-baselines", "--out", str(out)]
     args += ["--seed", str(SEED), *extra]
+    if state is not None:
+        args += ["--state-dir", str(state)]
     # Colours on, as in a terminal, so that the tests can see what is printed in red.
     env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "120"}
     env.pop("NO_COLOR", None)
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, env=env)
     runs = list(out.iterdir()) if out.is_dir() else []
     assert len(runs) == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    return FinishedRun(dir=runs[0], returncode=done.returncode, raw_stdout=done.stdout)
+    return FinishedRun(dir=runs[0], returncode=done.returncode, raw_stdout=done.stdout, state=state)
 
 
 @pytest.fixture(scope="session")
@@ -83,5 +87,7 @@ def overfit_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
 
 @pytest.fixture(scope="session")
 def dp_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
-    """The default run (logistic regression, DP-SGD, ε = 1 per site), shortened to two rounds."""
-    return _simulate(tmp_path_factory.mktemp("dp-default"), ["--rounds", str(DP_ROUNDS)])
+    """The default run (logistic regression, DP-SGD, ε = 1 per site), shortened to two rounds, its
+    sites' ledgers in a state folder of their own (fresh: this is their first run)."""
+    tmp = tmp_path_factory.mktemp("dp-default")
+    return _simulate(tmp, ["--rounds", str(DP_ROUNDS)], state=tmp / "site-state")
