@@ -44,6 +44,7 @@ SUPERLINK_START_S = 60.0
 # `flwr-simulation` takes about 2 s to end on its own after a finished run.
 STOP_GRACE_S = 0.5
 APP_TEMPLATE = "flower_app.toml.j2"
+START_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -177,44 +178,67 @@ def stop_tree(proc: subprocess.Popen[Any]) -> None:
     proc.wait(timeout=10)
 
 
-@contextmanager
-def simulation_superlink(env: dict[str, str], output: IO[str] | None) -> Iterator[str]:
-    """A SuperLink in simulation mode on a free loopback port, its output to ``output`` (None:
-    the console); yields its address and stops it, and all it started, on the way out."""
-    port = free_port()
-    address = f"{LOOPBACK}:{port}"
-    cmd = [
-        str(Path(sys.executable).parent / "flower-superlink"),
-        "--insecure",
-        "--simulation",
-        "--disable-runtime-dependency-installation",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-    ]
+class _PortTaken(Exception):
+    """The SuperLink ended at start: most likely another process took the port in between."""
+
+
+def _start_superlink(
+    env: dict[str, str], output: IO[str] | None, port: int
+) -> subprocess.Popen[Any]:
+    """``flower-superlink`` on ``port``, once it answers its health check (and is the one that
+    answers: a process that ended meanwhile never is)."""
     proc = subprocess.Popen(
-        cmd,
+        [
+            str(Path(sys.executable).parent / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=output,
         stderr=subprocess.STDOUT if output is not None else None,
     )
+    deadline = time.monotonic() + SUPERLINK_START_S
     try:
-        deadline = time.monotonic() + SUPERLINK_START_S
-        while not _healthy(address):
+        while not (_healthy(f"{LOOPBACK}:{port}") and proc.poll() is None):
             if proc.poll() is not None:
-                raise SimulationEngineError(
-                    f"the simulation's SuperLink ended at start with exit code {proc.returncode} "
-                    f"(port {port}); its output is in the run's log"
-                )
+                raise _PortTaken(proc.returncode)
             if time.monotonic() > deadline:
                 raise SimulationEngineError(
-                    f"the simulation's SuperLink did not answer on {address} within "
+                    f"the simulation's SuperLink did not answer on {LOOPBACK}:{port} within "
                     f"{SUPERLINK_START_S:g} s"
                 )
             time.sleep(0.1)
-        yield address
+    except BaseException:
+        stop_tree(proc)
+        raise
+    return proc
+
+
+@contextmanager
+def simulation_superlink(env: dict[str, str], output: IO[str] | None) -> Iterator[str]:
+    """A SuperLink in simulation mode on a free loopback port, its output to ``output`` (None:
+    the console); yields its address and stops it, and all it started, on the way out. A port
+    taken between choosing it and binding it is chosen again, up to ``START_TRIES`` times."""
+    for attempt in range(1, START_TRIES + 1):
+        port = free_port()
+        try:
+            proc = _start_superlink(env, output, port)
+            break
+        except _PortTaken as exc:
+            if attempt == START_TRIES:
+                raise SimulationEngineError(
+                    f"the simulation's SuperLink ended at start with exit code {exc.args[0]}, "
+                    f"on {START_TRIES} port(s) in turn (the last {port}); its output is in the "
+                    "run's log"
+                ) from None
+    try:
+        yield f"{LOOPBACK}:{port}"
     finally:
         stop_tree(proc)
 

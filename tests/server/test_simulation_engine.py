@@ -4,10 +4,12 @@ must leave behind (none)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,6 +17,7 @@ import pytest
 
 from fedward.common.errors import ConfigError
 from fedward.common.run_config import RunConfig
+from fedward.server import simulation_engine as engine
 from fedward.server.coordinator_settings import CoordinatorSettings, settings_from_run_config
 from fedward.server.simulation_engine import (
     MESSAGE_API_APP,
@@ -131,3 +134,44 @@ def test_stopping_reaches_processes_started_in_sessions_of_their_own() -> None:
     stop_tree(parent)
     assert parent.poll() is not None
     assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port some other process already listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_the_superlink_binds_it_is_chosen_again(
+    taken_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ports = iter([taken_port, engine.free_port()])
+    monkeypatch.setattr(engine, "free_port", lambda: next(ports))
+    with (
+        (tmp_path / "superlink.log").open("w") as log,
+        engine.simulation_superlink(engine.engine_env(tmp_path / "home"), log) as address,
+    ):
+        assert address != f"127.0.0.1:{taken_port}"
+        assert engine._healthy(address)
+    assert not engine._healthy(address)  # stopped on the way out
+
+
+@pytest.mark.slow
+def test_a_superlink_that_cannot_start_is_named_with_its_tries(
+    taken_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(engine, "free_port", lambda: taken_port)
+    monkeypatch.setattr(engine, "START_TRIES", 1)  # each try costs a SuperLink's start
+    with (
+        (tmp_path / "superlink.log").open("w") as log,
+        pytest.raises(
+            engine.SimulationEngineError,
+            match=rf"exit code 1, on 1 port\(s\) in turn \(the last {taken_port}\)",
+        ),
+        engine.simulation_superlink(engine.engine_env(tmp_path / "home"), log),
+    ):
+        pass
