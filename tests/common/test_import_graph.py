@@ -158,3 +158,20 @@ def test_the_role_check_sees_a_one_role_module() -> None:
     users = roles_using(graph)
     assert users["fedward.common.x"] == {"client"}
     assert users["fedward.common.z"] == {"client", "server"}
+
+
+def test_no_module_runs_flowers_deprecated_in_process_simulation() -> None:
+    """`fedward simulate` reaches Flower's simulation engine through `flwr run`
+    (``fedward.server.simulation_engine``); Flower 1.42 deprecates ``flwr.simulation``'s
+    in-process entry points, and none of fedward's modules may fall back on them."""
+    users = []
+    for module, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            users += [f"{module}: {n}" for n in names if n.split(".")[:2] == ["flwr", "simulation"]]
+    assert users == []
