@@ -267,10 +267,12 @@ def federation_config(n_sites: int, cpus: int, verbose: bool) -> str:
     )
 
 
-def run_status(flwr: str, env: dict[str, str], run_id: str) -> tuple[str, str]:
+def run_status(
+    flwr: str, env: dict[str, str], run_id: str, connection: str = CONNECTION
+) -> tuple[str, str]:
     """The run's status and its details, as `flwr ls` reports them ("" when it cannot say)."""
     done = subprocess.run(
-        [flwr, "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        [flwr, "ls", connection, "--run-id", run_id, "--format", "json"],
         env=env,
         capture_output=True,
         text=True,

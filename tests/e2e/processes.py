@@ -31,6 +31,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            # A SuperLink's SuperExec looks for a submitted run every second by default; `fedward
+            # simulate` sets the same (fedward.server.simulation_engine.engine_env).
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
     )
     return env

@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+from fedward.server.simulation_engine import run_status
 from tests.e2e.processes import BIN, flower_env, free_port
 
 pytestmark = pytest.mark.slow
@@ -82,6 +83,10 @@ def test_default_two_supernodes_stop_at_once_with_the_line_to_change(
     (run,) = _runs(local_flower)
     assert run["status"] == "finished:failed", run
     assert THE_LINE in run["status-details"]
+    # `fedward simulate` reads a failed run's status and Flower's reason the same way.
+    flwr = str(BIN / "flwr")
+    status, details = run_status(flwr, local_flower["env"], str(run["run-id"]), "local")
+    assert status == "finished:failed" and THE_LINE in details
     assert not (local_flower["cwd"] / "runs").exists()
 
 

@@ -11,6 +11,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -175,3 +176,41 @@ def test_a_superlink_that_cannot_start_is_named_with_its_tries(
         engine.simulation_superlink(engine.engine_env(tmp_path / "home"), log),
     ):
         pass
+
+
+def _simulate_cli(*args: str | Path) -> Any:
+    import typer
+    from typer.testing import CliRunner
+
+    from fedward.server.cli import register
+
+    app = typer.Typer()
+    register(app)
+    return CliRunner().invoke(app, ["simulate", *map(str, args)])
+
+
+@pytest.mark.parametrize(
+    ("finished", "said"),
+    [
+        (
+            engine.FinishedRun("7", "finished:failed", "Simulation failed with exception: boom"),
+            "the federation failed: Simulation failed with exception: boom",
+        ),
+        (engine.FinishedRun("7", "finished:completed", ""), "the federation did not finish"),
+    ],
+    ids=["flower-says-failed", "no-results"],
+)
+def test_a_run_without_results_ends_the_command_with_the_reason(
+    finished: engine.FinishedRun, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Flower reported (here as `run_app` returns it) reaches the person, exit 1, no
+    traceback; the engine's own part is tested against a real SuperLink in
+    tests/e2e/test_flwr_run_local.py."""
+    import fedward.server.simulate as simulate
+
+    monkeypatch.setattr(simulate, "run_app", lambda *a, **k: finished)
+    done = _simulate_cli("--rounds", "1", "--out", tmp_path / "runs", "--verbose")
+    assert done.exit_code == 1, done.output
+    assert said in " ".join(done.output.split())
+    assert "simulation.log" not in done.output  # --verbose: the engine's output was on the console
+    assert done.exception is None or isinstance(done.exception, SystemExit)
