@@ -178,6 +178,22 @@ def stop_tree(proc: subprocess.Popen[Any]) -> None:
     proc.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class SuperLinkHandle:
+    """The simulation's SuperLink: where it listens, and its process."""
+
+    address: str
+    proc: subprocess.Popen[Any]
+
+    def release_workers(self) -> None:
+        """Ask SuperExec and the simulation process to end, without waiting: once a run has
+        ended they have nothing left to do, and only the SuperLink answers for its status."""
+        with contextlib.suppress(psutil.Error):
+            for worker in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    worker.terminate()
+
+
 class _PortTaken(Exception):
     """The SuperLink ended at start: most likely another process took the port in between."""
 
@@ -221,9 +237,9 @@ def _start_superlink(
 
 
 @contextmanager
-def simulation_superlink(env: dict[str, str], output: IO[str] | None) -> Iterator[str]:
+def simulation_superlink(env: dict[str, str], output: IO[str] | None) -> Iterator[SuperLinkHandle]:
     """A SuperLink in simulation mode on a free loopback port, its output to ``output`` (None:
-    the console); yields its address and stops it, and all it started, on the way out. A port
+    the console); yields it and stops it, and all it started, on the way out. A port
     taken between choosing it and binding it is chosen again, up to ``START_TRIES`` times."""
     for attempt in range(1, START_TRIES + 1):
         port = free_port()
@@ -238,7 +254,7 @@ def simulation_superlink(env: dict[str, str], output: IO[str] | None) -> Iterato
                     "run's log"
                 ) from None
     try:
-        yield f"{LOOPBACK}:{port}"
+        yield SuperLinkHandle(f"{LOOPBACK}:{port}", proc)
     finally:
         stop_tree(proc)
 
@@ -306,8 +322,8 @@ def run_app(
     flwr_home.mkdir(parents=True, exist_ok=True)
     overrides.write_text(toml_assignments(values), encoding="utf-8")
     cpus = max(1, os.cpu_count() or 1)
-    with simulation_superlink(env, output) as address:
-        write_connection(flwr_home, address)
+    with simulation_superlink(env, output) as superlink:
+        write_connection(flwr_home, superlink.address)
         cmd = [
             flwr,
             "run",
@@ -326,5 +342,6 @@ def run_app(
                 f"`flwr run` did not start the simulation (exit code {code}): "
                 f"{flwr_message(list(submitted.lines))}"
             )
+        superlink.release_workers()  # they end while `flwr ls` asks the SuperLink
         status, details = run_status(flwr, env, submitted.run_id)
     return FinishedRun(submitted.run_id, status, details)

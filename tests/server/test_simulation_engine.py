@@ -154,8 +154,9 @@ def test_a_port_taken_before_the_superlink_binds_it_is_chosen_again(
     monkeypatch.setattr(engine, "free_port", lambda: next(ports))
     with (
         (tmp_path / "superlink.log").open("w") as log,
-        engine.simulation_superlink(engine.engine_env(tmp_path / "home"), log) as address,
+        engine.simulation_superlink(engine.engine_env(tmp_path / "home"), log) as superlink,
     ):
+        address = superlink.address
         assert address != f"127.0.0.1:{taken_port}"
         assert engine._healthy(address)
     assert not engine._healthy(address)  # stopped on the way out
