@@ -22,9 +22,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
@@ -159,14 +159,16 @@ def _healthy(address: str) -> bool:
         return False
 
 
-def stop_tree(proc: subprocess.Popen[Any]) -> None:
-    """Stop ``proc`` and everything it started (SuperExec, the simulation process, Ray): Flower
-    starts them in sessions of their own, so a process group would miss them. All are asked at
-    once, then whatever is left after the grace period is killed."""
+def stop_tree(proc: subprocess.Popen[Any], also: Sequence[psutil.Process] = ()) -> None:
+    """Stop ``proc`` and everything it started (SuperExec, the simulation process, Ray), and the
+    processes ``also`` names: Flower starts them in sessions of their own, so a process group
+    would miss them. All are asked at once, then whatever is left after the grace period is
+    killed."""
     try:
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         tree = []
+    tree += [p for p in also if p not in tree]
     for member in reversed(tree):  # the deepest first: nothing is restarted on its way out
         with contextlib.suppress(psutil.Error):
             member.terminate()
@@ -184,14 +186,18 @@ class SuperLinkHandle:
 
     address: str
     proc: subprocess.Popen[Any]
+    # Workers asked to end early: once their parent is gone they are no longer in the
+    # SuperLink's tree, so the stop waits for them (and kills them) by name.
+    released: list[psutil.Process] = field(default_factory=list)
 
     def release_workers(self) -> None:
         """Ask SuperExec and the simulation process to end, without waiting: once a run has
         ended they have nothing left to do, and only the SuperLink answers for its status."""
         with contextlib.suppress(psutil.Error):
-            for worker in psutil.Process(self.proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    worker.terminate()
+            self.released.extend(psutil.Process(self.proc.pid).children(recursive=True))
+        for worker in self.released:
+            with contextlib.suppress(psutil.Error):
+                worker.terminate()
 
 
 class _PortTaken(Exception):
@@ -253,10 +259,11 @@ def simulation_superlink(env: dict[str, str], output: IO[str] | None) -> Iterato
                     f"on {START_TRIES} port(s) in turn (the last {port}); its output is in the "
                     "run's log"
                 ) from None
+    handle = SuperLinkHandle(f"{LOOPBACK}:{port}", proc)
     try:
-        yield SuperLinkHandle(f"{LOOPBACK}:{port}", proc)
+        yield handle
     finally:
-        stop_tree(proc)
+        stop_tree(proc, also=handle.released)
 
 
 def write_connection(flwr_home: Path, address: str) -> None:

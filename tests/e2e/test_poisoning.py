@@ -32,9 +32,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from fedward.server.simulation_engine import run_app
@@ -51,17 +54,35 @@ def federations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     tmp = tmp_path_factory.mktemp("poisoning")
     root = tmp / "runs"
     app = shutil.copytree(APP, tmp / "app", ignore=shutil.ignore_patterns("__pycache__"))
-    with (tmp / "simulation.log").open("w", encoding="utf-8") as log:
-        finished = run_app(
-            app,
-            {"output-dir": str(root)},
-            n_sites=4,
-            flwr_home=tmp / "flwr-home",
-            output=log,
-            echo=log.write,
-            verbose=False,
-        )
+    engine: set[psutil.Process] = set()  # every process the engine started, seen while it ran
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            engine.update(psutil.Process().children(recursive=True))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with (tmp / "simulation.log").open("w", encoding="utf-8") as log:
+            finished = run_app(
+                app,
+                {"output-dir": str(root)},
+                n_sites=4,
+                flwr_home=tmp / "flwr-home",
+                output=log,
+                echo=log.write,
+                verbose=False,
+            )
+    finally:
+        done.set()
+        watcher.join()
     assert finished.status == "finished:completed", (finished, tmp / "simulation.log")
+    # The engine stopped all of it before returning: SuperLink, SuperExec, flwr-simulation, Ray.
+    names = " ".join(p.name() for p in engine if p.is_running())
+    _, left = psutil.wait_procs(list(engine), timeout=0.2)
+    assert left == [], f"still running after the run: {names}"
     out: dict[str, dict[str, Any]] = {}
     for name in PLAN:
         run_dir = root / name
