@@ -8,7 +8,6 @@ package; the live display follows the run folder's ``progress.jsonl``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -35,13 +34,6 @@ from fedward.server.simulation_engine import (
 RUN_LOG_FILE = "simulation.log"
 # Flower's status of a run whose ServerApp raised or stopped it.
 FAILED = "finished:failed"
-QUIET_ENGINE = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-}
 
 
 @dataclass
@@ -130,8 +122,6 @@ def run_simulation(
 ) -> Path:
     """Run the federation through `flwr run` (``fedward.server.simulation_engine``); returns the
     run folder. Without ``verbose`` the engine's output goes to the run's log, not the console."""
-    for key, value in QUIET_ENGINE.items():
-        os.environ.setdefault(key, value)
     n_sites = count_sites(settings)
     settings.engine = "simulation"
     assert settings.run_dir is not None, "the caller chooses the run folder"

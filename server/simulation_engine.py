@@ -135,6 +135,10 @@ def engine_env(flwr_home: Path) -> dict[str, str]:
     """This environment, with Flower's commands of this Python first on PATH (the SuperLink starts
     ``flower-superexec`` and ``flwr-simulation`` by name) and a FLWR_HOME of the run's own."""
     env = dict(os.environ)
+    # Ray's: every site's lines in the run's log, not folded into "repeated N times"; and the
+    # GPU variable left as set when a ClientApp is given no GPU. The caller may set others.
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     bin_dir = str(Path(sys.executable).parent)
     env.update(
         {

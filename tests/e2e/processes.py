@@ -12,13 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fedward.server.simulation_engine import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
